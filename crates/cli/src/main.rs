@@ -1,0 +1,41 @@
+//! `cryoden`: the command-line front end. Glue only: every command parses its flags (documented where they are
+//! defined, so `--help` stays the reference) and calls into a library crate.
+//!
+//! To add a subcommand: write `src/cmd/NAME.rs` with `pub struct Args` (clap `Args`) and
+//! `pub fn run(args: Args) -> anyhow::Result<()>`, declare it in `src/cmd/mod.rs`, and add one variant below.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Noise2Noise denoising of cryo-EM micrographs, on CPU or NVIDIA GPU.
+///
+/// The whole chain: simulate or split movies into even/odd half sums, prepare patch datasets, train a U-Net,
+/// denoise micrographs, and evaluate the result.
+#[derive(Parser)]
+#[command(name = "cryoden", version, about, long_about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print MRC/TIFF headers and statistics computed from the data.
+    Info(cmd::info::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(args) => cmd::info::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
