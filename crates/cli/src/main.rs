@@ -24,12 +24,15 @@ struct Cli {
 enum Command {
     /// Print MRC/TIFF headers and statistics computed from the data.
     Info(cmd::info::Args),
+    /// Measure throughput (I/O, training, denoising); prints JSON with --json.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => cmd::info::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
