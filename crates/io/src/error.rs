@@ -74,8 +74,8 @@ pub enum Fault {
     )]
     MachineStamp { found: String },
     #[error(
-        "MRC mode {0} is complex-valued (Fourier transforms); cryoden reads real images only (modes 0, 1, 2, 6, 12) \
-         — convert it to real space first"
+        "MRC mode {0} (complex-valued Fourier data) is not supported: cryoden reads real images only (modes 0, 1, \
+         2, 6, 12) — convert the file to real space first"
     )]
     ComplexMode(i32),
     #[error(

@@ -332,7 +332,8 @@ impl Header {
             if m[k] == 0 {
                 0.0
             } else {
-                self.cella[k] / m[k] as f32
+                // In f64 then rounded, exactly as mrcfile computes it (numpy promotes f32 / i32 to f64).
+                (self.cella[k] as f64 / m[k] as f64) as f32
             }
         })
     }
@@ -341,7 +342,7 @@ impl Header {
     pub fn set_voxel_size(&mut self, v: [f32; 3]) {
         let m = [self.mx, self.my, self.mz];
         for k in 0..3 {
-            self.cella[k] = v[k] * m[k] as f32;
+            self.cella[k] = (v[k] as f64 * m[k] as f64) as f32;
         }
     }
 

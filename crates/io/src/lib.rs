@@ -33,6 +33,7 @@ pub mod error;
 pub mod fei;
 pub mod frames;
 pub mod header;
+pub mod info;
 pub mod mrc;
 pub mod preview;
 pub mod stats;
