@@ -273,7 +273,8 @@ fn validate_reports_each_header_deviation() {
     assert!(validate(&p).unwrap().is_empty());
     let hb: &[u8; 1024] = b[..1024].try_into().unwrap();
     let base = Header::parse(hb, ByteOrder::Little);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Header)>)> = vec![
+    type Edit = Box<dyn Fn(&mut Header)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("nversion", Box::new(|h| h.nversion = 0)),
         ("mapc/mapr/maps", Box::new(|h| h.mapc = 2)),
         ("nlabl", Box::new(|h| h.nlabl = 3)),
