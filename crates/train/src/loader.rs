@@ -5,7 +5,7 @@
 //! - streaming: pairs are read from the memory-mapped stacks by a background thread that keeps at most
 //!   `prefetch` batches queued (a bounded channel), so host memory stays bounded whatever the dataset size.
 
-use crate::plan::{AugmentConfig, EpochPlan};
+use crate::plan::{Aug, AugmentConfig, EpochPlan};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -41,7 +41,9 @@ impl InMemoryPairs {
     /// If the two stacks differ in length or are not a whole number of patches (a programming error: datasets are
     /// checked against their manifest when opened).
     pub fn new(patch: usize, input: Vec<f32>, target: Vec<f32>) -> Self {
-        assert!(patch > 0 && input.len() == target.len() && input.len() % (patch * patch) == 0);
+        assert!(
+            patch > 0 && input.len() == target.len() && input.len().is_multiple_of(patch * patch)
+        );
         InMemoryPairs {
             patch,
             input,
@@ -326,25 +328,30 @@ pub fn validation_batches(
     batch: usize,
     crop: usize,
 ) -> impl Iterator<Item = Batch> + '_ {
-    let p = src.patch();
-    let off = ((p - crop) / 2) as u32;
-    let centre = crate::plan::Aug {
-        crop_y: off,
-        crop_x: off,
-        ..crate::plan::Aug::IDENTITY
-    };
     let n = src.len();
     (0..n.div_ceil(batch)).map(move |s| {
-        let items: Vec<(u32, crate::plan::Aug)> = (s * batch..((s + 1) * batch).min(n))
-            .map(|i| (i as u32, centre))
-            .collect();
-        let k = items.len();
-        let plan = EpochPlan { items, batch: k };
-        let mut b = Batch::empty();
-        fill_batch(src, &plan, 0, 0, crop, &mut b);
+        let mut b = validation_batch(src, s * batch..((s + 1) * batch).min(n), crop);
         b.step = s;
         b
     })
+}
+
+/// Validation pairs `range` as one batch (centre crops, no augmentation).
+pub fn validation_batch(src: &dyn PairSource, range: std::ops::Range<usize>, crop: usize) -> Batch {
+    let off = ((src.patch() - crop) / 2) as u32;
+    let centre = Aug {
+        crop_y: off,
+        crop_x: off,
+        ..Aug::IDENTITY
+    };
+    let items: Vec<(u32, Aug)> = range.map(|i| (i as u32, centre)).collect();
+    let plan = EpochPlan {
+        batch: items.len(),
+        items,
+    };
+    let mut b = Batch::empty();
+    fill_batch(src, &plan, 0, 0, crop, &mut b);
+    b
 }
 
 #[cfg(test)]
