@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""PyTorch side of the GPU measurements (run in the same device call as `cudabench`, so ratios hold).
+
+    python3 crates/cuda/bench/torch_bench.py ops   [--batch 8] [--size 1024] [--modes fp32,tf32,bf16]
+    python3 crates/cuda/bench/torch_bench.py train [--batch 8] [--size 1024] [--modes fp32,tf32,bf16,bf16-compile]
+
+Modes: fp32 = TF32 off (torch.backends.cudnn.allow_tf32 = False), NCHW; tf32 = PyTorch's default for cuDNN conv,
+NCHW; bf16 = torch.autocast(bfloat16) + channels_last; bf16-compile = that + torch.compile. cudnn.benchmark on.
+The model is python/models.py's UNet (the same network as crates/nn's `unet`). Timing: CUDA events, median.
+Lines starting with JSON carry the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "python"))
+from models import UNet  # noqa: E402
+
+WIDTHS = (32, 64, 128, 256)
+
+
+def set_mode(mode: str) -> None:
+    torch.backends.cudnn.benchmark = True
+    tf32 = mode == "tf32"
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def time_ms(fn, reps: int = 20, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        a = torch.cuda.Event(enable_timing=True)
+        b = torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def ops(args) -> None:
+    n, s = args.batch, args.size
+    print(f"{'mode':<6} {'op':<44} {'fwd ms':>9} {'bwd-d ms':>9} {'bwd-f ms':>9} {'TFLOP/s':>8}")
+    for mode in args.modes.split(","):
+        set_mode(mode)
+        dt = torch.bfloat16 if mode.startswith("bf16") else torch.float32
+        fmt = torch.channels_last if mode.startswith("bf16") else torch.contiguous_format
+        geoms = []
+        for l, w in enumerate(WIDTHS):
+            r = s >> l
+            cin = 1 if l == 0 else WIDTHS[l - 1]
+            geoms.append((r, cin, w, 3))
+            geoms.append((r, w, w, 3))
+            if l + 1 < len(WIDTHS):
+                geoms.append((r, 2 * w, w, 3))
+        geoms.append((s, WIDTHS[0], 1, 1))
+        for r, cin, cout, k in geoms:
+            x = torch.randn(n, cin, r, r, device="cuda", dtype=dt).to(memory_format=fmt)
+            w = (torch.randn(cout, cin, k, k, device="cuda", dtype=dt) / (cin * k * k) ** 0.5).to(memory_format=fmt)
+            dy = torch.randn(n, cout, r, r, device="cuda", dtype=dt).to(memory_format=fmt)
+            pad = k // 2
+            f = time_ms(lambda: F.conv2d(x, w, padding=pad))
+            bd = time_ms(lambda: torch.ops.aten.convolution_backward(
+                dy, x, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, False, False]))
+            bf = time_ms(lambda: torch.ops.aten.convolution_backward(
+                dy, x, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [False, True, False]))
+            macs = n * r * r * cout * cin * k * k
+            tflops = 3 * 2 * macs / ((f + bd + bf) * 1e-3) / 1e12
+            name = f"conv{k}x{k} {cin}->{cout} on {n}x{r}x{r}"
+            print(f"{mode:<6} {name:<44} {f:>9.3f} {bd:>9.3f} {bf:>9.3f} {tflops:>8.1f}")
+            print("JSON", json.dumps({"kind": "conv", "framework": "torch", "mode": mode, "op": name, "fwd_ms": f,
+                                      "bwd_data_ms": bd, "bwd_filter_ms": bf, "tflops": tflops}))
+            del x, w, dy
+        torch.cuda.empty_cache()
+
+
+def train(args) -> None:
+    n, s = args.batch, args.size
+    print(f"{'mode':<13} {'ms/step':>9} {'img/s':>8} {'peak GiB':>9}")
+    for mode in args.modes.split(","):
+        set_mode(mode)
+        torch.manual_seed(0)
+        bf16 = mode.startswith("bf16")
+        fmt = torch.channels_last if bf16 else torch.contiguous_format
+        model = UNet(WIDTHS).cuda().to(memory_format=fmt)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        x = (torch.rand(n, 1, s, s, device="cuda") - 0.5).to(memory_format=fmt)
+        t = x + 0.1 * torch.randn_like(x)
+        fwd = torch.compile(model) if mode.endswith("compile") else model
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                y = fwd(x)
+            loss = F.mse_loss(y.float(), t)
+            loss.backward()
+            opt.step()
+            return loss
+
+        torch.cuda.reset_peak_memory_stats()
+        warm = 6 if mode.endswith("compile") else 3
+        ms = time_ms(step, reps=args.steps, warmup=warm)
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        ips = n / (ms * 1e-3)
+        print(f"{mode:<13} {ms:>9.2f} {ips:>8.1f} {peak:>9.2f}")
+        print("JSON", json.dumps({"kind": "train", "framework": "torch", "mode": mode, "batch": n, "size": s,
+                                  "ms_per_step_median": ms, "images_per_s": ips, "peak_gib": peak,
+                                  "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
+                                  "device": torch.cuda.get_device_name()}))
+        del model, opt, x, t, fwd
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["ops", "train"])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--modes", default=None)
+    args = ap.parse_args()
+    if args.modes is None:
+        args.modes = "fp32,tf32,bf16" if args.what == "ops" else "fp32,tf32,bf16,bf16-compile"
+    print(f"# torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}")
+    ops(args) if args.what == "ops" else train(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,458 @@
+//! GPU measurements for docs/PERFORMANCE.md (llm.c dev/cuda habit: every op timed in isolation, then the whole
+//! training step), printed as JSON lines and a table.
+//!
+//! ```text
+//! cudabench ops   [--batch 8] [--size 1024] [--precision f32,tf32,bf16] [--reps 20]
+//! cudabench train [--batch 8] [--size 1024] [--precision f32,tf32,bf16] [--steps 10] [--arch unet]
+//! ```
+//! Timing: CUDA events around each op (or step) on the backend's stream, after warm-up (which also runs
+//! cudnnFind for the shape), median of `--reps`. Inputs are random, never zeros.
+
+use cryoden_cuda::{ConvGeom, CudaBackend, DType, Gpu, LossKind, Nhwc, Precision};
+use cryoden_nn::{AdamParams, Arch, Backend, Model, TrainState};
+use std::time::Instant;
+
+fn arg(args: &[String], name: &str, default: &str) -> String {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median milliseconds of `f` over `reps` runs, timed with events on the GPU's stream.
+fn time_ms(gpu: &mut Gpu, reps: usize, mut f: impl FnMut(&mut Gpu)) -> f64 {
+    for _ in 0..2 {
+        f(gpu);
+    }
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let a = gpu
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
+        let b = gpu
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
+        a.record(&gpu.stream).unwrap();
+        f(gpu);
+        b.record(&gpu.stream).unwrap();
+        b.synchronize().unwrap();
+        v.push(a.elapsed_ms(&b).unwrap() as f64);
+    }
+    median(v)
+}
+
+fn random(gpu: &mut Gpu, n: usize, dt: DType, seed: u64) -> cryoden_cuda::Buf {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let host: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect();
+    gpu.upload(&host, dt).unwrap()
+}
+
+fn ops(args: &[String]) {
+    let batch: usize = arg(args, "--batch", "8").parse().unwrap();
+    let size: usize = arg(args, "--size", "1024").parse().unwrap();
+    let reps: usize = arg(args, "--reps", "20").parse().unwrap();
+    let precisions: Vec<Precision> = arg(args, "--precision", "f32,tf32,bf16")
+        .split(',')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let widths = [32usize, 64, 128, 256];
+    let mut gpu = Gpu::open(0).unwrap();
+    eprintln!("{} | {}", gpu.info.name, gpu.kernels_note);
+    println!(
+        "{:<6} {:<44} {:>9} {:>9} {:>9} {:>8}",
+        "prec", "op", "fwd ms", "bwd-d ms", "bwd-f ms", "TFLOP/s"
+    );
+    for &p in &precisions {
+        let dt = p.dtype();
+        // The U-Net's convolutions, level by level.
+        let mut convs = Vec::new();
+        for (l, &w) in widths.iter().enumerate() {
+            let s = size >> l;
+            let cin = if l == 0 { 1 } else { widths[l - 1] };
+            convs.push(ConvGeom {
+                n: batch,
+                h: s,
+                w: s,
+                cin,
+                cout: w,
+                k: 3,
+                pad: 1,
+                stride: 1,
+            });
+            convs.push(ConvGeom {
+                n: batch,
+                h: s,
+                w: s,
+                cin: w,
+                cout: w,
+                k: 3,
+                pad: 1,
+                stride: 1,
+            });
+            if l + 1 < widths.len() {
+                convs.push(ConvGeom {
+                    n: batch,
+                    h: s,
+                    w: s,
+                    cin: 2 * w,
+                    cout: w,
+                    k: 3,
+                    pad: 1,
+                    stride: 1,
+                });
+            }
+        }
+        convs.push(ConvGeom {
+            n: batch,
+            h: size,
+            w: size,
+            cin: widths[0],
+            cout: 1,
+            k: 1,
+            pad: 0,
+            stride: 1,
+        });
+        for g in convs {
+            let x = random(&mut gpu, g.in_shape().len(), dt, 1);
+            let w = random(&mut gpu, g.weight_len(), dt, 2);
+            let dy = random(&mut gpu, g.out_shape().len(), dt, 3);
+            let y = gpu.alloc(g.out_shape().len(), dt).unwrap();
+            let dx = gpu.alloc(g.in_shape().len(), dt).unwrap();
+            let dw = gpu.alloc(g.weight_len(), dt).unwrap();
+            let ch = gpu.conv_prepare(&g, p).unwrap();
+            let (xs, ys) = (g.in_shape(), g.out_shape());
+            let f = time_ms(&mut gpu, reps, |gpu| {
+                gpu.conv_forward(p, &g, x.view(xs), w.ptr(), y.view(ys), 0.0)
+                    .unwrap()
+            });
+            let bd = time_ms(&mut gpu, reps, |gpu| {
+                gpu.conv_backward_data(p, &g, dy.view(ys), w.ptr(), dx.view(xs), 0.0)
+                    .unwrap()
+            });
+            let bf = time_ms(&mut gpu, reps, |gpu| {
+                gpu.conv_backward_filter(p, &g, x.view(xs), dy.view(ys), dw.ptr(), 0.0)
+                    .unwrap()
+            });
+            let tflops = 3.0 * 2.0 * g.macs() as f64 / ((f + bd + bf) * 1e-3) / 1e12;
+            println!(
+                "{:<6} {:<44} {:>9.3} {:>9.3} {:>9.3} {:>8.1}",
+                p.name(),
+                g.to_string(),
+                f,
+                bd,
+                bf,
+                tflops
+            );
+            println!(
+                "JSON {}",
+                serde_json::json!({"kind": "conv", "precision": p.name(), "geom": g, "fwd_ms": f, "bwd_data_ms": bd,
+                    "bwd_filter_ms": bf, "tflops": tflops, "algos": [ch[0].algo, ch[1].algo, ch[2].algo],
+                    "workspace": [ch[0].workspace, ch[1].workspace, ch[2].workspace],
+                    "tensor_ops": [ch[0].tensor_ops, ch[1].tensor_ops, ch[2].tensor_ops]})
+            );
+        }
+        // Transposed conv 2x2 of the decoder's first level (64 -> 32 at size/2 -> size).
+        {
+            let xs = Nhwc::new(batch, size / 2, size / 2, widths[1]);
+            let ys = Nhwc::new(batch, size, size, widths[0]);
+            let x = random(&mut gpu, xs.len(), dt, 4);
+            let w = random(&mut gpu, widths[1] * 4 * widths[0], dt, 5);
+            let dy = random(&mut gpu, ys.len(), dt, 6);
+            let y = gpu.alloc(ys.len(), dt).unwrap();
+            let dx = gpu.alloc(xs.len(), dt).unwrap();
+            let dw = gpu.alloc(widths[1] * 4 * widths[0], dt).unwrap();
+            let f = time_ms(&mut gpu, reps, |gpu| {
+                gpu.conv_transpose_forward(p, x.view(xs), w.ptr(), y.view(ys), 0.0)
+                    .unwrap()
+            });
+            let bd = time_ms(&mut gpu, reps, |gpu| {
+                gpu.conv_transpose_backward_data(p, dy.view(ys), w.ptr(), dx.view(xs), 0.0)
+                    .unwrap()
+            });
+            let bf = time_ms(&mut gpu, reps, |gpu| {
+                gpu.conv_transpose_backward_filter(p, x.view(xs), dy.view(ys), dw.ptr(), 0.0)
+                    .unwrap()
+            });
+            let macs = (xs.len() * 4 * widths[0]) as f64;
+            let tflops = 3.0 * 2.0 * macs / ((f + bd + bf) * 1e-3) / 1e12;
+            let name = format!(
+                "convT2x2 {}->{} on {}x{}",
+                widths[1],
+                widths[0],
+                size / 2,
+                size / 2
+            );
+            println!(
+                "{:<6} {:<44} {:>9.3} {:>9.3} {:>9.3} {:>8.1}",
+                p.name(),
+                name,
+                f,
+                bd,
+                bf,
+                tflops
+            );
+            println!(
+                "JSON {}",
+                serde_json::json!({"kind": "convt", "precision": p.name(), "op": name, "fwd_ms": f, "bwd_data_ms": bd, "bwd_filter_ms": bf})
+            );
+        }
+        // Elementwise ops at level 0 (memory-bound: GB/s = bytes read + written / time).
+        let s0 = Nhwc::new(batch, size, size, widths[0]);
+        let cat = Nhwc::new(batch, size, size, 2 * widths[0]);
+        let e = dt.size() as f64;
+        let a = random(&mut gpu, s0.len(), dt, 7);
+        let b = random(&mut gpu, cat.len(), dt, 8);
+        let bias = random(&mut gpu, widths[0], DType::F32, 9);
+        let db = gpu.alloc(widths[0], DType::F32).unwrap();
+        let pooled = gpu.alloc(s0.len() / 4, dt).unwrap();
+        let ps = Nhwc::new(batch, size / 2, size / 2, widths[0]);
+        let mut rows: Vec<(String, f64, f64)> = Vec::new();
+        let t = time_ms(&mut gpu, reps, |gpu| {
+            gpu.bias_act(
+                a.view(s0),
+                Some(bias.ptr()),
+                b.channels(cat, widths[0], widths[0]),
+                0.0,
+            )
+            .unwrap()
+        });
+        rows.push((
+            "bias+ReLU into concat slice".into(),
+            t,
+            2.0 * s0.len() as f64 * e,
+        ));
+        let t = time_ms(&mut gpu, reps, |gpu| {
+            gpu.act_backward(
+                b.channels(cat, 0, widths[0]),
+                Some(a.view(s0)),
+                a.view(s0),
+                0.0,
+                Some((db.ptr(), DType::F32)),
+                false,
+            )
+            .unwrap()
+        });
+        rows.push((
+            "ReLU backward + bias grad (from concat slice)".into(),
+            t,
+            3.0 * s0.len() as f64 * e,
+        ));
+        let t = time_ms(&mut gpu, reps, |gpu| {
+            gpu.maxpool2_forward(b.channels(cat, widths[0], widths[0]), pooled.view(ps))
+                .unwrap()
+        });
+        rows.push((
+            "maxpool2 fwd (from concat slice)".into(),
+            t,
+            1.25 * s0.len() as f64 * e,
+        ));
+        let t = time_ms(&mut gpu, reps, |gpu| {
+            gpu.maxpool2_backward(
+                b.channels(cat, widths[0], widths[0]),
+                pooled.view(ps),
+                a.view(s0),
+                false,
+            )
+            .unwrap()
+        });
+        rows.push(("maxpool2 bwd".into(), t, 2.25 * s0.len() as f64 * e));
+        let img = Nhwc::new(batch, size, size, 1);
+        let pred = random(&mut gpu, img.len(), dt, 10);
+        let target = random(&mut gpu, img.len(), DType::F32, 11);
+        let grad = gpu.alloc(img.len(), dt).unwrap();
+        let lout = gpu.alloc(1, DType::F32).unwrap();
+        let t = time_ms(&mut gpu, reps, |gpu| {
+            gpu.loss(
+                LossKind::Mse,
+                pred.view(img),
+                target.ptr(),
+                Some(grad.view(img)),
+                lout.ptr(),
+            )
+            .unwrap()
+        });
+        rows.push((
+            "MSE loss + gradient".into(),
+            t,
+            img.len() as f64 * (2.0 * e + 4.0),
+        ));
+        let np = Model::new(Arch::from_name("unet", None).unwrap())
+            .unwrap()
+            .params()
+            .len();
+        let pb = random(&mut gpu, np, DType::F32, 12);
+        let gb = random(&mut gpu, np, dt, 13);
+        let mb = random(&mut gpu, np, DType::F32, 14);
+        let vb = gpu.upload(&vec![1e-4; np], DType::F32).unwrap();
+        let copy = gpu.alloc(np, DType::Bf16).unwrap();
+        let h = cryoden_cuda::AdamStep {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step: 10,
+            grad_scale: 1.0,
+        };
+        let t = time_ms(&mut gpu, reps, |gpu| {
+            gpu.adam(
+                &pb,
+                if dt == DType::Bf16 { Some(&copy) } else { None },
+                &gb,
+                &mb,
+                &vb,
+                &h,
+            )
+            .unwrap()
+        });
+        rows.push((
+            "Adam, whole flat buffer".into(),
+            t,
+            np as f64 * (4.0 * 6.0 + e),
+        ));
+        for (name, ms, bytes) in rows {
+            let gbs = bytes / (ms * 1e-3) / 1e9;
+            println!(
+                "{:<6} {:<44} {:>9.3} {:>9} {:>9} {:>6.0} GB/s",
+                p.name(),
+                name,
+                ms,
+                "",
+                "",
+                gbs
+            );
+            println!(
+                "JSON {}",
+                serde_json::json!({"kind": "elementwise", "precision": p.name(), "op": name, "ms": ms, "gb_per_s": gbs})
+            );
+        }
+    }
+}
+
+fn train(args: &[String]) {
+    let batch: usize = arg(args, "--batch", "8").parse().unwrap();
+    let size: usize = arg(args, "--size", "1024").parse().unwrap();
+    let steps: usize = arg(args, "--steps", "10").parse().unwrap();
+    let arch_name = arg(args, "--arch", "unet");
+    let precisions: Vec<Precision> = arg(args, "--precision", "f32,tf32,bf16")
+        .split(',')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let arch = Arch::from_name(&arch_name, None).unwrap();
+    let model = Model::new(arch.clone()).unwrap();
+    let flops = 3.0 * model.forward_flops(batch, size, size);
+    println!(
+        "{:<6} {:<22} {:>10} {:>10} {:>9} {:>9} {:>10}",
+        "prec", "arch", "ms/step", "img/s", "TFLOP/s", "GPU GiB", "setup s"
+    );
+    for p in precisions {
+        let t0 = Instant::now();
+        let be = CudaBackend::new(0, p).unwrap();
+        let (free0, _) = be.gpu().ctx.mem_get_info().unwrap();
+        let mut state = TrainState::new(&be, &model, &model.init_params(0)).unwrap();
+        let mut acts = model.activations(&be, batch, size, size).unwrap();
+        let n = batch * size * size;
+        let mut s = 12345u64;
+        let x: Vec<f32> = (0..n)
+            .map(|_| {
+                s ^= s >> 12;
+                s ^= s << 25;
+                s ^= s >> 27;
+                ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect();
+        let t: Vec<f32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + 0.1 * ((i % 7) as f32 - 3.0) / 3.0)
+            .collect();
+        acts.upload_input(&be, &x).unwrap();
+        acts.upload_target(&be, &t).unwrap();
+        let adam = AdamParams {
+            lr: 1e-4,
+            ..AdamParams::default()
+        };
+        // Warm-up: finds algorithms, allocates staging.
+        let mut first = f32::NAN;
+        for i in 0..2 {
+            let l = cryoden_nn::train::train_step_uploaded(
+                &be,
+                &model,
+                &mut state,
+                &mut acts,
+                cryoden_nn::LossKind::Mse,
+                &adam,
+            )
+            .unwrap();
+            if i == 0 {
+                first = l;
+            }
+        }
+        be.synchronize().unwrap();
+        let setup = t0.elapsed().as_secs_f64();
+        let mut times = Vec::new();
+        let mut last = f32::NAN;
+        for _ in 0..steps {
+            let t1 = Instant::now();
+            last = cryoden_nn::train::train_step_uploaded(
+                &be,
+                &model,
+                &mut state,
+                &mut acts,
+                cryoden_nn::LossKind::Mse,
+                &adam,
+            )
+            .unwrap();
+            be.synchronize().unwrap();
+            times.push(t1.elapsed().as_secs_f64() * 1e3);
+        }
+        let (free1, _) = be.gpu().ctx.mem_get_info().unwrap();
+        let used_gib = (free0.saturating_sub(free1)) as f64 / (1u64 << 30) as f64;
+        let ms = median(times.clone());
+        let ips = batch as f64 / (ms * 1e-3);
+        let tflops = flops / (ms * 1e-3) / 1e12;
+        println!(
+            "{:<6} {:<22} {:>10.2} {:>10.1} {:>9.1} {:>9.2} {:>10.1}",
+            p.name(),
+            arch.describe(),
+            ms,
+            ips,
+            tflops,
+            used_gib,
+            setup
+        );
+        println!(
+            "JSON {}",
+            serde_json::json!({"kind": "train", "precision": p.name(), "arch": arch.describe(), "batch": batch, "size": size,
+                "ms_per_step_median": ms, "ms_per_step_all": times, "images_per_s": ips, "tflops": tflops,
+                "gpu_mem_gib_after_setup": used_gib, "first_loss": first, "last_loss": last, "backend": be.name()})
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("ops") => ops(&args),
+        Some("train") => train(&args),
+        _ => {
+            eprintln!("usage: cudabench ops|train [--batch N] [--size S] [--precision f32,tf32,bf16] [--reps N] [--steps N]");
+            std::process::exit(2);
+        }
+    }
+}

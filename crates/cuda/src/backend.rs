@@ -1,0 +1,892 @@
+//! `cryoden_nn::Backend` on one GPU.
+//!
+//! Buffers hold f32, as the trait specifies. Precision decides what the convolutions compute with:
+//! - `f32`: cuDNN in f32 with TF32 off; dense views go to cuDNN directly, strided ones are staged packed first.
+//! - `tf32`: the same, with tensor cores allowed to round conv inputs to TF32.
+//! - `bf16`: conv inputs are converted to bf16 on the way into cuDNN (weights through a bf16 copy of the
+//!   parameter buffer, refreshed by the Adam kernel itself), outputs converted back to f32 in the bias/activation
+//!   epilogue. Master weights, moments, loss and every elementwise op stay f32. This is "autocast at the op
+//!   boundary": correct to the bf16 tolerance, but it moves more bytes than bf16 storage of activations would (see
+//!   docs/CUDA.md for the plan: buffer kinds in the trait).
+//!
+//! The backend allocates lazily, outside the trait's `ws` buffers: cuDNN plans and workspace on the first call per
+//! shape, staging buffers on first need; after the first step nothing is allocated (`*_workspace_len` return 0).
+
+use crate::conv::{transpose_geom, ConvGeom as CGeom};
+use crate::device::{Buf, Gpu, LossKind as GLoss, Nhwc, View as GView};
+use crate::error::CudaError;
+use crate::precision::{DType, Precision};
+use cryoden_nn::{
+    Activation, AdamParams, Backend, ConvGeom, ConvTGeom, LossKind, NnError, PoolGeom,
+    UpsampleGeom, View,
+};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// A flat f32 buffer on the GPU, with a bf16 copy made on demand (bf16 precision reads parameters through it).
+pub struct CudaBuf {
+    buf: Buf,
+    /// Bumped by every op that writes the buffer, so a stale bf16 copy is detected.
+    version: AtomicU64,
+    /// bf16 copy and the version it was made from.
+    shadow: Mutex<Option<(Buf, u64)>>,
+}
+
+impl CudaBuf {
+    fn ptr(&self) -> u64 {
+        self.buf.ptr()
+    }
+    fn touched(&mut self) {
+        *self.version.get_mut() += 1;
+    }
+}
+
+/// The CUDA backend: one GPU and one precision.
+pub struct CudaBackend {
+    gpu: Mutex<Gpu>,
+    precision: Precision,
+    name: String,
+}
+
+/// Staging slots (see `Gpu::staging`).
+const S_X: usize = 0;
+const S_Y: usize = 1;
+const S_W: usize = 2;
+const S_LOSS: usize = 3;
+
+fn be_err(e: CudaError) -> NnError {
+    NnError::Backend {
+        backend: "cuda".into(),
+        msg: e.to_string(),
+    }
+}
+
+fn slope(a: Activation) -> f32 {
+    match a {
+        Activation::Identity => 1.0,
+        Activation::Relu => 0.0,
+        Activation::LeakyRelu(s) => s,
+    }
+}
+
+fn shape_err(op: &'static str, msg: String) -> NnError {
+    NnError::Shape { op, msg }
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal` for `precision`. Fails with a clear message (no panic) when the driver, NVRTC, cuDNN or
+    /// the GPU is missing. This is what `--device cuda[:N] --precision P` should call.
+    pub fn new(ordinal: usize, precision: Precision) -> crate::Result<CudaBackend> {
+        let gpu = Gpu::open(ordinal)?;
+        let name = format!(
+            "cuda:{ordinal} {} (sm_{}{}, {precision})",
+            gpu.info.name, gpu.info.compute_capability.0, gpu.info.compute_capability.1
+        );
+        Ok(CudaBackend {
+            gpu: Mutex::new(gpu),
+            precision,
+            name,
+        })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Direct access to the GPU (benchmarks, algorithm reports).
+    pub fn gpu(&self) -> MutexGuard<'_, Gpu> {
+        self.gpu.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A tensor view of `c` channels of `pixels` pixels inside `b` at the trait's view `v`.
+    fn view(
+        &self,
+        op: &'static str,
+        b: &CudaBuf,
+        v: View,
+        pixels: usize,
+        c: usize,
+        dims: Nhwc,
+    ) -> Result<GView, NnError> {
+        if v.offset + c > v.stride || b.buf.len < pixels * v.stride {
+            return Err(shape_err(
+                op,
+                format!("view (stride {}, offset {}) of {c} channels × {pixels} pixels in a buffer of {}", v.stride, v.offset, b.buf.len),
+            ));
+        }
+        Ok(GView {
+            ptr: b.buf.ptr_at(v.offset),
+            dtype: DType::F32,
+            shape: Nhwc { c, ..dims },
+            cs: v.stride,
+        })
+    }
+
+    /// `v` as a packed tensor of the compute dtype: itself if it already is one, else converted into staging `slot`.
+    fn packed_in(&self, gpu: &mut Gpu, v: GView, slot: usize) -> Result<GView, NnError> {
+        let dt = self.precision.dtype();
+        if v.dtype == dt && v.is_packed() {
+            return Ok(v);
+        }
+        let p = gpu.staging(slot, v.shape.len(), dt).map_err(be_err)?;
+        let out = GView {
+            ptr: p,
+            dtype: dt,
+            shape: v.shape,
+            cs: v.shape.c,
+        };
+        gpu.bias_act(v, None, out, 1.0).map_err(be_err)?;
+        Ok(out)
+    }
+
+    /// Where cuDNN should write an output destined for `v`: `v` itself if packed and of the compute dtype, else
+    /// staging `slot` (then moved with `finish_out`).
+    fn packed_out(&self, gpu: &mut Gpu, v: GView, slot: usize) -> Result<GView, NnError> {
+        let dt = self.precision.dtype();
+        if v.dtype == dt && v.is_packed() {
+            return Ok(v);
+        }
+        let p = gpu.staging(slot, v.shape.len(), dt).map_err(be_err)?;
+        Ok(GView {
+            ptr: p,
+            dtype: dt,
+            shape: v.shape,
+            cs: v.shape.c,
+        })
+    }
+
+    /// Pointer to the weights at `w_off` in the compute dtype (the bf16 copy of `params` for bf16).
+    fn weights(&self, gpu: &mut Gpu, params: &CudaBuf, w_off: usize) -> Result<u64, NnError> {
+        if self.precision.dtype() == DType::F32 {
+            return Ok(params.buf.ptr_at(w_off));
+        }
+        let version = params.version.load(Ordering::Relaxed);
+        let mut sh = params.shadow.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = matches!(&*sh, Some((_, v)) if *v == version);
+        if !fresh {
+            let copy = match sh.take() {
+                Some((b, _)) => b,
+                None => gpu.alloc(params.buf.len, DType::Bf16).map_err(be_err)?,
+            };
+            let s = Nhwc::new(1, 1, params.buf.len.max(1), 1);
+            if params.buf.len > 0 {
+                gpu.bias_act(params.buf.view(s), None, copy.view(s), 1.0)
+                    .map_err(be_err)?;
+            }
+            *sh = Some((copy, version));
+        }
+        Ok(sh.as_ref().unwrap().0.ptr_at(w_off))
+    }
+
+    fn geom(g: &ConvGeom) -> CGeom {
+        CGeom {
+            n: g.dims.n,
+            h: g.dims.h,
+            w: g.dims.w,
+            cin: g.cin,
+            cout: g.cout,
+            k: g.k,
+            pad: g.k / 2,
+            stride: 1,
+        }
+    }
+
+    /// Parameter gradient `dw += staged` (bf16 path: cuDNN wrote the gradient into staging in bf16).
+    fn add_into(&self, gpu: &mut Gpu, src: u64, dst: u64, len: usize) -> Result<(), NnError> {
+        let s = Nhwc::new(1, 1, len, 1);
+        let from = GView {
+            ptr: src,
+            dtype: self.precision.dtype(),
+            shape: s,
+            cs: 1,
+        };
+        let to = GView {
+            ptr: dst,
+            dtype: DType::F32,
+            shape: s,
+            cs: 1,
+        };
+        gpu.bias_act_acc(from, None, to, 1.0, true).map_err(be_err)
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaBuf;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn alloc(&self, len: usize) -> cryoden_nn::Result<CudaBuf> {
+        let mut gpu = self.gpu();
+        let buf = gpu.alloc(len, DType::F32).map_err(be_err)?;
+        if len > 0 {
+            gpu.fill(&buf, 0.0).map_err(be_err)?;
+        }
+        Ok(CudaBuf {
+            buf,
+            version: AtomicU64::new(0),
+            shadow: Mutex::new(None),
+        })
+    }
+
+    fn len(&self, buf: &CudaBuf) -> usize {
+        buf.buf.len
+    }
+
+    fn upload(&self, src: &[f32], dst: &mut CudaBuf, offset: usize) -> cryoden_nn::Result<()> {
+        if offset + src.len() > dst.buf.len {
+            return Err(shape_err(
+                "upload",
+                format!(
+                    "range {offset}..{} exceeds buffer of {}",
+                    offset + src.len(),
+                    dst.buf.len
+                ),
+            ));
+        }
+        dst.touched();
+        if src.is_empty() {
+            return Ok(());
+        }
+        let gpu = self.gpu();
+        // SAFETY: destination range checked above; the copy from pageable memory completes before returning.
+        unsafe {
+            cudarc::driver::result::memcpy_htod_async(
+                dst.buf.ptr_at(offset),
+                src,
+                gpu.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| {
+            be_err(CudaError::Driver {
+                call: "cuMemcpyHtoDAsync",
+                source: e,
+            })
+        })?;
+        gpu.sync().map_err(be_err)
+    }
+
+    fn download(&self, src: &CudaBuf, offset: usize, dst: &mut [f32]) -> cryoden_nn::Result<()> {
+        if offset + dst.len() > src.buf.len {
+            return Err(shape_err(
+                "download",
+                format!(
+                    "range {offset}..{} exceeds buffer of {}",
+                    offset + dst.len(),
+                    src.buf.len
+                ),
+            ));
+        }
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let gpu = self.gpu();
+        // SAFETY: source range checked above; synchronised before `dst` is read.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(
+                dst,
+                src.buf.ptr_at(offset),
+                gpu.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| {
+            be_err(CudaError::Driver {
+                call: "cuMemcpyDtoHAsync",
+                source: e,
+            })
+        })?;
+        gpu.sync().map_err(be_err)
+    }
+
+    fn fill(
+        &self,
+        buf: &mut CudaBuf,
+        offset: usize,
+        len: usize,
+        value: f32,
+    ) -> cryoden_nn::Result<()> {
+        if offset + len > buf.buf.len {
+            return Err(shape_err(
+                "fill",
+                format!(
+                    "range {offset}..{} exceeds buffer of {}",
+                    offset + len,
+                    buf.buf.len
+                ),
+            ));
+        }
+        buf.touched();
+        if len == 0 {
+            return Ok(());
+        }
+        self.gpu()
+            .fill_raw(buf.buf.ptr_at(offset), len, DType::F32, value)
+            .map_err(be_err)
+    }
+
+    fn synchronize(&self) -> cryoden_nn::Result<()> {
+        self.gpu().sync().map_err(be_err)
+    }
+
+    fn copy_channels(
+        &self,
+        pixels: usize,
+        c: usize,
+        src: &CudaBuf,
+        sv: View,
+        dst: &mut CudaBuf,
+        dv: View,
+        accumulate: bool,
+    ) -> cryoden_nn::Result<()> {
+        let d = Nhwc::new(1, 1, pixels, c);
+        let s = self.view("copy_channels", src, sv, pixels, c, d)?;
+        let t = self.view("copy_channels", dst, dv, pixels, c, d)?;
+        dst.touched();
+        self.gpu()
+            .bias_act_acc(s, None, t, 1.0, accumulate)
+            .map_err(be_err)
+    }
+
+    fn conv_workspace_len(&self, _g: &ConvGeom) -> usize {
+        0
+    }
+
+    fn conv2d_forward(
+        &self,
+        g: &ConvGeom,
+        x: &CudaBuf,
+        xv: View,
+        params: &CudaBuf,
+        w_off: usize,
+        bias: Option<usize>,
+        act: Activation,
+        y: &mut CudaBuf,
+        yv: View,
+        _ws: &mut CudaBuf,
+    ) -> cryoden_nn::Result<()> {
+        let cg = Self::geom(g);
+        let (d, px) = (cg.in_shape(), g.dims.pixels());
+        let xg = self.view("conv2d_forward", x, xv, px, g.cin, d)?;
+        let yg = self.view("conv2d_forward", y, yv, px, g.cout, d)?;
+        check_param(
+            "conv2d_forward",
+            params,
+            w_off,
+            g.weight_len(),
+            bias,
+            g.cout,
+        )?;
+        y.touched();
+        let mut gpu = self.gpu();
+        let xin = self.packed_in(&mut gpu, xg, S_X)?;
+        let w = self.weights(&mut gpu, params, w_off)?;
+        let yout = self.packed_out(&mut gpu, yg, S_Y)?;
+        gpu.conv_forward(self.precision, &cg, xin, w, yout, 0.0)
+            .map_err(be_err)?;
+        let b = bias.map(|o| params.buf.ptr_at(o));
+        if b.is_some() || act != Activation::Identity || yout != yg {
+            gpu.bias_act(yout, b, yg, slope(act)).map_err(be_err)?;
+        }
+        Ok(())
+    }
+
+    fn conv2d_backward_data(
+        &self,
+        g: &ConvGeom,
+        dy: &CudaBuf,
+        dyv: View,
+        params: &CudaBuf,
+        w_off: usize,
+        dx: &mut CudaBuf,
+        dxv: View,
+        accumulate: bool,
+        _ws: &mut CudaBuf,
+    ) -> cryoden_nn::Result<()> {
+        let cg = Self::geom(g);
+        let (d, px) = (cg.in_shape(), g.dims.pixels());
+        let dyg = self.view("conv2d_backward_data", dy, dyv, px, g.cout, d)?;
+        let dxg = self.view("conv2d_backward_data", dx, dxv, px, g.cin, d)?;
+        check_param(
+            "conv2d_backward_data",
+            params,
+            w_off,
+            g.weight_len(),
+            None,
+            0,
+        )?;
+        dx.touched();
+        let mut gpu = self.gpu();
+        let dyin = self.packed_in(&mut gpu, dyg, S_X)?;
+        let w = self.weights(&mut gpu, params, w_off)?;
+        let out = self.packed_out(&mut gpu, dxg, S_Y)?;
+        let direct = out == dxg;
+        let beta = if direct && accumulate { 1.0 } else { 0.0 };
+        gpu.conv_backward_data(self.precision, &cg, dyin, w, out, beta)
+            .map_err(be_err)?;
+        if !direct {
+            gpu.bias_act_acc(out, None, dxg, 1.0, accumulate)
+                .map_err(be_err)?;
+        }
+        Ok(())
+    }
+
+    fn conv2d_backward_filter(
+        &self,
+        g: &ConvGeom,
+        x: &CudaBuf,
+        xv: View,
+        dy: &CudaBuf,
+        dyv: View,
+        grads: &mut CudaBuf,
+        dw_off: usize,
+        _ws: &mut CudaBuf,
+    ) -> cryoden_nn::Result<()> {
+        let cg = Self::geom(g);
+        let (d, px) = (cg.in_shape(), g.dims.pixels());
+        let xg = self.view("conv2d_backward_filter", x, xv, px, g.cin, d)?;
+        let dyg = self.view("conv2d_backward_filter", dy, dyv, px, g.cout, d)?;
+        check_param(
+            "conv2d_backward_filter",
+            grads,
+            dw_off,
+            g.weight_len(),
+            None,
+            0,
+        )?;
+        grads.touched();
+        let mut gpu = self.gpu();
+        let xin = self.packed_in(&mut gpu, xg, S_X)?;
+        let dyin = self.packed_in(&mut gpu, dyg, S_Y)?;
+        if self.precision.dtype() == DType::F32 {
+            gpu.conv_backward_filter(
+                self.precision,
+                &cg,
+                xin,
+                dyin,
+                grads.buf.ptr_at(dw_off),
+                1.0,
+            )
+            .map_err(be_err)
+        } else {
+            let tmp = gpu
+                .staging(S_W, g.weight_len(), self.precision.dtype())
+                .map_err(be_err)?;
+            gpu.conv_backward_filter(self.precision, &cg, xin, dyin, tmp, 0.0)
+                .map_err(be_err)?;
+            self.add_into(&mut gpu, tmp, grads.buf.ptr_at(dw_off), g.weight_len())
+        }
+    }
+
+    fn bias_act_forward(
+        &self,
+        pixels: usize,
+        c: usize,
+        act: Activation,
+        params: &CudaBuf,
+        b_off: Option<usize>,
+        y: &mut CudaBuf,
+        yv: View,
+    ) -> cryoden_nn::Result<()> {
+        let d = Nhwc::new(1, 1, pixels, c);
+        let yg = self.view("bias_act_forward", y, yv, pixels, c, d)?;
+        check_param("bias_act_forward", params, 0, 0, b_off, c)?;
+        y.touched();
+        let b = b_off.map(|o| params.buf.ptr_at(o));
+        self.gpu().bias_act(yg, b, yg, slope(act)).map_err(be_err)
+    }
+
+    fn bias_act_backward(
+        &self,
+        pixels: usize,
+        c: usize,
+        act: Activation,
+        y: &CudaBuf,
+        yv: View,
+        dy: &mut CudaBuf,
+        dyv: View,
+        grads: &mut CudaBuf,
+        db_off: Option<usize>,
+    ) -> cryoden_nn::Result<()> {
+        let d = Nhwc::new(1, 1, pixels, c);
+        let yg = self.view("bias_act_backward", y, yv, pixels, c, d)?;
+        let dyg = self.view("bias_act_backward", dy, dyv, pixels, c, d)?;
+        check_param("bias_act_backward", grads, 0, 0, db_off, c)?;
+        dy.touched();
+        grads.touched();
+        let ya = if act == Activation::Identity {
+            None
+        } else {
+            Some(yg)
+        };
+        let db = db_off.map(|o| (grads.buf.ptr_at(o), DType::F32));
+        self.gpu()
+            .act_backward(dyg, ya, dyg, slope(act), db, true)
+            .map_err(be_err)
+    }
+
+    fn maxpool2_forward(
+        &self,
+        g: &PoolGeom,
+        x: &CudaBuf,
+        xv: View,
+        y: &mut CudaBuf,
+        yv: View,
+    ) -> cryoden_nn::Result<()> {
+        let od = g.out_dims();
+        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.c);
+        let yd = Nhwc::new(od.n, od.h, od.w, g.c);
+        let xg = self.view("maxpool2_forward", x, xv, g.dims.pixels(), g.c, xd)?;
+        let yg = self.view("maxpool2_forward", y, yv, od.pixels(), g.c, yd)?;
+        y.touched();
+        self.gpu().maxpool2_forward(xg, yg).map_err(be_err)
+    }
+
+    fn maxpool2_backward(
+        &self,
+        g: &PoolGeom,
+        x: &CudaBuf,
+        xv: View,
+        _y: &CudaBuf,
+        _yv: View,
+        dy: &CudaBuf,
+        dyv: View,
+        dx: &mut CudaBuf,
+        dxv: View,
+        accumulate: bool,
+    ) -> cryoden_nn::Result<()> {
+        let od = g.out_dims();
+        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.c);
+        let yd = Nhwc::new(od.n, od.h, od.w, g.c);
+        let xg = self.view("maxpool2_backward", x, xv, g.dims.pixels(), g.c, xd)?;
+        let dyg = self.view("maxpool2_backward", dy, dyv, od.pixels(), g.c, yd)?;
+        let dxg = self.view("maxpool2_backward", dx, dxv, g.dims.pixels(), g.c, xd)?;
+        dx.touched();
+        self.gpu()
+            .maxpool2_backward(xg, dyg, dxg, accumulate)
+            .map_err(be_err)
+    }
+
+    fn upsample_nearest_forward(
+        &self,
+        g: &UpsampleGeom,
+        x: &CudaBuf,
+        xv: View,
+        y: &mut CudaBuf,
+        yv: View,
+    ) -> cryoden_nn::Result<()> {
+        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.c);
+        let yd = Nhwc::new(g.dims.n, g.oh, g.ow, g.c);
+        let xg = self.view("upsample_nearest_forward", x, xv, g.dims.pixels(), g.c, xd)?;
+        let yg = self.view(
+            "upsample_nearest_forward",
+            y,
+            yv,
+            g.out_dims().pixels(),
+            g.c,
+            yd,
+        )?;
+        y.touched();
+        self.gpu().upsample_forward(xg, yg).map_err(be_err)
+    }
+
+    fn upsample_nearest_backward(
+        &self,
+        g: &UpsampleGeom,
+        dy: &CudaBuf,
+        dyv: View,
+        dx: &mut CudaBuf,
+        dxv: View,
+        accumulate: bool,
+    ) -> cryoden_nn::Result<()> {
+        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.c);
+        let yd = Nhwc::new(g.dims.n, g.oh, g.ow, g.c);
+        let dyg = self.view(
+            "upsample_nearest_backward",
+            dy,
+            dyv,
+            g.out_dims().pixels(),
+            g.c,
+            yd,
+        )?;
+        let dxg = self.view(
+            "upsample_nearest_backward",
+            dx,
+            dxv,
+            g.dims.pixels(),
+            g.c,
+            xd,
+        )?;
+        dx.touched();
+        self.gpu()
+            .upsample_backward(dyg, dxg, accumulate)
+            .map_err(be_err)
+    }
+
+    fn convt_workspace_len(&self, _g: &ConvTGeom) -> usize {
+        0
+    }
+
+    fn convt2x2_forward(
+        &self,
+        g: &ConvTGeom,
+        x: &CudaBuf,
+        xv: View,
+        params: &CudaBuf,
+        w_off: usize,
+        bias: Option<usize>,
+        act: Activation,
+        y: &mut CudaBuf,
+        yv: View,
+        _ws: &mut CudaBuf,
+    ) -> cryoden_nn::Result<()> {
+        let od = g.out_dims();
+        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.cin);
+        let yd = Nhwc::new(od.n, od.h, od.w, g.cout);
+        let xg = self.view("convt2x2_forward", x, xv, g.dims.pixels(), g.cin, xd)?;
+        let yg = self.view("convt2x2_forward", y, yv, od.pixels(), g.cout, yd)?;
+        check_param(
+            "convt2x2_forward",
+            params,
+            w_off,
+            g.weight_len(),
+            bias,
+            g.cout,
+        )?;
+        y.touched();
+        let mut gpu = self.gpu();
+        let xin = self.packed_in(&mut gpu, xg, S_X)?;
+        let w = self.weights(&mut gpu, params, w_off)?;
+        let yout = self.packed_out(&mut gpu, yg, S_Y)?;
+        gpu.conv_transpose_forward(self.precision, xin, w, yout, 0.0)
+            .map_err(be_err)?;
+        let b = bias.map(|o| params.buf.ptr_at(o));
+        if b.is_some() || act != Activation::Identity || yout != yg {
+            gpu.bias_act(yout, b, yg, slope(act)).map_err(be_err)?;
+        }
+        Ok(())
+    }
+
+    fn convt2x2_backward_data(
+        &self,
+        g: &ConvTGeom,
+        dy: &CudaBuf,
+        dyv: View,
+        params: &CudaBuf,
+        w_off: usize,
+        dx: &mut CudaBuf,
+        dxv: View,
+        accumulate: bool,
+        _ws: &mut CudaBuf,
+    ) -> cryoden_nn::Result<()> {
+        let od = g.out_dims();
+        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.cin);
+        let yd = Nhwc::new(od.n, od.h, od.w, g.cout);
+        let dyg = self.view("convt2x2_backward_data", dy, dyv, od.pixels(), g.cout, yd)?;
+        let dxg = self.view(
+            "convt2x2_backward_data",
+            dx,
+            dxv,
+            g.dims.pixels(),
+            g.cin,
+            xd,
+        )?;
+        check_param(
+            "convt2x2_backward_data",
+            params,
+            w_off,
+            g.weight_len(),
+            None,
+            0,
+        )?;
+        dx.touched();
+        let mut gpu = self.gpu();
+        let dyin = self.packed_in(&mut gpu, dyg, S_X)?;
+        let w = self.weights(&mut gpu, params, w_off)?;
+        let out = self.packed_out(&mut gpu, dxg, S_Y)?;
+        let direct = out == dxg;
+        let beta = if direct && accumulate { 1.0 } else { 0.0 };
+        gpu.conv_transpose_backward_data(self.precision, dyin, w, out, beta)
+            .map_err(be_err)?;
+        if !direct {
+            gpu.bias_act_acc(out, None, dxg, 1.0, accumulate)
+                .map_err(be_err)?;
+        }
+        Ok(())
+    }
+
+    fn convt2x2_backward_filter(
+        &self,
+        g: &ConvTGeom,
+        x: &CudaBuf,
+        xv: View,
+        dy: &CudaBuf,
+        dyv: View,
+        grads: &mut CudaBuf,
+        dw_off: usize,
+        _ws: &mut CudaBuf,
+    ) -> cryoden_nn::Result<()> {
+        let od = g.out_dims();
+        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.cin);
+        let yd = Nhwc::new(od.n, od.h, od.w, g.cout);
+        let xg = self.view(
+            "convt2x2_backward_filter",
+            x,
+            xv,
+            g.dims.pixels(),
+            g.cin,
+            xd,
+        )?;
+        let dyg = self.view("convt2x2_backward_filter", dy, dyv, od.pixels(), g.cout, yd)?;
+        check_param(
+            "convt2x2_backward_filter",
+            grads,
+            dw_off,
+            g.weight_len(),
+            None,
+            0,
+        )?;
+        grads.touched();
+        debug_assert_eq!(transpose_geom(xd, g.cout).weight_len(), g.weight_len());
+        let mut gpu = self.gpu();
+        let xin = self.packed_in(&mut gpu, xg, S_X)?;
+        let dyin = self.packed_in(&mut gpu, dyg, S_Y)?;
+        if self.precision.dtype() == DType::F32 {
+            gpu.conv_transpose_backward_filter(
+                self.precision,
+                xin,
+                dyin,
+                grads.buf.ptr_at(dw_off),
+                1.0,
+            )
+            .map_err(be_err)
+        } else {
+            let tmp = gpu
+                .staging(S_W, g.weight_len(), self.precision.dtype())
+                .map_err(be_err)?;
+            gpu.conv_transpose_backward_filter(self.precision, xin, dyin, tmp, 0.0)
+                .map_err(be_err)?;
+            self.add_into(&mut gpu, tmp, grads.buf.ptr_at(dw_off), g.weight_len())
+        }
+    }
+
+    fn loss_forward_backward(
+        &self,
+        kind: LossKind,
+        len: usize,
+        pred: &CudaBuf,
+        target: &CudaBuf,
+        dpred: &mut CudaBuf,
+        loss: &mut CudaBuf,
+    ) -> cryoden_nn::Result<()> {
+        if pred.buf.len < len || target.buf.len < len || dpred.buf.len < len || loss.buf.len < 1 {
+            return Err(shape_err(
+                "loss_forward_backward",
+                format!("buffers shorter than {len} (or no loss slot)"),
+            ));
+        }
+        dpred.touched();
+        loss.touched();
+        let s = Nhwc::new(1, 1, len, 1);
+        let k = match kind {
+            LossKind::Mse => GLoss::Mse,
+            LossKind::L1 => GLoss::L1,
+        };
+        let mut gpu = self.gpu();
+        gpu.loss(
+            k,
+            pred.buf.view_prefix(s),
+            target.ptr(),
+            Some(dpred.buf.view_prefix(s)),
+            loss.ptr(),
+        )
+        .map_err(be_err)
+    }
+
+    fn adam_step(
+        &self,
+        hp: &AdamParams,
+        step: u64,
+        params: &mut CudaBuf,
+        grads: &CudaBuf,
+        m: &mut CudaBuf,
+        v: &mut CudaBuf,
+    ) -> cryoden_nn::Result<()> {
+        let n = params.buf.len;
+        if grads.buf.len != n || m.buf.len != n || v.buf.len != n {
+            return Err(shape_err(
+                "adam_step",
+                "params, grads, m and v must have the same length".into(),
+            ));
+        }
+        params.touched();
+        m.touched();
+        v.touched();
+        let h = crate::device::AdamStep {
+            lr: hp.lr as f32,
+            beta1: hp.beta1 as f32,
+            beta2: hp.beta2 as f32,
+            eps: hp.eps as f32,
+            weight_decay: hp.weight_decay as f32,
+            step,
+            grad_scale: 1.0,
+        };
+        let mut gpu = self.gpu();
+        // The bf16 copy (if one exists) is refreshed by the Adam kernel itself: no extra pass.
+        let version = *params.version.get_mut();
+        let sh = params.shadow.get_mut().unwrap_or_else(|p| p.into_inner());
+        match sh {
+            Some((copy, ver)) => {
+                gpu.adam(&params.buf, Some(copy), &grads.buf, &m.buf, &v.buf, &h)
+                    .map_err(be_err)?;
+                *ver = version;
+            }
+            None => gpu
+                .adam(&params.buf, None, &grads.buf, &m.buf, &v.buf, &h)
+                .map_err(be_err)?,
+        }
+        Ok(())
+    }
+
+    fn sum_squares(&self, buf: &CudaBuf) -> cryoden_nn::Result<f64> {
+        let mut gpu = self.gpu();
+        let out = gpu.staging(S_LOSS, 1, DType::F32).map_err(be_err)?;
+        gpu.sum_squares(buf.ptr(), buf.buf.len, out)
+            .map_err(be_err)?;
+        let mut h = [0f32];
+        // SAFETY: `out` holds one f32; synchronised before reading.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(&mut h[..], out, gpu.stream.cu_stream())
+        }
+        .map_err(|e| {
+            be_err(CudaError::Driver {
+                call: "cuMemcpyDtoHAsync",
+                source: e,
+            })
+        })?;
+        gpu.sync().map_err(be_err)?;
+        Ok(h[0] as f64)
+    }
+
+    fn scale(&self, buf: &mut CudaBuf, s: f32) -> cryoden_nn::Result<()> {
+        buf.touched();
+        self.gpu().scale(buf.ptr(), buf.buf.len, s).map_err(be_err)
+    }
+}
+
+fn check_param(
+    op: &'static str,
+    p: &CudaBuf,
+    w_off: usize,
+    w_len: usize,
+    b_off: Option<usize>,
+    c: usize,
+) -> cryoden_nn::Result<()> {
+    if w_off + w_len > p.buf.len || b_off.is_some_and(|b| b + c > p.buf.len) {
+        return Err(shape_err(
+            op,
+            format!("parameter range past the end of a buffer of {}", p.buf.len),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,669 @@
+//! cuDNN convolutions in NHWC (weights KRSC: `[out, kh, kw, in]`), forward / backward-data / backward-filter, with
+//! the algorithm for each direction found once per shape and precision (`cudnnFind*`, which times every candidate)
+//! and cached for the life of the `Gpu`.
+//!
+//! A 2x2 stride-2 transposed convolution is the backward-data pass of the matching strided convolution, so it runs
+//! on the same cuDNN kernels (see `conv_transpose_*`).
+
+use crate::device::{Gpu, Nhwc, View};
+use crate::error::{dnn, CudaError, Result};
+use crate::precision::{DType, Precision};
+use cudarc::cudnn::{result as cr, sys};
+use std::ffi::c_void;
+
+/// Geometry of a square-kernel 2-D convolution (cross-correlation, as PyTorch's Conv2d), input `[n, h, w, cin]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub pad: usize,
+    pub stride: usize,
+}
+
+impl ConvGeom {
+    pub fn out_hw(&self) -> (usize, usize) {
+        (
+            (self.h + 2 * self.pad - self.k) / self.stride + 1,
+            (self.w + 2 * self.pad - self.k) / self.stride + 1,
+        )
+    }
+    pub fn in_shape(&self) -> Nhwc {
+        Nhwc::new(self.n, self.h, self.w, self.cin)
+    }
+    pub fn out_shape(&self) -> Nhwc {
+        let (oh, ow) = self.out_hw();
+        Nhwc::new(self.n, oh, ow, self.cout)
+    }
+    /// Elements of the KRSC weight tensor.
+    pub fn weight_len(&self) -> usize {
+        self.cout * self.k * self.k * self.cin
+    }
+    /// Multiply-adds of one direction (forward, backward-data and backward-filter each cost this much).
+    pub fn macs(&self) -> u64 {
+        let o = self.out_shape();
+        (o.len() as u64) * (self.k * self.k * self.cin) as u64
+    }
+    fn check(&self) -> Result<()> {
+        if self.k == 0
+            || self.stride == 0
+            || self.h + 2 * self.pad < self.k
+            || self.w + 2 * self.pad < self.k
+        {
+            return Err(CudaError::Shape(format!(
+                "conv: kernel {} does not fit input {}",
+                self.k,
+                self.in_shape()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for ConvGeom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "conv{}x{} {}->{} on {}x{}x{} (pad {}, stride {})",
+            self.k, self.k, self.cin, self.cout, self.n, self.h, self.w, self.pad, self.stride
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ConvKey {
+    geom: ConvGeom,
+    precision: Precision,
+}
+
+struct TensorDesc(sys::cudnnTensorDescriptor_t);
+impl Drop for TensorDesc {
+    fn drop(&mut self) {
+        // SAFETY: created in ConvPlan::new, destroyed once here.
+        let _ = unsafe { cr::destroy_tensor_descriptor(self.0) };
+    }
+}
+struct FilterDesc(sys::cudnnFilterDescriptor_t);
+impl Drop for FilterDesc {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        let _ = unsafe { cr::destroy_filter_descriptor(self.0) };
+    }
+}
+struct ConvDesc(sys::cudnnConvolutionDescriptor_t);
+impl Drop for ConvDesc {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        let _ = unsafe { cr::destroy_convolution_descriptor(self.0) };
+    }
+}
+
+/// A chosen algorithm: its number, workspace bytes, the time cudnnFind measured (ms) and its math type.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Choice {
+    pub algo: u32,
+    pub workspace: usize,
+    pub find_ms: f32,
+    pub tensor_ops: bool,
+}
+
+/// Descriptors and chosen algorithms of one shape and precision.
+pub(crate) struct ConvPlan {
+    x: TensorDesc,
+    y: TensorDesc,
+    w: FilterDesc,
+    // One conv descriptor per direction: each gets the math type of the algorithm found for it.
+    conv: [ConvDesc; 3],
+    pub(crate) fwd: Option<(sys::cudnnConvolutionFwdAlgo_t, Choice)>,
+    pub(crate) bwd_data: Option<(sys::cudnnConvolutionBwdDataAlgo_t, Choice)>,
+    pub(crate) bwd_filter: Option<(sys::cudnnConvolutionBwdFilterAlgo_t, Choice)>,
+}
+
+// SAFETY: cuDNN descriptors are host-side structs without thread affinity; a plan is only used through `&mut Gpu`.
+unsafe impl Send for ConvPlan {}
+
+impl ConvPlan {
+    fn new(g: &ConvGeom, p: Precision) -> Result<ConvPlan> {
+        g.check()?;
+        let dt = p.dtype().cudnn();
+        let o = g.out_shape();
+        let nhwc = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC;
+        let x =
+            TensorDesc(cr::create_tensor_descriptor().map_err(dnn("cudnnCreateTensorDescriptor"))?);
+        let y =
+            TensorDesc(cr::create_tensor_descriptor().map_err(dnn("cudnnCreateTensorDescriptor"))?);
+        let w =
+            FilterDesc(cr::create_filter_descriptor().map_err(dnn("cudnnCreateFilterDescriptor"))?);
+        let i = |v: usize| v as i32;
+        // SAFETY: fresh descriptors; dims are positive (checked above).
+        unsafe {
+            cr::set_tensor4d_descriptor(x.0, nhwc, dt, [i(g.n), i(g.cin), i(g.h), i(g.w)])
+                .map_err(dnn("cudnnSetTensor4dDescriptor"))?;
+            cr::set_tensor4d_descriptor(y.0, nhwc, dt, [i(o.n), i(o.c), i(o.h), i(o.w)])
+                .map_err(dnn("cudnnSetTensor4dDescriptor"))?;
+            cr::set_filter4d_descriptor(w.0, dt, nhwc, [i(g.cout), i(g.cin), i(g.k), i(g.k)])
+                .map_err(dnn("cudnnSetFilter4dDescriptor"))?;
+        }
+        let mk = || -> Result<ConvDesc> {
+            let c = ConvDesc(
+                cr::create_convolution_descriptor()
+                    .map_err(dnn("cudnnCreateConvolutionDescriptor"))?,
+            );
+            // SAFETY: fresh descriptor. Compute type is f32 in every mode (bf16 data: PSEUDO_BFLOAT16 config).
+            unsafe {
+                cr::set_convolution2d_descriptor(
+                    c.0,
+                    i(g.pad),
+                    i(g.pad),
+                    i(g.stride),
+                    i(g.stride),
+                    1,
+                    1,
+                    sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                    sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                )
+                .map_err(dnn("cudnnSetConvolution2dDescriptor"))?;
+                cr::set_convolution_math_type(c.0, p.math())
+                    .map_err(dnn("cudnnSetConvolutionMathType"))?;
+            }
+            Ok(c)
+        };
+        Ok(ConvPlan {
+            x,
+            y,
+            w,
+            conv: [mk()?, mk()?, mk()?],
+            fwd: None,
+            bwd_data: None,
+            bwd_filter: None,
+        })
+    }
+}
+
+fn is_tensor_op(m: sys::cudnnMathType_t) -> bool {
+    !matches!(m, sys::cudnnMathType_t::CUDNN_FMA_MATH)
+}
+
+/// Whether a found algorithm is acceptable: it ran, fits the workspace limit, and in f32 mode uses no tensor cores
+/// (cuDNN reports DEFAULT_MATH for plain FMA kernels too; only TENSOR_OP* are refused).
+fn acceptable(
+    p: Precision,
+    status: sys::cudnnStatus_t,
+    memory: usize,
+    math: sys::cudnnMathType_t,
+    limit: usize,
+) -> bool {
+    status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
+        && memory <= limit
+        && !(p == Precision::F32
+            && matches!(
+                math,
+                sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+                    | sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
+            ))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Fwd,
+    BwdData,
+    BwdFilter,
+}
+
+impl Gpu {
+    fn plan(&mut self, g: &ConvGeom, p: Precision, dir: Dir) -> Result<&ConvPlan> {
+        let key = ConvKey {
+            geom: *g,
+            precision: p,
+        };
+        if let std::collections::hash_map::Entry::Vacant(e) = self.conv_plans.entry(key) {
+            e.insert(ConvPlan::new(g, p)?);
+        }
+        let limit = self.workspace_limit;
+        let handle = self.cudnn.0;
+        let plan = self.conv_plans.get_mut(&key).unwrap();
+        let shape = g.to_string();
+        let none = |what| CudaError::NoConvAlgorithm {
+            what,
+            shape: shape.clone(),
+            precision: p.name(),
+        };
+        let mut count = 0i32;
+        match dir {
+            Dir::Fwd if plan.fwd.is_none() => {
+                let mut res =
+                    [unsafe { std::mem::zeroed::<sys::cudnnConvolutionFwdAlgoPerf_t>() }; 8];
+                // SAFETY: live handle and descriptors; `res` has room for the 8 results requested.
+                unsafe {
+                    sys::cudnnFindConvolutionForwardAlgorithm(
+                        handle,
+                        plan.x.0,
+                        plan.w.0,
+                        plan.conv[0].0,
+                        plan.y.0,
+                        8,
+                        &mut count,
+                        res.as_mut_ptr(),
+                    )
+                }
+                .result()
+                .map_err(dnn("cudnnFindConvolutionForwardAlgorithm"))?;
+                // Results come sorted fastest first.
+                let r = res[..count as usize]
+                    .iter()
+                    .find(|r| acceptable(p, r.status, r.memory, r.mathType, limit))
+                    .ok_or_else(|| none("forward"))?;
+                // cuDNN's advice is to run an algorithm with the math type it was timed with; in f32 mode the
+                // descriptor keeps FMA_MATH (DEFAULT_MATH would allow TF32).
+                if p != Precision::F32 {
+                    // SAFETY: live descriptor.
+                    unsafe { cr::set_convolution_math_type(plan.conv[0].0, r.mathType) }
+                        .map_err(dnn("cudnnSetConvolutionMathType"))?;
+                }
+                let c = Choice {
+                    algo: r.algo as u32,
+                    workspace: r.memory,
+                    find_ms: r.time,
+                    tensor_ops: is_tensor_op(r.mathType),
+                };
+                plan.fwd = Some((r.algo, c));
+            }
+            Dir::BwdData if plan.bwd_data.is_none() => {
+                let mut res =
+                    [unsafe { std::mem::zeroed::<sys::cudnnConvolutionBwdDataAlgoPerf_t>() }; 6];
+                // SAFETY: as above, 6 results.
+                unsafe {
+                    sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                        handle,
+                        plan.w.0,
+                        plan.y.0,
+                        plan.conv[1].0,
+                        plan.x.0,
+                        6,
+                        &mut count,
+                        res.as_mut_ptr(),
+                    )
+                }
+                .result()
+                .map_err(dnn("cudnnFindConvolutionBackwardDataAlgorithm"))?;
+                let r = res[..count as usize]
+                    .iter()
+                    .find(|r| acceptable(p, r.status, r.memory, r.mathType, limit))
+                    .ok_or_else(|| none("backward-data"))?;
+                // cuDNN's advice is to run an algorithm with the math type it was timed with; in f32 mode the
+                // descriptor keeps FMA_MATH (DEFAULT_MATH would allow TF32).
+                if p != Precision::F32 {
+                    // SAFETY: live descriptor.
+                    unsafe { cr::set_convolution_math_type(plan.conv[1].0, r.mathType) }
+                        .map_err(dnn("cudnnSetConvolutionMathType"))?;
+                }
+                let c = Choice {
+                    algo: r.algo as u32,
+                    workspace: r.memory,
+                    find_ms: r.time,
+                    tensor_ops: is_tensor_op(r.mathType),
+                };
+                plan.bwd_data = Some((r.algo, c));
+            }
+            Dir::BwdFilter if plan.bwd_filter.is_none() => {
+                let mut res =
+                    [unsafe { std::mem::zeroed::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>() }; 7];
+                // SAFETY: as above, 7 results.
+                unsafe {
+                    sys::cudnnFindConvolutionBackwardFilterAlgorithm(
+                        handle,
+                        plan.x.0,
+                        plan.y.0,
+                        plan.conv[2].0,
+                        plan.w.0,
+                        7,
+                        &mut count,
+                        res.as_mut_ptr(),
+                    )
+                }
+                .result()
+                .map_err(dnn("cudnnFindConvolutionBackwardFilterAlgorithm"))?;
+                let r = res[..count as usize]
+                    .iter()
+                    .find(|r| acceptable(p, r.status, r.memory, r.mathType, limit))
+                    .ok_or_else(|| none("backward-filter"))?;
+                // cuDNN's advice is to run an algorithm with the math type it was timed with; in f32 mode the
+                // descriptor keeps FMA_MATH (DEFAULT_MATH would allow TF32).
+                if p != Precision::F32 {
+                    // SAFETY: live descriptor.
+                    unsafe { cr::set_convolution_math_type(plan.conv[2].0, r.mathType) }
+                        .map_err(dnn("cudnnSetConvolutionMathType"))?;
+                }
+                let c = Choice {
+                    algo: r.algo as u32,
+                    workspace: r.memory,
+                    find_ms: r.time,
+                    tensor_ops: is_tensor_op(r.mathType),
+                };
+                plan.bwd_filter = Some((r.algo, c));
+            }
+            _ => {}
+        }
+        Ok(self.conv_plans.get(&key).unwrap())
+    }
+
+    /// Finds (if not yet done) the algorithms of all three directions for this shape, so that a later graph capture
+    /// sees no allocation. Returns the choices (forward, backward-data, backward-filter).
+    pub fn conv_prepare(&mut self, g: &ConvGeom, p: Precision) -> Result<[Choice; 3]> {
+        self.plan(g, p, Dir::Fwd)?;
+        self.plan(g, p, Dir::BwdData)?;
+        let plan = self.plan(g, p, Dir::BwdFilter)?;
+        let c = [
+            plan.fwd.unwrap().1,
+            plan.bwd_data.unwrap().1,
+            plan.bwd_filter.unwrap().1,
+        ];
+        let ws = c.iter().map(|c| c.workspace).max().unwrap_or(0);
+        self.workspace(ws)?;
+        Ok(c)
+    }
+
+    /// All shapes planned so far with their algorithm choices (for bench output and docs).
+    pub fn conv_choices(&self) -> Vec<(ConvGeom, Precision, [Option<Choice>; 3])> {
+        let mut v: Vec<_> = self
+            .conv_plans
+            .iter()
+            .map(|(k, p)| {
+                (
+                    k.geom,
+                    k.precision,
+                    [
+                        p.fwd.map(|f| f.1),
+                        p.bwd_data.map(|f| f.1),
+                        p.bwd_filter.map(|f| f.1),
+                    ],
+                )
+            })
+            .collect();
+        v.sort_by_key(|(g, p, _)| (p.name(), g.n, std::cmp::Reverse(g.h), g.cin, g.cout, g.k));
+        v
+    }
+
+    fn check_views(&self, what: &str, p: Precision, views: &[(View, Nhwc)]) -> Result<()> {
+        for (v, want) in views {
+            if v.shape != *want || !v.is_packed() || v.dtype != p.dtype() {
+                return Err(CudaError::Shape(format!(
+                    "{what}: expected a packed {:?} tensor {want}, got {:?} {} (channel stride {})",
+                    p.dtype(),
+                    v.dtype,
+                    v.shape,
+                    v.cs
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// y = beta * y + conv(x, w). x `[n, h, w, cin]`, w KRSC, y `[n, oh, ow, cout]`, all packed, of `p.dtype()`.
+    pub fn conv_forward(
+        &mut self,
+        p: Precision,
+        g: &ConvGeom,
+        x: View,
+        w: u64,
+        y: View,
+        beta: f32,
+    ) -> Result<()> {
+        self.check_views("conv_forward", p, &[(x, g.in_shape()), (y, g.out_shape())])?;
+        let (algo, ws) = {
+            let plan = self.plan(g, p, Dir::Fwd)?;
+            let (a, c) = plan.fwd.unwrap();
+            (a, c.workspace)
+        };
+        let (wsp, wss) = self.workspace(ws)?;
+        let plan = self
+            .conv_plans
+            .get(&ConvKey {
+                geom: *g,
+                precision: p,
+            })
+            .unwrap();
+        let (alpha, beta) = (1.0f32, beta);
+        // SAFETY: descriptors match the checked views; workspace holds what the algorithm asked for.
+        unsafe {
+            cr::convolution_forward(
+                self.cudnn.0,
+                &alpha as *const f32 as *const c_void,
+                plan.x.0,
+                x.ptr as *const c_void,
+                plan.w.0,
+                w as *const c_void,
+                plan.conv[0].0,
+                algo,
+                wsp as *mut c_void,
+                wss,
+                &beta as *const f32 as *const c_void,
+                plan.y.0,
+                y.ptr as *mut c_void,
+            )
+        }
+        .map_err(dnn("cudnnConvolutionForward"))
+    }
+
+    /// dx = beta * dx + conv_backward_data(dy, w).
+    pub fn conv_backward_data(
+        &mut self,
+        p: Precision,
+        g: &ConvGeom,
+        dy: View,
+        w: u64,
+        dx: View,
+        beta: f32,
+    ) -> Result<()> {
+        self.check_views(
+            "conv_backward_data",
+            p,
+            &[(dx, g.in_shape()), (dy, g.out_shape())],
+        )?;
+        let (algo, ws) = {
+            let plan = self.plan(g, p, Dir::BwdData)?;
+            let (a, c) = plan.bwd_data.unwrap();
+            (a, c.workspace)
+        };
+        let (wsp, wss) = self.workspace(ws)?;
+        let plan = self
+            .conv_plans
+            .get(&ConvKey {
+                geom: *g,
+                precision: p,
+            })
+            .unwrap();
+        let (alpha, beta) = (1.0f32, beta);
+        // SAFETY: as in conv_forward.
+        unsafe {
+            cr::convolution_backward_data(
+                self.cudnn.0,
+                &alpha as *const f32 as *const c_void,
+                plan.w.0,
+                w as *const c_void,
+                plan.y.0,
+                dy.ptr as *const c_void,
+                plan.conv[1].0,
+                algo,
+                wsp as *mut c_void,
+                wss,
+                &beta as *const f32 as *const c_void,
+                plan.x.0,
+                dx.ptr as *mut c_void,
+            )
+        }
+        .map_err(dnn("cudnnConvolutionBackwardData"))
+    }
+
+    /// dw = beta * dw + conv_backward_filter(x, dy). dw is KRSC of `p.dtype()`.
+    pub fn conv_backward_filter(
+        &mut self,
+        p: Precision,
+        g: &ConvGeom,
+        x: View,
+        dy: View,
+        dw: u64,
+        beta: f32,
+    ) -> Result<()> {
+        self.check_views(
+            "conv_backward_filter",
+            p,
+            &[(x, g.in_shape()), (dy, g.out_shape())],
+        )?;
+        let (algo, ws) = {
+            let plan = self.plan(g, p, Dir::BwdFilter)?;
+            let (a, c) = plan.bwd_filter.unwrap();
+            (a, c.workspace)
+        };
+        let (wsp, wss) = self.workspace(ws)?;
+        let plan = self
+            .conv_plans
+            .get(&ConvKey {
+                geom: *g,
+                precision: p,
+            })
+            .unwrap();
+        let (alpha, beta) = (1.0f32, beta);
+        // SAFETY: as in conv_forward.
+        unsafe {
+            cr::convolution_backward_filter(
+                self.cudnn.0,
+                &alpha as *const f32 as *const c_void,
+                plan.x.0,
+                x.ptr as *const c_void,
+                plan.y.0,
+                dy.ptr as *const c_void,
+                plan.conv[2].0,
+                algo,
+                wsp as *mut c_void,
+                wss,
+                &beta as *const f32 as *const c_void,
+                plan.w.0,
+                dw as *mut c_void,
+            )
+        }
+        .map_err(dnn("cudnnConvolutionBackwardFilter"))
+    }
+
+    /// 2x2 stride-2 transposed convolution (PyTorch ConvTranspose2d(cin, cout, 2, stride=2)), no bias:
+    /// x `[n, h, w, cin]` -> y `[n, 2h, 2w, cout]`; weight `[cin, 2, 2, cout]` (PyTorch's `[cin, cout, 2, 2]` with the
+    /// channel axis last). It is the backward-data pass of a 2x2 stride-2 conv cout -> cin on the output.
+    pub fn conv_transpose_forward(
+        &mut self,
+        p: Precision,
+        x: View,
+        w: u64,
+        y: View,
+        beta: f32,
+    ) -> Result<()> {
+        let g = transpose_geom(x.shape, y.shape.c);
+        self.conv_backward_data(p, &g, x, w, y, beta)
+    }
+
+    /// Gradient of the transposed convolution with respect to its input.
+    pub fn conv_transpose_backward_data(
+        &mut self,
+        p: Precision,
+        dy: View,
+        w: u64,
+        dx: View,
+        beta: f32,
+    ) -> Result<()> {
+        let g = transpose_geom(dx.shape, dy.shape.c);
+        self.conv_forward(p, &g, dy, w, dx, beta)
+    }
+
+    /// Gradient of the transposed convolution with respect to its weight.
+    pub fn conv_transpose_backward_filter(
+        &mut self,
+        p: Precision,
+        x: View,
+        dy: View,
+        dw: u64,
+        beta: f32,
+    ) -> Result<()> {
+        let g = transpose_geom(x.shape, dy.shape.c);
+        self.conv_backward_filter(p, &g, dy, x, dw, beta)
+    }
+}
+
+/// The strided conv whose backward-data is the 2x2 stride-2 transposed conv of `x` (`[n, h, w, cin]`) to `cout`
+/// channels: input `[n, 2h, 2w, cout]`, `cout -> cin`, kernel 2, stride 2.
+pub fn transpose_geom(x: Nhwc, cout: usize) -> ConvGeom {
+    ConvGeom {
+        n: x.n,
+        h: 2 * x.h,
+        w: 2 * x.w,
+        cin: cout,
+        cout: x.c,
+        k: 2,
+        pad: 0,
+        stride: 2,
+    }
+}
+
+/// Storage dtype check used by callers that hold weights: conv weights are stored in the compute dtype.
+pub fn weight_dtype(p: Precision) -> DType {
+    p.dtype()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry() {
+        let g = ConvGeom {
+            n: 8,
+            h: 1024,
+            w: 1024,
+            cin: 1,
+            cout: 32,
+            k: 3,
+            pad: 1,
+            stride: 1,
+        };
+        assert_eq!(g.out_shape(), Nhwc::new(8, 1024, 1024, 32));
+        assert_eq!(g.weight_len(), 32 * 9);
+        assert_eq!(g.macs(), 8 * 1024 * 1024 * 32 * 9);
+        let t = transpose_geom(Nhwc::new(2, 16, 16, 64), 32);
+        assert_eq!(t.in_shape(), Nhwc::new(2, 32, 32, 32));
+        assert_eq!(t.out_shape(), Nhwc::new(2, 16, 16, 64));
+        assert_eq!(t.weight_len(), 64 * 4 * 32);
+        let bad = ConvGeom {
+            n: 1,
+            h: 2,
+            w: 2,
+            cin: 1,
+            cout: 1,
+            k: 5,
+            pad: 1,
+            stride: 1,
+        };
+        assert!(bad.check().is_err());
+    }
+
+    #[test]
+    fn f32_mode_refuses_tensor_core_algorithms() {
+        use sys::cudnnMathType_t::*;
+        let ok = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+        assert!(acceptable(Precision::F32, ok, 0, CUDNN_FMA_MATH, 0));
+        assert!(acceptable(Precision::F32, ok, 0, CUDNN_DEFAULT_MATH, 0));
+        assert!(!acceptable(Precision::F32, ok, 0, CUDNN_TENSOR_OP_MATH, 0));
+        assert!(acceptable(Precision::Bf16, ok, 0, CUDNN_TENSOR_OP_MATH, 0));
+        assert!(
+            !acceptable(Precision::Tf32, ok, 10, CUDNN_DEFAULT_MATH, 5),
+            "workspace over the limit"
+        );
+        assert!(!acceptable(
+            Precision::Tf32,
+            sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED,
+            0,
+            CUDNN_DEFAULT_MATH,
+            0
+        ));
+    }
+}

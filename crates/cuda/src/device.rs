@@ -1,0 +1,949 @@
+//! One GPU: its context, the (capture-capable) stream everything runs on, the cuDNN handle, the compiled kernels,
+//! and device buffers.
+//!
+//! Buffers are plain device allocations addressed by raw pointers (`Buf`, `View`), so a channel slice of a
+//! concatenation buffer or a slice of the flat parameter buffer is just a pointer and a stride. cudarc's per-buffer
+//! event tracking is switched off: all work is ordered on one stream, and graph capture needs it off anyway.
+
+use crate::error::{dnn, drv, CudaError, Result};
+use crate::nvrtc::{arch_for, default_cache_dir, Compiler};
+use crate::precision::DType;
+use crate::probe::{self, GpuInfo};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The kernel source, compiled once per GPU architecture (and cached on disk).
+pub const ELEMENTWISE_CU: &str = include_str!("kernels/elementwise.cu");
+
+/// Shape of an NHWC tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Nhwc {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl Nhwc {
+    pub fn new(n: usize, h: usize, w: usize, c: usize) -> Nhwc {
+        Nhwc { n, h, w, c }
+    }
+    pub fn pixels(&self) -> usize {
+        self.n * self.h * self.w
+    }
+    pub fn len(&self) -> usize {
+        self.pixels() * self.c
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Display for Nhwc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}, {}, {}, {}]", self.n, self.h, self.w, self.c)
+    }
+}
+
+/// An owned device allocation of `len` elements of `dtype`.
+#[derive(Debug)]
+pub struct Buf {
+    _mem: CudaSlice<u8>,
+    ptr: u64,
+    pub len: usize,
+    pub dtype: DType,
+}
+
+impl Buf {
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    /// Pointer to element `i`.
+    pub fn ptr_at(&self, i: usize) -> u64 {
+        assert!(i <= self.len, "offset {i} past a buffer of {}", self.len);
+        self.ptr + (i * self.dtype.size()) as u64
+    }
+    /// The whole buffer as a packed tensor of `shape`.
+    pub fn view(&self, shape: Nhwc) -> View {
+        assert_eq!(
+            shape.len(),
+            self.len,
+            "view {shape} of a buffer of {} elements",
+            self.len
+        );
+        View {
+            ptr: self.ptr,
+            dtype: self.dtype,
+            shape,
+            cs: shape.c,
+        }
+    }
+    /// The first `shape.len()` elements as a packed tensor.
+    pub fn view_prefix(&self, shape: Nhwc) -> View {
+        assert!(
+            shape.len() <= self.len,
+            "view {shape} of a buffer of {} elements",
+            self.len
+        );
+        View {
+            ptr: self.ptr,
+            dtype: self.dtype,
+            shape,
+            cs: shape.c,
+        }
+    }
+    /// Channels `offset..offset + c` of a buffer holding a packed tensor of shape `whole`.
+    pub fn channels(&self, whole: Nhwc, offset: usize, c: usize) -> View {
+        assert_eq!(whole.len(), self.len);
+        assert!(
+            offset + c <= whole.c,
+            "channels {offset}..{} of {}",
+            offset + c,
+            whole.c
+        );
+        View {
+            ptr: self.ptr_at(offset),
+            dtype: self.dtype,
+            shape: Nhwc { c, ..whole },
+            cs: whole.c,
+        }
+    }
+}
+
+/// A tensor on the device: pointer to its first channel, its shape, and elements per pixel of the buffer it lives in
+/// (`cs == shape.c` when packed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    pub ptr: u64,
+    pub dtype: DType,
+    pub shape: Nhwc,
+    pub cs: usize,
+}
+
+impl View {
+    pub fn is_packed(&self) -> bool {
+        self.cs == self.shape.c
+    }
+}
+
+/// A cuDNN handle bound to our stream.
+pub(crate) struct CudnnHandle(pub(crate) cudarc::cudnn::sys::cudnnHandle_t);
+
+// SAFETY: a cuDNN handle may be used from any thread as long as calls are not concurrent; `Gpu` takes `&mut self`
+// for every cuDNN call and the backend keeps it behind a Mutex.
+unsafe impl Send for CudnnHandle {}
+
+impl Drop for CudnnHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by cudnnCreate in Gpu::open and destroyed only here.
+        let _ = unsafe { cudarc::cudnn::result::destroy_handle(self.0) };
+    }
+}
+
+/// One GPU, ready to run the ops.
+pub struct Gpu {
+    pub info: GpuInfo,
+    pub ctx: Arc<CudaContext>,
+    /// A non-default stream: CUDA graph capture is refused on the legacy default stream.
+    pub stream: Arc<CudaStream>,
+    pub(crate) cudnn: CudnnHandle,
+    pub compiler: Compiler,
+    functions: HashMap<String, CudaFunction>,
+    /// How the kernel module was obtained (for `doctor` and logs).
+    pub kernels_note: String,
+    pub(crate) conv_plans: HashMap<crate::conv::ConvKey, crate::conv::ConvPlan>,
+    pub(crate) workspace: Option<Buf>,
+    /// Largest cuDNN workspace an algorithm may use (bytes).
+    pub workspace_limit: usize,
+    scratch: Option<Buf>,
+    staging: Vec<Option<Buf>>,
+}
+
+const THREADS: u32 = 256;
+
+impl Gpu {
+    /// Opens GPU `ordinal`: checks libraries first (clear errors instead of cudarc's panics), creates the context, a
+    /// stream and the cuDNN handle, and compiles (or loads from the cache) the kernels.
+    pub fn open(ordinal: usize) -> Result<Gpu> {
+        probe::check_all(ordinal)?;
+        let info = probe::gpu_info(ordinal)?;
+        let ctx = CudaContext::new(ordinal).map_err(drv("cuDevicePrimaryCtxRetain"))?;
+        // SAFETY: from here on every buffer is used on `stream` only (or with explicit synchronisation).
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(drv("cuStreamCreate"))?;
+        let handle = cudarc::cudnn::result::create_handle().map_err(dnn("cudnnCreate"))?;
+        let cudnn = CudnnHandle(handle);
+        // SAFETY: a live handle and a live stream of this context.
+        unsafe { cudarc::cudnn::result::set_stream(cudnn.0, stream.cu_stream() as _) }
+            .map_err(dnn("cudnnSetStream"))?;
+        let compiler = Compiler::new(arch_for(info.compute_capability), default_cache_dir())?;
+        let compiled = compiler.compile("elementwise.cu", ELEMENTWISE_CU, &[])?;
+        let t = Instant::now();
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin))
+            .map_err(drv("cuModuleLoadData"))?;
+        let mut functions = HashMap::new();
+        for name in kernel_names() {
+            let f = module
+                .load_function(&name)
+                .map_err(drv("cuModuleGetFunction"))?;
+            functions.insert(name, f);
+        }
+        // cuDNN's fastest f32 algorithms (FFT, GEMM-based) can want several GiB of workspace; PyTorch allows what
+        // is free. We allow a quarter of the free memory at start, at most 16 GiB.
+        let (free, _) = ctx.mem_get_info().map_err(drv("cuMemGetInfo"))?;
+        let workspace_limit = (free / 4).min(16 << 30);
+        let kernels_note = if compiled.from_cache {
+            format!(
+                "kernels for {} loaded from the cache in {:.1} ms",
+                compiler.arch,
+                t.elapsed().as_secs_f64() * 1e3
+            )
+        } else {
+            format!(
+                "kernels compiled for {} in {:.0} ms",
+                compiler.arch, compiled.compile_ms
+            )
+        };
+        Ok(Gpu {
+            info,
+            ctx,
+            stream,
+            cudnn,
+            compiler,
+            functions,
+            kernels_note,
+            conv_plans: HashMap::new(),
+            workspace: None,
+            workspace_limit,
+            scratch: None,
+            staging: Vec::new(),
+        })
+    }
+
+    /// `doctor`'s functional check: open, run one conv and one kernel, compare with a CPU computation.
+    pub fn selfcheck(ordinal: usize) -> Result<String> {
+        let t = Instant::now();
+        let mut gpu = Gpu::open(ordinal)?;
+        let open_ms = t.elapsed().as_secs_f64() * 1e3;
+        // 3x3 conv, 1 -> 2 channels on a 5x5 image, then ReLU: compare with a direct CPU loop.
+        let xs = Nhwc::new(1, 5, 5, 1);
+        let x: Vec<f32> = (0..25).map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0).collect();
+        let w: Vec<f32> = (0..18).map(|i| ((i * 5 % 7) as f32 - 3.0) / 3.0).collect(); // [k=2][3][3][c=1]
+        let b = [0.25f32, -0.5];
+        let xb = gpu.upload(&x, DType::F32)?;
+        let wb = gpu.upload(&w, DType::F32)?;
+        let bb = gpu.upload(&b, DType::F32)?;
+        let geom = crate::conv::ConvGeom {
+            n: 1,
+            h: 5,
+            w: 5,
+            cin: 1,
+            cout: 2,
+            k: 3,
+            pad: 1,
+            stride: 1,
+        };
+        let ys = Nhwc::new(1, 5, 5, 2);
+        let yb = gpu.alloc(ys.len(), DType::F32)?;
+        gpu.conv_forward(
+            crate::precision::Precision::F32,
+            &geom,
+            xb.view(xs),
+            wb.ptr(),
+            yb.view(ys),
+            0.0,
+        )?;
+        gpu.bias_act(yb.view(ys), Some(bb.ptr()), yb.view(ys), 0.0)?;
+        let got = gpu.download(&yb)?;
+        let mut worst = 0f32;
+        for i in 0..5i32 {
+            for j in 0..5i32 {
+                for k in 0..2usize {
+                    let mut s = b[k];
+                    for a in 0..3i32 {
+                        for c in 0..3i32 {
+                            let (ii, jj) = (i + a - 1, j + c - 1);
+                            if (0..5).contains(&ii) && (0..5).contains(&jj) {
+                                s += x[(ii * 5 + jj) as usize] * w[k * 9 + (a * 3 + c) as usize];
+                            }
+                        }
+                    }
+                    worst = worst.max((s.max(0.0) - got[((i * 5 + j) as usize) * 2 + k]).abs());
+                }
+            }
+        }
+        if worst > 1e-5 {
+            return Err(CudaError::Shape(format!(
+                "self-check conv + ReLU differs from the CPU by {worst:e}"
+            )));
+        }
+        Ok(format!(
+            "ok: context + cuDNN + {} in {open_ms:.0} ms; conv3x3 + bias + ReLU matches the CPU (max |diff| {worst:.1e})",
+            gpu.kernels_note
+        ))
+    }
+
+    fn func(&self, name: &str) -> Result<&CudaFunction> {
+        self.functions.get(name).ok_or_else(|| {
+            CudaError::Shape(format!("internal: kernel {name} is not in elementwise.cu"))
+        })
+    }
+
+    /// Uninitialised device memory for `len` elements.
+    pub fn alloc(&self, len: usize, dtype: DType) -> Result<Buf> {
+        let bytes = (len * dtype.size()).max(16);
+        // SAFETY: the memory is uninitialised; every op writes before reading (tests poison it to check).
+        let mem = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(drv("cuMemAllocAsync"))?;
+        let ptr = mem.device_ptr(&self.stream).0;
+        Ok(Buf {
+            _mem: mem,
+            ptr,
+            len,
+            dtype,
+        })
+    }
+
+    /// Copies f32 host data to a new buffer of `dtype` (converted on the device for bf16).
+    pub fn upload(&mut self, data: &[f32], dtype: DType) -> Result<Buf> {
+        let out = self.alloc(data.len(), dtype)?;
+        self.upload_into(data, &out)?;
+        Ok(out)
+    }
+
+    /// Copies f32 host data into an existing buffer (converted for bf16).
+    pub fn upload_into(&mut self, data: &[f32], out: &Buf) -> Result<()> {
+        assert_eq!(data.len(), out.len);
+        let staged = self
+            .stream
+            .clone_htod(data)
+            .map_err(drv("cuMemcpyHtoDAsync"))?;
+        let sp = staged.device_ptr(&self.stream).0;
+        let n = data.len();
+        let shape = Nhwc::new(1, 1, n.max(1), 1);
+        let src = View {
+            ptr: sp,
+            dtype: DType::F32,
+            shape,
+            cs: 1,
+        };
+        let dst = View {
+            ptr: out.ptr,
+            dtype: out.dtype,
+            shape,
+            cs: 1,
+        };
+        if n > 0 {
+            self.bias_act(src, None, dst, 1.0)?;
+        }
+        // `staged` is freed stream-ordered after the copy kernel.
+        drop(staged);
+        Ok(())
+    }
+
+    /// Copies a buffer back as f32 (bf16 is converted on the device) and waits for it.
+    pub fn download(&mut self, b: &Buf) -> Result<Vec<f32>> {
+        let shape = Nhwc::new(1, 1, b.len.max(1), 1);
+        let tmp = self
+            .stream
+            .alloc_zeros::<f32>(b.len.max(1))
+            .map_err(drv("cuMemAllocAsync"))?;
+        let tp = tmp.device_ptr(&self.stream).0;
+        if b.len > 0 {
+            self.bias_act(
+                View {
+                    ptr: b.ptr,
+                    dtype: b.dtype,
+                    shape,
+                    cs: 1,
+                },
+                None,
+                View {
+                    ptr: tp,
+                    dtype: DType::F32,
+                    shape,
+                    cs: 1,
+                },
+                1.0,
+            )?;
+        }
+        let mut v = self
+            .stream
+            .clone_dtoh(&tmp)
+            .map_err(drv("cuMemcpyDtoHAsync"))?;
+        self.sync()?;
+        v.truncate(b.len);
+        Ok(v)
+    }
+
+    /// Downloads a view (packed or a channel slice) as a packed f32 host array.
+    pub fn download_view(&mut self, v: View) -> Result<Vec<f32>> {
+        let out = self.alloc(v.shape.len(), DType::F32)?;
+        self.bias_act(v, None, out.view(v.shape), 1.0)?;
+        self.download(&out)
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(drv("cuStreamSynchronize"))
+    }
+
+    fn grid(&self, n: usize) -> u32 {
+        let blocks = n.div_ceil(THREADS as usize).max(1);
+        // Grid-stride loops: a few waves of blocks is enough to fill the GPU.
+        blocks.min(self.info.multiprocessors.max(1) as usize * 32) as u32
+    }
+
+    fn cfg1(&self, n: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (self.grid(n), 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// A reusable f32 scratch buffer of at least `len` elements (partial sums).
+    fn scratch(&mut self, len: usize) -> Result<u64> {
+        if self.scratch.as_ref().is_none_or(|s| s.len < len) {
+            self.scratch = Some(self.alloc(len.max(1 << 16), DType::F32)?);
+        }
+        Ok(self.scratch.as_ref().unwrap().ptr)
+    }
+
+    /// Makes sure the shared cuDNN workspace holds `bytes`; returns (pointer, size).
+    pub(crate) fn workspace(&mut self, bytes: usize) -> Result<(u64, usize)> {
+        if bytes == 0 {
+            return Ok((0, 0));
+        }
+        // Held as 2-byte elements; only the byte size matters.
+        let need = bytes.div_ceil(2);
+        if self.workspace.as_ref().is_none_or(|w| w.len < need) {
+            self.workspace = None; // free the old one first (stream-ordered)
+            self.workspace = Some(self.alloc(need, DType::Bf16)?);
+        }
+        let w = self.workspace.as_ref().unwrap();
+        Ok((w.ptr, w.len * 2))
+    }
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // Elementwise ops (elementwise.cu). Shapes are checked here; the kernels trust them.
+
+    /// y = act(x + bias), slope as in elementwise.cu (0 ReLU, 0.1 LeakyReLU, 1 identity). Also copy / cast /
+    /// write into a concatenation slice. `x` and `y` may be the same packed view (in place).
+    pub fn bias_act(&mut self, x: View, bias: Option<u64>, y: View, slope: f32) -> Result<()> {
+        self.bias_act_acc(x, bias, y, slope, false)
+    }
+
+    /// [`Gpu::bias_act`] that adds to y instead of overwriting it when `accumulate`.
+    pub fn bias_act_acc(
+        &mut self,
+        x: View,
+        bias: Option<u64>,
+        y: View,
+        slope: f32,
+        accumulate: bool,
+    ) -> Result<()> {
+        same_shape("bias_act", x.shape, y.shape)?;
+        let name = format!("bias_act_{}_{}", x.dtype.suffix(), y.dtype.suffix());
+        let (xp, xcs, yp, ycs) = (x.ptr, x.cs as i32, y.ptr, y.cs as i32);
+        let bp = bias.unwrap_or(0);
+        let (np, c) = (x.shape.pixels() as i64, x.shape.c as i32);
+        let cfg = self.cfg1(x.shape.len());
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        let acc = accumulate as i32;
+        b.arg(&xp)
+            .arg(&xcs)
+            .arg(&bp)
+            .arg(&yp)
+            .arg(&ycs)
+            .arg(&np)
+            .arg(&c)
+            .arg(&slope)
+            .arg(&acc);
+        // SAFETY: argument list matches bias_act_* in elementwise.cu; views were checked to fit their buffers.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(bias_act)"))?;
+        Ok(())
+    }
+
+    /// dx = dy * act'(y) (y = the activation's output; `None` for no activation), and, if `dbias` is given, the bias
+    /// gradient sum over pixels of dx written (or added, `accumulate`) to `dbias` (C elements of `dbias_dtype`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn act_backward(
+        &mut self,
+        dy: View,
+        y: Option<View>,
+        dx: View,
+        slope: f32,
+        dbias: Option<(u64, DType)>,
+        accumulate: bool,
+    ) -> Result<()> {
+        same_shape("act_backward", dy.shape, dx.shape)?;
+        if let Some(y) = y {
+            same_shape("act_backward", dy.shape, y.shape)?;
+        }
+        let c = dy.shape.c;
+        let np = dy.shape.pixels();
+        // Enough partial rows to fill the GPU, few enough that the final sum is cheap.
+        let parts = (np.div_ceil(8 * 64)).clamp(1, 4 * self.info.multiprocessors.max(1) as usize);
+        let partial = if dbias.is_some() {
+            self.scratch(parts * c)?
+        } else {
+            0
+        };
+        let name = format!("act_bwd_{}", dy.dtype.suffix());
+        let (dyp, dycs) = (dy.ptr, dy.cs as i32);
+        let (yp, ycs) = y.map(|y| (y.ptr, y.cs as i32)).unwrap_or((0, 0));
+        let (dxp, dxcs) = (dx.ptr, dx.cs as i32);
+        let (npi, ci) = (np as i64, c as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (c.div_ceil(32) as u32, parts as u32, 1),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&dyp)
+            .arg(&dycs)
+            .arg(&yp)
+            .arg(&ycs)
+            .arg(&dxp)
+            .arg(&dxcs)
+            .arg(&npi)
+            .arg(&ci)
+            .arg(&slope)
+            .arg(&partial);
+        // SAFETY: matches act_bwd_* ; partial has parts * C floats.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(act_bwd)"))?;
+        if let Some((db, dt)) = dbias {
+            let name = format!("sum_parts_{}", dt.suffix());
+            let (pi, acc) = (parts as i32, accumulate as i32);
+            let cfg = LaunchConfig {
+                grid_dim: (c.div_ceil(128) as u32, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let f = self.func(&name)?;
+            let mut b = self.stream.launch_builder(f);
+            b.arg(&partial).arg(&pi).arg(&ci).arg(&db).arg(&acc);
+            // SAFETY: matches sum_parts_*; db holds C elements.
+            unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(sum_parts)"))?;
+        }
+        Ok(())
+    }
+
+    /// 2x2 max-pool, stride 2 (floor).
+    pub fn maxpool2_forward(&mut self, x: View, y: View) -> Result<()> {
+        let s = x.shape;
+        same_shape(
+            "maxpool2_forward",
+            Nhwc::new(s.n, s.h / 2, s.w / 2, s.c),
+            y.shape,
+        )?;
+        same_dtype("maxpool2_forward", x.dtype, y.dtype)?;
+        let name = format!("maxpool2_fwd_{}", x.dtype.suffix());
+        let (xp, xcs, yp, ycs) = (x.ptr, x.cs as i32, y.ptr, y.cs as i32);
+        let (n, h, w, c) = (s.n as i32, s.h as i32, s.w as i32, s.c as i32);
+        let cfg = self.cfg1(y.shape.len());
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&xp)
+            .arg(&xcs)
+            .arg(&yp)
+            .arg(&ycs)
+            .arg(&n)
+            .arg(&h)
+            .arg(&w)
+            .arg(&c);
+        // SAFETY: matches maxpool2_fwd_*.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(maxpool2_fwd)"))?;
+        Ok(())
+    }
+
+    /// Gradient of the 2x2 max-pool into dx (overwritten, or added to with `accumulate`).
+    pub fn maxpool2_backward(
+        &mut self,
+        x: View,
+        dy: View,
+        dx: View,
+        accumulate: bool,
+    ) -> Result<()> {
+        let s = x.shape;
+        same_shape("maxpool2_backward", s, dx.shape)?;
+        same_shape(
+            "maxpool2_backward",
+            Nhwc::new(s.n, s.h / 2, s.w / 2, s.c),
+            dy.shape,
+        )?;
+        let name = format!("maxpool2_bwd_{}", x.dtype.suffix());
+        let (xp, xcs, dyp, dycs, dxp, dxcs) = (
+            x.ptr,
+            x.cs as i32,
+            dy.ptr,
+            dy.cs as i32,
+            dx.ptr,
+            dx.cs as i32,
+        );
+        let (n, h, w, c, acc) = (
+            s.n as i32,
+            s.h as i32,
+            s.w as i32,
+            s.c as i32,
+            accumulate as i32,
+        );
+        let cfg = self.cfg1(s.len());
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&xp)
+            .arg(&xcs)
+            .arg(&dyp)
+            .arg(&dycs)
+            .arg(&dxp)
+            .arg(&dxcs)
+            .arg(&n)
+            .arg(&h)
+            .arg(&w)
+            .arg(&c)
+            .arg(&acc);
+        // SAFETY: matches maxpool2_bwd_*.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(maxpool2_bwd)"))?;
+        Ok(())
+    }
+
+    /// Nearest upsampling of x to y's height and width (PyTorch's legacy 'nearest').
+    pub fn upsample_forward(&mut self, x: View, y: View) -> Result<()> {
+        upsample_check(x.shape, y.shape)?;
+        let name = format!("upsample_fwd_{}", x.dtype.suffix());
+        let (xp, xcs, yp, ycs) = (x.ptr, x.cs as i32, y.ptr, y.cs as i32);
+        let (n, hi, wi, ho, wo, c) = dims6(x.shape, y.shape);
+        let cfg = self.cfg1(y.shape.len());
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&xp)
+            .arg(&xcs)
+            .arg(&yp)
+            .arg(&ycs)
+            .arg(&n)
+            .arg(&hi)
+            .arg(&wi)
+            .arg(&ho)
+            .arg(&wo)
+            .arg(&c);
+        // SAFETY: matches upsample_fwd_*.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(upsample_fwd)"))?;
+        Ok(())
+    }
+
+    /// Gradient of nearest upsampling: dx (input-sized) from dy (output-sized).
+    pub fn upsample_backward(&mut self, dy: View, dx: View, accumulate: bool) -> Result<()> {
+        upsample_check(dx.shape, dy.shape)?;
+        let name = format!("upsample_bwd_{}", dy.dtype.suffix());
+        let (dyp, dycs, dxp, dxcs) = (dy.ptr, dy.cs as i32, dx.ptr, dx.cs as i32);
+        let (n, hi, wi, ho, wo, c) = dims6(dx.shape, dy.shape);
+        let cfg = self.cfg1(dx.shape.len());
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        let acc = accumulate as i32;
+        b.arg(&dyp)
+            .arg(&dycs)
+            .arg(&dxp)
+            .arg(&dxcs)
+            .arg(&n)
+            .arg(&hi)
+            .arg(&wi)
+            .arg(&ho)
+            .arg(&wo)
+            .arg(&c)
+            .arg(&acc);
+        // SAFETY: matches upsample_bwd_*.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(upsample_bwd)"))?;
+        Ok(())
+    }
+
+    /// Mean loss (MSE or L1) of packed `pred` against f32 `target`; writes d(loss)/d(pred) into `grad` if given and
+    /// the loss (f32, accumulated in f32 per block and in f64 across blocks) into `loss_out` (1 f32 on the device).
+    pub fn loss(
+        &mut self,
+        kind: LossKind,
+        pred: View,
+        target: u64,
+        grad: Option<View>,
+        loss_out: u64,
+    ) -> Result<()> {
+        assert!(pred.is_packed());
+        if let Some(g) = grad {
+            same_shape("loss", pred.shape, g.shape)?;
+            assert!(g.is_packed());
+        }
+        let n = pred.shape.len();
+        let cfg = self.cfg1(n);
+        let blocks = cfg.grid_dim.0 as usize;
+        let partial = self.scratch(blocks)?;
+        let name = format!("loss_{}", pred.dtype.suffix());
+        let (pp, gp, ni, kind_i) = (
+            pred.ptr,
+            grad.map(|g| g.ptr).unwrap_or(0),
+            n as i64,
+            kind as i32,
+        );
+        let scale = 1.0f32 / n as f32;
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&pp)
+            .arg(&target)
+            .arg(&gp)
+            .arg(&ni)
+            .arg(&kind_i)
+            .arg(&scale)
+            .arg(&partial);
+        // SAFETY: matches loss_*; partial holds one float per block.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(loss)"))?;
+        let bi = blocks as i32;
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.func("reduce_sum_f32")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&partial).arg(&bi).arg(&scale).arg(&loss_out);
+        // SAFETY: matches reduce_sum_f32.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(reduce_sum)"))?;
+        Ok(())
+    }
+
+    /// One Adam step over flat buffers (see elementwise.cu for the exact update). `copy`: bf16 weight copy to refresh.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adam(
+        &mut self,
+        p: &Buf,
+        copy: Option<&Buf>,
+        g: &Buf,
+        m: &Buf,
+        v: &Buf,
+        h: &AdamStep,
+    ) -> Result<()> {
+        assert!(p.dtype == DType::F32 && m.dtype == DType::F32 && v.dtype == DType::F32);
+        assert!(p.len == g.len && p.len == m.len && p.len == v.len);
+        if let Some(c) = copy {
+            assert!(c.dtype == DType::Bf16 && c.len == p.len);
+        }
+        let name = format!("adam_{}", g.dtype.suffix());
+        let t = h.step as i32;
+        let bc1 = 1.0 - h.beta1.powi(t);
+        let bc2_sqrt = (1.0 - h.beta2.powi(t)).sqrt();
+        let (pp, cp, gp, mp, vp, n) = (
+            p.ptr,
+            copy.map(|c| c.ptr).unwrap_or(0),
+            g.ptr,
+            m.ptr,
+            v.ptr,
+            p.len as i64,
+        );
+        let cfg = self.cfg1(p.len);
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&pp).arg(&cp).arg(&gp).arg(&mp).arg(&vp).arg(&n);
+        b.arg(&h.lr)
+            .arg(&h.beta1)
+            .arg(&h.beta2)
+            .arg(&h.eps)
+            .arg(&h.weight_decay)
+            .arg(&bc1)
+            .arg(&bc2_sqrt);
+        b.arg(&h.grad_scale);
+        // SAFETY: matches adam_*; all buffers hold n elements.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(adam)"))?;
+        Ok(())
+    }
+
+    /// Σ x² over `n` f32 elements at `x` (f32 per block, f64 across blocks) into the device f32 at `out`.
+    pub fn sum_squares(&mut self, x: u64, n: usize, out: u64) -> Result<()> {
+        let cfg = self.cfg1(n);
+        let blocks = cfg.grid_dim.0 as usize;
+        let partial = self.scratch(blocks)?;
+        let ni = n as i64;
+        let f = self.func("sum_squares_f32")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&x).arg(&ni).arg(&partial);
+        // SAFETY: matches sum_squares_f32.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(sum_squares)"))?;
+        let (bi, one) = (blocks as i32, 1.0f32);
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.func("reduce_sum_f32")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&partial).arg(&bi).arg(&one).arg(&out);
+        // SAFETY: matches reduce_sum_f32.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(reduce_sum)"))?;
+        Ok(())
+    }
+
+    /// x *= s over `n` f32 elements.
+    pub fn scale(&mut self, x: u64, n: usize, s: f32) -> Result<()> {
+        let cfg = self.cfg1(n);
+        let ni = n as i64;
+        let f = self.func("scale_f32")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&x).arg(&ni).arg(&s);
+        // SAFETY: matches scale_f32.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(scale)"))?;
+        Ok(())
+    }
+
+    /// Fills `n` elements of `dtype` at `ptr` with `value`.
+    pub fn fill_raw(&mut self, ptr: u64, n: usize, dtype: DType, value: f32) -> Result<()> {
+        let name = format!("fill_{}", dtype.suffix());
+        let ni = n as i64;
+        let cfg = self.cfg1(n);
+        let f = self.func(&name)?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&ptr).arg(&ni).arg(&value);
+        // SAFETY: matches fill_*.
+        unsafe { l.launch(cfg) }.map_err(drv("cuLaunchKernel(fill)"))?;
+        Ok(())
+    }
+
+    /// A grow-only scratch buffer per `slot` (used to stage packed or converted tensors for cuDNN); returns its
+    /// pointer. The contents are not kept between calls with different needs.
+    pub fn staging(&mut self, slot: usize, len: usize, dtype: DType) -> Result<u64> {
+        if self.staging.len() <= slot {
+            self.staging.resize_with(slot + 1, || None);
+        }
+        let need = len * dtype.size();
+        if self.staging[slot]
+            .as_ref()
+            .is_none_or(|b: &Buf| b.len * b.dtype.size() < need)
+        {
+            self.staging[slot] = None;
+            self.staging[slot] = Some(self.alloc(need.div_ceil(4), DType::F32)?);
+        }
+        Ok(self.staging[slot].as_ref().unwrap().ptr)
+    }
+
+    /// Fills a buffer with `value` (tests poison outputs with NaN before an op).
+    pub fn fill(&mut self, b: &Buf, value: f32) -> Result<()> {
+        let name = format!("fill_{}", b.dtype.suffix());
+        let (p, n) = (b.ptr, b.len as i64);
+        let cfg = self.cfg1(b.len);
+        let f = self.func(&name)?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&p).arg(&n).arg(&value);
+        // SAFETY: matches fill_*.
+        unsafe { l.launch(cfg) }.map_err(drv("cuLaunchKernel(fill)"))?;
+        Ok(())
+    }
+}
+
+/// Loss functions of the `loss` kernel (values match its `kind` argument).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum LossKind {
+    Mse = 0,
+    L1 = 1,
+}
+
+/// Hyper-parameters of one Adam step (PyTorch defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, no weight decay).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step number (for the bias corrections).
+    pub step: u64,
+    /// Multiplies the gradient first (e.g. 1 / loss scale); 1 normally.
+    pub grad_scale: f32,
+}
+
+fn kernel_names() -> Vec<String> {
+    let mut v = vec![
+        "reduce_sum_f32".to_string(),
+        "sum_squares_f32".to_string(),
+        "scale_f32".to_string(),
+    ];
+    for t in ["f32", "bf16"] {
+        for k in [
+            "act_bwd",
+            "sum_parts",
+            "maxpool2_fwd",
+            "maxpool2_bwd",
+            "upsample_fwd",
+            "upsample_bwd",
+            "loss",
+            "adam",
+            "fill",
+        ] {
+            v.push(format!("{k}_{t}"));
+        }
+        for o in ["f32", "bf16"] {
+            v.push(format!("bias_act_{t}_{o}"));
+        }
+    }
+    v
+}
+
+fn same_shape(op: &str, a: Nhwc, b: Nhwc) -> Result<()> {
+    if a != b {
+        return Err(CudaError::Shape(format!("{op}: shapes {a} and {b} differ")));
+    }
+    Ok(())
+}
+
+fn same_dtype(op: &str, a: DType, b: DType) -> Result<()> {
+    if a != b {
+        return Err(CudaError::Shape(format!(
+            "{op}: dtypes {a:?} and {b:?} differ"
+        )));
+    }
+    Ok(())
+}
+
+fn upsample_check(small: Nhwc, big: Nhwc) -> Result<()> {
+    if small.n != big.n || small.c != big.c || small.h == 0 || small.w == 0 {
+        return Err(CudaError::Shape(format!(
+            "upsample: cannot map {small} to {big}"
+        )));
+    }
+    Ok(())
+}
+
+fn dims6(x: Nhwc, y: Nhwc) -> (i32, i32, i32, i32, i32, i32) {
+    (
+        x.n as i32, x.h as i32, x.w as i32, y.h as i32, y.w as i32, x.c as i32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_names_are_in_the_source() {
+        for name in kernel_names() {
+            // Instantiated through macros: the base name and the suffix must both occur.
+            let base = name.rsplit_once('_').map(|(b, _)| b).unwrap();
+            let base = base
+                .strip_suffix("_f32")
+                .or(base.strip_suffix("_bf16"))
+                .unwrap_or(base);
+            assert!(ELEMENTWISE_CU.contains(base), "{name}");
+        }
+    }
+
+    #[test]
+    fn nhwc_sizes() {
+        let s = Nhwc::new(2, 3, 4, 5);
+        assert_eq!(s.pixels(), 24);
+        assert_eq!(s.len(), 120);
+        assert_eq!(s.to_string(), "[2, 3, 4, 5]");
+    }
+}

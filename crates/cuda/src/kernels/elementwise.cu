@@ -1,0 +1,320 @@
+// cryoden CUDA kernels: everything around the cuDNN convolutions. Compiled at run time by NVRTC (nvrtc.rs),
+// instantiated for float and bf16 storage; arithmetic is always in float.
+//
+// Layout: NHWC, channels fastest. A tensor argument is (pointer, cs): the pointer is already offset to the tensor's
+// first channel, and `cs` is the number of elements per pixel of the underlying buffer. A tensor that owns its
+// buffer has cs == C; a channel slice of a concatenation buffer has cs == C_total. That is how skip connections and
+// upsampled maps are written straight into the decoder's input buffer (no concat copy).
+//
+// Activation: f(x) = x > 0 ? x : slope * x. slope = 0: ReLU; slope = 0.1: LeakyReLU(0.1); slope = 1: identity.
+// Its derivative is taken from the OUTPUT y (y > 0 iff x > 0 for slope >= 0), so pre-activations are never stored.
+// At x == 0 the derivative is `slope`, as in PyTorch (threshold_backward / leaky_relu_backward).
+
+typedef unsigned short bf16;
+typedef long long i64;
+
+__device__ __forceinline__ float ldf(const float* p, i64 i) { return p[i]; }
+__device__ __forceinline__ float ldf(const bf16* p, i64 i) { return __uint_as_float(((unsigned)p[i]) << 16); }
+__device__ __forceinline__ void stf(float* p, i64 i, float v) { p[i] = v; }
+// Round to nearest even; NaN stays NaN (quiet bit set).
+__device__ __forceinline__ void stf(bf16* p, i64 i, float v) {
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) { p[i] = (bf16)((u >> 16) | 0x40u); return; }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    p[i] = (bf16)(u >> 16);
+}
+
+#define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
+// y[p, c] = act(x[p, c] + bias[c]) (+ y[p, c] if accumulate); bias may be null. Also serves as copy / cast /
+// place-into-concat / add (slope 1, no bias). x: [npix, C] (x_cs), y: [npix, C] (y_cs).
+template <typename Ti, typename To>
+__device__ void bias_act_fwd(const Ti* x, int x_cs, const float* bias, To* y, int y_cs, i64 npix, int C, float slope,
+                             int accumulate) {
+    GRID_STRIDE(i, npix * C) {
+        i64 p = i / C;
+        int c = (int)(i - p * C);
+        float v = ldf(x, p * x_cs + c);
+        if (bias) v += bias[c];
+        v = v > 0.f ? v : v * slope;
+        if (accumulate) v += ldf(y, p * y_cs + c);
+        stf(y, p * y_cs + c, v);
+    }
+}
+
+// out[blockIdx.x] = sum of x[i]^2 over this block's elements (float per thread, blockDim.x == 256); finish with
+// reduce_sum_f32.
+__device__ void sum_squares(const float* x, i64 n, float* partial) {
+    __shared__ float s[256];
+    float acc = 0.f;
+    GRID_STRIDE(i, n) acc += x[i] * x[i];
+    s[threadIdx.x] = acc;
+    __syncthreads();
+    for (int k = 128; k > 0; k >>= 1) {
+        if (threadIdx.x < k) s[threadIdx.x] += s[threadIdx.x + k];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
+}
+extern "C" __global__ void sum_squares_f32(const float* x, i64 n, float* partial) { sum_squares(x, n, partial); }
+
+extern "C" __global__ void scale_f32(float* x, i64 n, float s) {
+    GRID_STRIDE(i, n) x[i] *= s;
+}
+
+// dx = dy * act'(y); optionally (partial != null) per-channel partial sums of dx for the bias gradient:
+// partial[blockIdx.y, c] over this block's pixels. Grid (ceil(C/32), parts), block (32, 8).
+template <typename T>
+__device__ void act_bwd(const T* dy, int dy_cs, const T* y, int y_cs, T* dx, int dx_cs, i64 npix, int C, float slope,
+                        float* partial) {
+    __shared__ float s[8][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
+    float acc = 0.f;
+    if (c < C) {
+        for (i64 p = (i64)blockIdx.y * 8 + threadIdx.y; p < npix; p += (i64)gridDim.y * 8) {
+            float g = ldf(dy, p * dy_cs + c);
+            if (y) g = ldf(y, p * y_cs + c) > 0.f ? g : g * slope;
+            stf(dx, p * dx_cs + c, g);
+            acc += g;
+        }
+    }
+    if (!partial) return;
+    s[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float t = 0.f;
+        for (int k = 0; k < 8; k++) t += s[k][threadIdx.x];
+        partial[(i64)blockIdx.y * C + c] = t;
+    }
+}
+
+// out[c] (+)= sum over parts of partial[part, c]. One thread per channel; deterministic order.
+template <typename T>
+__device__ void sum_parts(const float* partial, int parts, int C, T* out, int accumulate) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float t = 0.f;
+    for (int k = 0; k < parts; k++) t += partial[(i64)k * C + c];
+    if (accumulate) t += ldf(out, c);
+    stf(out, c, t);
+}
+
+// 2x2 max-pool, stride 2, floor: y[n, i, j, c] = max over x[n, 2i+a, 2j+b, c].
+template <typename T>
+__device__ void maxpool2_fwd(const T* x, int x_cs, T* y, int y_cs, int N, int H, int W, int C) {
+    int Ho = H / 2, Wo = W / 2;
+    GRID_STRIDE(i, (i64)N * Ho * Wo * C) {
+        int c = (int)(i % C);
+        i64 q = i / C;
+        int j = (int)(q % Wo);
+        q /= Wo;
+        int r = (int)(q % Ho);
+        i64 n = q / Ho;
+        i64 base = ((n * H + 2 * r) * W + 2 * j) * x_cs + c;
+        float m = ldf(x, base);
+        m = fmaxf(m, ldf(x, base + x_cs));
+        m = fmaxf(m, ldf(x, base + (i64)W * x_cs));
+        m = fmaxf(m, ldf(x, base + (i64)W * x_cs + x_cs));
+        stf(y, ((n * Ho + r) * Wo + j) * y_cs + c, m);
+    }
+}
+
+// Gradient of the 2x2 max-pool: each input element gets dy of its window if it is the window's FIRST maximum
+// (row-major, strict >, as PyTorch), else 0; rows/columns cut off by the floor get 0. accumulate: dx += that.
+template <typename T>
+__device__ void maxpool2_bwd(const T* x, int x_cs, const T* dy, int dy_cs, T* dx, int dx_cs, int N, int H, int W,
+                             int C, int accumulate) {
+    int Ho = H / 2, Wo = W / 2;
+    GRID_STRIDE(i, (i64)N * H * W * C) {
+        int c = (int)(i % C);
+        i64 q = i / C;
+        int w = (int)(q % W);
+        q /= W;
+        int h = (int)(q % H);
+        i64 n = q / H;
+        int r = h / 2, j = w / 2;
+        float g = 0.f;
+        if (r < Ho && j < Wo) {
+            i64 base = ((n * H + 2 * r) * W + 2 * j) * x_cs + c;
+            float v[4] = {ldf(x, base), ldf(x, base + x_cs), ldf(x, base + (i64)W * x_cs),
+                          ldf(x, base + (i64)W * x_cs + x_cs)};
+            int arg = 0;
+            for (int k = 1; k < 4; k++)
+                if (v[k] > v[arg]) arg = k;
+            if (arg == (h & 1) * 2 + (w & 1)) g = ldf(dy, ((n * Ho + r) * Wo + j) * dy_cs + c);
+        }
+        i64 o = ((n * H + h) * W + w) * dx_cs + c;
+        if (accumulate) g += ldf(dx, o);
+        stf(dx, o, g);
+    }
+}
+
+// PyTorch's legacy 'nearest' source index: min(floor(dst * (in / out)), in - 1), the scale in float.
+__device__ __forceinline__ int nearest_src(int dst, int in, int out) {
+    float scale = (float)in / (float)out;
+    int s = (int)floorf((float)dst * scale);
+    return s < in - 1 ? s : in - 1;
+}
+
+// Nearest upsampling x [N, Hi, Wi, C] -> y [N, Ho, Wo, C] (any sizes; 2x is the common case).
+template <typename T>
+__device__ void upsample_fwd(const T* x, int x_cs, T* y, int y_cs, int N, int Hi, int Wi, int Ho, int Wo, int C) {
+    GRID_STRIDE(i, (i64)N * Ho * Wo * C) {
+        int c = (int)(i % C);
+        i64 q = i / C;
+        int w = (int)(q % Wo);
+        q /= Wo;
+        int h = (int)(q % Ho);
+        i64 n = q / Ho;
+        int sh = nearest_src(h, Hi, Ho), sw = nearest_src(w, Wi, Wo);
+        stf(y, ((n * Ho + h) * Wo + w) * y_cs + c, ldf(x, ((n * Hi + sh) * Wi + sw) * x_cs + c));
+    }
+}
+
+// First output index whose source index is >= s (the output indices mapping to s are contiguous).
+__device__ __forceinline__ int nearest_first(int s, int in, int out) {
+    int d = (int)((float)s * (float)out / (float)in) - 2;
+    if (d < 0) d = 0;
+    while (d < out && nearest_src(d, in, out) < s) d++;
+    return d;
+}
+
+// Gradient of nearest upsampling: dx[n, h, w, c] = sum of dy over the outputs that copied it. Deterministic gather.
+template <typename T>
+__device__ void upsample_bwd(const T* dy, int dy_cs, T* dx, int dx_cs, int N, int Hi, int Wi, int Ho, int Wo, int C,
+                             int accumulate) {
+    GRID_STRIDE(i, (i64)N * Hi * Wi * C) {
+        int c = (int)(i % C);
+        i64 q = i / C;
+        int w = (int)(q % Wi);
+        q /= Wi;
+        int h = (int)(q % Hi);
+        i64 n = q / Hi;
+        int h0 = nearest_first(h, Hi, Ho), h1 = nearest_first(h + 1, Hi, Ho);
+        int w0 = nearest_first(w, Wi, Wo), w1 = nearest_first(w + 1, Wi, Wo);
+        float g = 0.f;
+        for (int a = h0; a < h1; a++)
+            for (int b = w0; b < w1; b++) g += ldf(dy, ((n * Ho + a) * Wo + b) * dy_cs + c);
+        i64 o = ((n * Hi + h) * Wi + w) * dx_cs + c;
+        if (accumulate) g += ldf(dx, o);
+        stf(dx, o, g);
+    }
+}
+
+// Loss and its gradient in one pass. kind 0: MSE, sum (p - t)^2, grad = scale * 2 (p - t);
+// kind 1: L1, sum |p - t|, grad = scale * sign(p - t). scale = 1 / n for a mean. Block sums of the loss terms in
+// float go to partial[blockIdx.x] (blockDim.x == 256); grad may be null (loss only).
+template <typename T>
+__device__ void loss_fwd_bwd(const T* pred, const float* target, T* grad, i64 n, int kind, float scale,
+                             float* partial) {
+    __shared__ float s[256];
+    float acc = 0.f;
+    GRID_STRIDE(i, n) {
+        float d = ldf(pred, i) - target[i];
+        float g;
+        if (kind == 0) {
+            acc += d * d;
+            g = 2.f * d;
+        } else {
+            acc += fabsf(d);
+            g = (d > 0.f) ? 1.f : ((d < 0.f) ? -1.f : 0.f);
+        }
+        if (grad) stf(grad, i, g * scale);
+    }
+    s[threadIdx.x] = acc;
+    __syncthreads();
+    for (int k = 128; k > 0; k >>= 1) {
+        if (threadIdx.x < k) s[threadIdx.x] += s[threadIdx.x + k];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
+}
+
+// out[0] = scale * sum(partial[0..n]); one block of 256 threads, accumulated in double.
+extern "C" __global__ void reduce_sum_f32(const float* partial, int n, float scale, float* out) {
+    __shared__ double s[256];
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < n; i += 256) acc += (double)partial[i];
+    s[threadIdx.x] = acc;
+    __syncthreads();
+    for (int k = 128; k > 0; k >>= 1) {
+        if (threadIdx.x < k) s[threadIdx.x] += s[threadIdx.x + k];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = (float)(s[0] * (double)scale);
+}
+
+// Adam (PyTorch torch.optim.Adam, not AdamW) over one flat parameter buffer: f32 master weights p, f32 moments m, v,
+// gradients g in the compute type; `copy` (may be null) receives the updated weights in bf16 for bf16 compute.
+//   g' = g * grad_scale + wd * p;  m = lerp(m, g', 1 - b1);  v = b2 v + (1 - b2) g'^2
+//   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)          (bc_k = 1 - b_k^step)
+template <typename T>
+__device__ void adam(float* p, bf16* copy, const T* g, float* m, float* v, i64 n, float lr, float b1, float b2,
+                     float eps, float wd, float bc1, float bc2_sqrt, float grad_scale) {
+    GRID_STRIDE(i, n) {
+        float gi = ldf(g, i) * grad_scale;
+        float pi = p[i];
+        if (wd != 0.f) gi += wd * pi;
+        float mi = m[i] + (1.f - b1) * (gi - m[i]);
+        float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        pi -= (lr / bc1) * (mi / (sqrtf(vi) / bc2_sqrt + eps));
+        p[i] = pi;
+        if (copy) stf(copy, i, pi);
+    }
+}
+
+template <typename T>
+__device__ void fill(T* p, i64 n, float v) {
+    GRID_STRIDE(i, n) stf(p, i, v);
+}
+
+// ---- extern "C" instantiations: NAME_T for one storage type, NAME_Ti_To for two. ----
+#define FOR_T(X) X(f32, float) X(bf16, bf16)
+
+#define INST1(sfx, T)                                                                                              \
+    extern "C" __global__ void act_bwd_##sfx(const T* dy, int dy_cs, const T* y, int y_cs, T* dx, int dx_cs,       \
+                                             i64 npix, int C, float slope, float* partial) {                       \
+        act_bwd<T>(dy, dy_cs, y, y_cs, dx, dx_cs, npix, C, slope, partial);                                        \
+    }                                                                                                              \
+    extern "C" __global__ void sum_parts_##sfx(const float* partial, int parts, int C, T* out, int accumulate) {   \
+        sum_parts<T>(partial, parts, C, out, accumulate);                                                          \
+    }                                                                                                              \
+    extern "C" __global__ void maxpool2_fwd_##sfx(const T* x, int x_cs, T* y, int y_cs, int N, int H, int W,       \
+                                                  int C) {                                                         \
+        maxpool2_fwd<T>(x, x_cs, y, y_cs, N, H, W, C);                                                             \
+    }                                                                                                              \
+    extern "C" __global__ void maxpool2_bwd_##sfx(const T* x, int x_cs, const T* dy, int dy_cs, T* dx, int dx_cs,  \
+                                                  int N, int H, int W, int C, int accumulate) {                    \
+        maxpool2_bwd<T>(x, x_cs, dy, dy_cs, dx, dx_cs, N, H, W, C, accumulate);                                    \
+    }                                                                                                              \
+    extern "C" __global__ void upsample_fwd_##sfx(const T* x, int x_cs, T* y, int y_cs, int N, int Hi, int Wi,     \
+                                                  int Ho, int Wo, int C) {                                         \
+        upsample_fwd<T>(x, x_cs, y, y_cs, N, Hi, Wi, Ho, Wo, C);                                                   \
+    }                                                                                                              \
+    extern "C" __global__ void upsample_bwd_##sfx(const T* dy, int dy_cs, T* dx, int dx_cs, int N, int Hi, int Wi, \
+                                                  int Ho, int Wo, int C, int accumulate) {                         \
+        upsample_bwd<T>(dy, dy_cs, dx, dx_cs, N, Hi, Wi, Ho, Wo, C, accumulate);                                   \
+    }                                                                                                              \
+    extern "C" __global__ void loss_##sfx(const T* pred, const float* target, T* grad, i64 n, int kind,            \
+                                          float scale, float* partial) {                                           \
+        loss_fwd_bwd<T>(pred, target, grad, n, kind, scale, partial);                                              \
+    }                                                                                                              \
+    extern "C" __global__ void adam_##sfx(float* p, bf16* copy, const T* g, float* m, float* v, i64 n, float lr,   \
+                                          float b1, float b2, float eps, float wd, float bc1, float bc2_sqrt,      \
+                                          float grad_scale) {                                                      \
+        adam<T>(p, copy, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2_sqrt, grad_scale);                              \
+    }                                                                                                              \
+    extern "C" __global__ void fill_##sfx(T* p, i64 n, float v) { fill<T>(p, n, v); }
+FOR_T(INST1)
+
+#define INST2(si, Ti, so, To)                                                                                      \
+    extern "C" __global__ void bias_act_##si##_##so(const Ti* x, int x_cs, const float* bias, To* y, int y_cs,     \
+                                                    i64 npix, int C, float slope, int accumulate) {                \
+        bias_act_fwd<Ti, To>(x, x_cs, bias, y, y_cs, npix, C, slope, accumulate);                                  \
+    }
+INST2(f32, float, f32, float)
+INST2(bf16, bf16, bf16, bf16)
+INST2(f32, float, bf16, bf16)
+INST2(bf16, bf16, f32, float)

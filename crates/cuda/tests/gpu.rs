@@ -1,0 +1,681 @@
+//! GPU-vs-CPU parity of every op, per precision. These need an NVIDIA GPU, so they are #[ignore]d and run on the
+//! device machine with `--ignored` (CI without a GPU stays green; it runs the CPU-side tests in src/).
+//!
+//! Each test draws fresh random inputs, poisons outputs with NaN first (an unwritten element fails), and compares
+//! with the f64-accumulated CPU reference in tests/common by relative L2: f32 ≤ 1e-5, tf32 ≤ 1e-3, bf16 ≤ 1e-2.
+//! Elementwise ops are exact up to the storage rounding, so they get tighter bounds.
+
+mod common;
+
+use common::*;
+use cryoden_cuda::{AdamStep, ConvGeom, DType, Gpu, LossKind, Nhwc, Precision};
+
+const GPU: &str = "needs an NVIDIA GPU: run on the device with `--ignored`";
+
+fn gpu() -> Gpu {
+    match Gpu::open(0) {
+        Ok(g) => g,
+        Err(e) => panic!("cannot open cuda:0: {e}"),
+    }
+}
+
+fn geoms() -> Vec<G> {
+    vec![
+        // odd sizes, few channels
+        G {
+            n: 2,
+            h: 17,
+            w: 19,
+            cin: 3,
+            cout: 8,
+            k: 3,
+            pad: 1,
+            stride: 1,
+        },
+        // U-Net inner layer
+        G {
+            n: 2,
+            h: 16,
+            w: 16,
+            cin: 32,
+            cout: 64,
+            k: 3,
+            pad: 1,
+            stride: 1,
+        },
+        // the 1-channel input conv
+        G {
+            n: 4,
+            h: 24,
+            w: 24,
+            cin: 1,
+            cout: 32,
+            k: 3,
+            pad: 1,
+            stride: 1,
+        },
+        // the 1x1 output conv
+        G {
+            n: 2,
+            h: 20,
+            w: 20,
+            cin: 32,
+            cout: 1,
+            k: 1,
+            pad: 0,
+            stride: 1,
+        },
+        // Topaz's 11x11 input conv
+        G {
+            n: 1,
+            h: 30,
+            w: 28,
+            cin: 1,
+            cout: 48,
+            k: 11,
+            pad: 5,
+            stride: 1,
+        },
+    ]
+}
+
+fn cg(g: &G) -> ConvGeom {
+    ConvGeom {
+        n: g.n,
+        h: g.h,
+        w: g.w,
+        cin: g.cin,
+        cout: g.cout,
+        k: g.k,
+        pad: g.pad,
+        stride: g.stride,
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn conv_forward_backward_match_cpu_per_precision() {
+    let _ = GPU;
+    let mut gpu = gpu();
+    let mut rng = Rng::new(1);
+    let mut report = Vec::new();
+    for p in Precision::ALL {
+        for g in geoms() {
+            let c = cg(&g);
+            let fan = (g.cin * g.k * g.k) as f32;
+            let x = rng.vec(g.n * g.h * g.w * g.cin, 1.0);
+            let w = rng.vec(c.weight_len(), 1.0 / fan.sqrt());
+            let (oh, ow) = g.out();
+            let dy = rng.vec(g.n * oh * ow * g.cout, 1.0);
+            let dt = p.dtype();
+            let xb = gpu.upload(&x, dt).unwrap();
+            let wb = gpu.upload(&w, dt).unwrap();
+            let dyb = gpu.upload(&dy, dt).unwrap();
+            let yb = gpu.alloc(dy.len(), dt).unwrap();
+            let dxb = gpu.alloc(x.len(), dt).unwrap();
+            let dwb = gpu.alloc(w.len(), dt).unwrap();
+            for b in [&yb, &dxb, &dwb] {
+                gpu.fill(b, f32::NAN).unwrap();
+            }
+            gpu.conv_forward(
+                p,
+                &c,
+                xb.view(c.in_shape()),
+                wb.ptr(),
+                yb.view(c.out_shape()),
+                0.0,
+            )
+            .unwrap();
+            gpu.conv_backward_data(
+                p,
+                &c,
+                dyb.view(c.out_shape()),
+                wb.ptr(),
+                dxb.view(c.in_shape()),
+                0.0,
+            )
+            .unwrap();
+            gpu.conv_backward_filter(
+                p,
+                &c,
+                xb.view(c.in_shape()),
+                dyb.view(c.out_shape()),
+                dwb.ptr(),
+                0.0,
+            )
+            .unwrap();
+            let errs = [
+                rel_l2(&gpu.download(&yb).unwrap(), &conv_fwd(&g, &x, &w)),
+                rel_l2(&gpu.download(&dxb).unwrap(), &conv_bwd_data(&g, &dy, &w)),
+                rel_l2(&gpu.download(&dwb).unwrap(), &conv_bwd_filter(&g, &x, &dy)),
+            ];
+            println!(
+                "{p} {c}: rel L2 fwd {:.2e} bwd-data {:.2e} bwd-filter {:.2e}",
+                errs[0], errs[1], errs[2]
+            );
+            report.push((p, c, errs));
+        }
+    }
+    for (gg, pp, ch) in gpu.conv_choices() {
+        println!("{pp} {gg}: algorithms {ch:?}");
+    }
+    for (p, c, errs) in report {
+        for (e, what) in errs
+            .iter()
+            .zip(["forward", "backward-data", "backward-filter"])
+        {
+            assert!(
+                *e <= p.parity_tolerance(),
+                "{p} {c} {what}: rel L2 {e:e} > {}",
+                p.parity_tolerance()
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn conv_beta_accumulates() {
+    let mut gpu = gpu();
+    let mut rng = Rng::new(2);
+    let g = G {
+        n: 2,
+        h: 9,
+        w: 7,
+        cin: 4,
+        cout: 5,
+        k: 3,
+        pad: 1,
+        stride: 1,
+    };
+    let c = cg(&g);
+    let x = rng.vec(g.n * g.h * g.w * g.cin, 1.0);
+    let w = rng.vec(c.weight_len(), 0.3);
+    let y0 = rng.vec(c.out_shape().len(), 1.0);
+    let xb = gpu.upload(&x, DType::F32).unwrap();
+    let wb = gpu.upload(&w, DType::F32).unwrap();
+    let yb = gpu.upload(&y0, DType::F32).unwrap();
+    gpu.conv_forward(
+        Precision::F32,
+        &c,
+        xb.view(c.in_shape()),
+        wb.ptr(),
+        yb.view(c.out_shape()),
+        1.0,
+    )
+    .unwrap();
+    let want: Vec<f32> = conv_fwd(&g, &x, &w)
+        .iter()
+        .zip(&y0)
+        .map(|(a, b)| a + b)
+        .collect();
+    let e = rel_l2(&gpu.download(&yb).unwrap(), &want);
+    assert!(e <= 1e-5, "beta = 1 must add: rel L2 {e:e}");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn conv_transpose_matches_cpu_per_precision() {
+    let mut gpu = gpu();
+    let mut rng = Rng::new(3);
+    let (n, h, w, cin, cout) = (2, 7, 9, 16, 8);
+    for p in Precision::ALL {
+        let dt = p.dtype();
+        let x = rng.vec(n * h * w * cin, 1.0);
+        let wt = rng.vec(cin * 4 * cout, 0.25);
+        let dy = rng.vec(n * 4 * h * w * cout, 1.0);
+        let xs = Nhwc::new(n, h, w, cin);
+        let ys = Nhwc::new(n, 2 * h, 2 * w, cout);
+        let xb = gpu.upload(&x, dt).unwrap();
+        let wb = gpu.upload(&wt, dt).unwrap();
+        let dyb = gpu.upload(&dy, dt).unwrap();
+        let yb = gpu.alloc(ys.len(), dt).unwrap();
+        let dxb = gpu.alloc(xs.len(), dt).unwrap();
+        let dwb = gpu.alloc(wt.len(), dt).unwrap();
+        for b in [&yb, &dxb, &dwb] {
+            gpu.fill(b, f32::NAN).unwrap();
+        }
+        gpu.conv_transpose_forward(p, xb.view(xs), wb.ptr(), yb.view(ys), 0.0)
+            .unwrap();
+        gpu.conv_transpose_backward_data(p, dyb.view(ys), wb.ptr(), dxb.view(xs), 0.0)
+            .unwrap();
+        gpu.conv_transpose_backward_filter(p, xb.view(xs), dyb.view(ys), dwb.ptr(), 0.0)
+            .unwrap();
+        // References: the transposed conv is the adjoint of the strided conv of transpose_geom.
+        let g = G {
+            n,
+            h: 2 * h,
+            w: 2 * w,
+            cin: cout,
+            cout: cin,
+            k: 2,
+            pad: 0,
+            stride: 2,
+        };
+        let want_y = convt_fwd(n, h, w, cin, cout, &x, &wt);
+        assert!(
+            rel_l2(&conv_bwd_data(&g, &x, &wt), &want_y) < 1e-6,
+            "reference adjoint identity"
+        );
+        let want_dx = conv_fwd(&g, &dy, &wt);
+        let want_dw = conv_bwd_filter(&g, &dy, &x);
+        let errs = [
+            rel_l2(&gpu.download(&yb).unwrap(), &want_y),
+            rel_l2(&gpu.download(&dxb).unwrap(), &want_dx),
+            rel_l2(&gpu.download(&dwb).unwrap(), &want_dw),
+        ];
+        println!(
+            "{p} convT2x2 {cin}->{cout}: rel L2 {:.2e} {:.2e} {:.2e}",
+            errs[0], errs[1], errs[2]
+        );
+        for e in errs {
+            assert!(e <= p.parity_tolerance(), "{p}: rel L2 {e:e}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn bias_act_writes_only_its_channel_slice() {
+    let mut gpu = gpu();
+    let mut rng = Rng::new(4);
+    for dt in [DType::F32, DType::Bf16] {
+        for slope in [0.0f32, 0.1, 1.0] {
+            let s = Nhwc::new(2, 5, 7, 6);
+            let whole = Nhwc::new(2, 5, 7, 10);
+            let x = rng.vec(s.len(), 2.0);
+            let bias = rng.vec(6, 0.5);
+            let xb = gpu.upload(&x, dt).unwrap();
+            let bb = gpu.upload(&bias, DType::F32).unwrap();
+            let cat = gpu.alloc(whole.len(), dt).unwrap();
+            gpu.fill(&cat, 7.0).unwrap();
+            gpu.bias_act(xb.view(s), Some(bb.ptr()), cat.channels(whole, 3, 6), slope)
+                .unwrap();
+            let got = gpu.download(&cat).unwrap();
+            let mut worst = 0f32;
+            for p in 0..s.pixels() {
+                for c in 0..10 {
+                    let g = got[p * 10 + c];
+                    if !(3..9).contains(&c) {
+                        assert_eq!(g, 7.0, "channel {c} outside the slice was touched");
+                        continue;
+                    }
+                    let xin = if dt == DType::Bf16 {
+                        bf16_round(x[p * 6 + c - 3])
+                    } else {
+                        x[p * 6 + c - 3]
+                    };
+                    let mut want = act(xin + bias[c - 3], slope);
+                    if dt == DType::Bf16 {
+                        want = bf16_round(want);
+                    }
+                    worst = worst.max((g - want).abs());
+                }
+            }
+            assert!(worst <= 1e-6, "{dt:?} slope {slope}: max |diff| {worst}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn act_backward_and_bias_gradient() {
+    let mut gpu = gpu();
+    let mut rng = Rng::new(5);
+    for dt in [DType::F32, DType::Bf16] {
+        for (slope, c, np) in [(0.0f32, 32usize, 3000usize), (0.1, 1, 5000), (1.0, 48, 77)] {
+            let s = Nhwc::new(1, 1, np, c);
+            let whole = Nhwc::new(1, 1, np, c + 5);
+            let dy = rng.vec(np * (c + 5), 1.0);
+            let y = rng.vec(np * c, 1.0);
+            let dyb = gpu.upload(&dy, dt).unwrap();
+            let yb = gpu.upload(&y, dt).unwrap();
+            let dxb = gpu.alloc(np * c, dt).unwrap();
+            let db = gpu.alloc(c, DType::F32).unwrap();
+            gpu.fill(&dxb, f32::NAN).unwrap();
+            gpu.fill(&db, f32::NAN).unwrap();
+            // dy is a channel slice (offset 2) of a wider buffer, as in the decoder's concat gradient.
+            gpu.act_backward(
+                dyb.channels(whole, 2, c),
+                Some(yb.view(s)),
+                dxb.view(s),
+                slope,
+                Some((db.ptr(), DType::F32)),
+                false,
+            )
+            .unwrap();
+            let r = |v: f32| if dt == DType::Bf16 { bf16_round(v) } else { v };
+            let mut want_dx = vec![0f32; np * c];
+            let mut want_db = vec![0f64; c];
+            for p in 0..np {
+                for k in 0..c {
+                    let g = r(dy[p * (c + 5) + 2 + k]);
+                    let d = if r(y[p * c + k]) > 0.0 { g } else { g * slope };
+                    want_dx[p * c + k] = r(d);
+                    want_db[k] += d as f64;
+                }
+            }
+            let want_db: Vec<f32> = want_db.into_iter().map(|v| v as f32).collect();
+            let e_dx = rel_l2(&gpu.download(&dxb).unwrap(), &want_dx);
+            let e_db = rel_l2(&gpu.download(&db).unwrap(), &want_db);
+            assert!(
+                e_dx <= 1e-7 && e_db <= 1e-5,
+                "{dt:?} slope {slope} C {c}: dx {e_dx:e} dbias {e_db:e}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn maxpool_forward_backward_match_cpu() {
+    let mut gpu = gpu();
+    let mut rng = Rng::new(6);
+    for dt in [DType::F32, DType::Bf16] {
+        for (n, h, w, c) in [
+            (2usize, 8usize, 10usize, 3usize),
+            (1, 7, 9, 32),
+            (3, 2, 2, 1),
+        ] {
+            let mut x = rng.vec(n * h * w * c, 1.0);
+            if dt == DType::Bf16 {
+                x.iter_mut().for_each(|v| *v = bf16_round(*v));
+            }
+            let (ho, wo) = (h / 2, w / 2);
+            let dy = rng.vec(n * ho * wo * c, 1.0);
+            let xs = Nhwc::new(n, h, w, c);
+            let ys = Nhwc::new(n, ho, wo, c);
+            let xb = gpu.upload(&x, dt).unwrap();
+            let dyb = gpu.upload(&dy, dt).unwrap();
+            let yb = gpu.alloc(ys.len(), dt).unwrap();
+            let dxb = gpu.alloc(xs.len(), dt).unwrap();
+            gpu.fill(&yb, f32::NAN).unwrap();
+            gpu.fill(&dxb, f32::NAN).unwrap();
+            gpu.maxpool2_forward(xb.view(xs), yb.view(ys)).unwrap();
+            gpu.maxpool2_backward(xb.view(xs), dyb.view(ys), dxb.view(xs), false)
+                .unwrap();
+            assert_eq!(
+                gpu.download(&yb).unwrap(),
+                maxpool(n, h, w, c, &x),
+                "{dt:?} forward {xs}"
+            );
+            let dyr: Vec<f32> = dy
+                .iter()
+                .map(|&v| if dt == DType::Bf16 { bf16_round(v) } else { v })
+                .collect();
+            let want = maxpool_bwd(n, h, w, c, &x, &dyr);
+            assert_eq!(gpu.download(&dxb).unwrap(), want, "{dt:?} backward {xs}");
+            // accumulate = true adds to what is there.
+            gpu.maxpool2_backward(xb.view(xs), dyb.view(ys), dxb.view(xs), true)
+                .unwrap();
+            let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
+            assert_eq!(gpu.download(&dxb).unwrap(), twice, "{dt:?} accumulate {xs}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn upsample_forward_backward_match_cpu() {
+    let mut gpu = gpu();
+    let mut rng = Rng::new(7);
+    for (n, hi, wi, ho, wo, c) in [
+        (2usize, 4usize, 5usize, 8usize, 10usize, 3usize),
+        (1, 3, 5, 7, 11, 2),
+        (1, 6, 6, 13, 12, 4),
+    ] {
+        let x = rng.vec(n * hi * wi * c, 1.0);
+        let dy = rng.vec(n * ho * wo * c, 1.0);
+        let xs = Nhwc::new(n, hi, wi, c);
+        let ys = Nhwc::new(n, ho, wo, c);
+        // Output written into channels 1.. of a wider (concat) buffer.
+        let whole = Nhwc::new(n, ho, wo, c + 1);
+        let xb = gpu.upload(&x, DType::F32).unwrap();
+        let dyb = gpu.upload(&dy, DType::F32).unwrap();
+        let cat = gpu.alloc(whole.len(), DType::F32).unwrap();
+        let dxb = gpu.alloc(xs.len(), DType::F32).unwrap();
+        gpu.fill(&cat, f32::NAN).unwrap();
+        gpu.fill(&dxb, f32::NAN).unwrap();
+        gpu.upsample_forward(xb.view(xs), cat.channels(whole, 1, c))
+            .unwrap();
+        gpu.upsample_backward(dyb.view(ys), dxb.view(xs), false)
+            .unwrap();
+        let got = gpu.download_view(cat.channels(whole, 1, c)).unwrap();
+        assert_eq!(
+            got,
+            upsample(n, hi, wi, ho, wo, c, &x),
+            "forward {xs} -> {ys}"
+        );
+        let e = rel_l2(
+            &gpu.download(&dxb).unwrap(),
+            &upsample_bwd(n, hi, wi, ho, wo, c, &dy),
+        );
+        assert!(e <= 1e-7, "backward {xs} -> {ys}: {e:e}");
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn loss_and_gradient_match_cpu() {
+    let mut gpu = gpu();
+    let mut rng = Rng::new(8);
+    for dt in [DType::F32, DType::Bf16] {
+        for kind in [LossKind::Mse, LossKind::L1] {
+            let n = 300_007;
+            let mut pred = rng.vec(n, 1.0);
+            if dt == DType::Bf16 {
+                pred.iter_mut().for_each(|v| *v = bf16_round(*v));
+            }
+            let target = rng.vec(n, 1.0);
+            let s = Nhwc::new(1, 1, n, 1);
+            let pb = gpu.upload(&pred, dt).unwrap();
+            let tb = gpu.upload(&target, DType::F32).unwrap();
+            let gb = gpu.alloc(n, dt).unwrap();
+            let lb = gpu.alloc(1, DType::F32).unwrap();
+            gpu.fill(&gb, f32::NAN).unwrap();
+            gpu.loss(kind, pb.view(s), tb.ptr(), Some(gb.view(s)), lb.ptr())
+                .unwrap();
+            let mut want_loss = 0f64;
+            let mut want_g = vec![0f32; n];
+            for i in 0..n {
+                let d = pred[i] as f64 - target[i] as f64;
+                let (l, g) = match kind {
+                    LossKind::Mse => (d * d, 2.0 * d),
+                    LossKind::L1 => (d.abs(), d.signum() * (d != 0.0) as i32 as f64),
+                };
+                want_loss += l;
+                want_g[i] = (g / n as f64) as f32;
+            }
+            want_loss /= n as f64;
+            let got_loss = gpu.download(&lb).unwrap()[0] as f64;
+            let mut e_g = rel_l2(&gpu.download(&gb).unwrap(), &want_g);
+            if dt == DType::Bf16 {
+                // The gradient is stored in bf16: compare with the rounded reference.
+                let r: Vec<f32> = want_g.iter().map(|&v| bf16_round(v)).collect();
+                e_g = rel_l2(&gpu.download(&gb).unwrap(), &r);
+            }
+            let e_l = ((got_loss - want_loss) / want_loss).abs();
+            assert!(
+                e_l <= 1e-6 && e_g <= 1e-6,
+                "{dt:?} {kind:?}: loss {got_loss} vs {want_loss} ({e_l:e}), grad {e_g:e}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn adam_matches_pytorch_formula() {
+    let mut gpu = gpu();
+    let mut rng = Rng::new(9);
+    for gdt in [DType::F32, DType::Bf16] {
+        let n = 10_001;
+        let mut p = rng.vec(n, 1.0);
+        let pb = gpu.upload(&p, DType::F32).unwrap();
+        let copy = gpu.alloc(n, DType::Bf16).unwrap();
+        let mb = gpu.upload(&vec![0.0; n], DType::F32).unwrap();
+        let vb = gpu.upload(&vec![0.0; n], DType::F32).unwrap();
+        let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+        for step in 1..=3u64 {
+            let mut g = rng.vec(n, 0.1);
+            if gdt == DType::Bf16 {
+                g.iter_mut().for_each(|x| *x = bf16_round(*x));
+            }
+            let gb = gpu.upload(&g, gdt).unwrap();
+            let h = AdamStep {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+                step,
+                grad_scale: 1.0,
+            };
+            gpu.adam(&pb, Some(&copy), &gb, &mb, &vb, &h).unwrap();
+            let bc1 = 1.0 - 0.9f32.powi(step as i32);
+            let bc2s = (1.0 - 0.999f32.powi(step as i32)).sqrt();
+            for i in 0..n {
+                let gi = g[i] + 0.01 * p[i];
+                m[i] += (1.0 - 0.9) * (gi - m[i]);
+                v[i] = 0.999 * v[i] + (1.0 - 0.999) * gi * gi;
+                p[i] -= (1e-3 / bc1) * (m[i] / (v[i].sqrt() / bc2s + 1e-8));
+            }
+        }
+        let e = rel_l2(&gpu.download(&pb).unwrap(), &p);
+        let ec = rel_l2(&gpu.download(&copy).unwrap(), &p);
+        assert!(e <= 1e-6, "{gdt:?} master weights: {e:e}");
+        assert!(ec <= 4e-3, "{gdt:?} bf16 copy: {ec:e}");
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn bf16_round_trip_is_round_to_nearest_even() {
+    let mut gpu = gpu();
+    let vals = vec![
+        1.0f32,
+        1.0 + 1.0 / 256.0, // a tie: rounds to even (1.0)
+        1.0 + 3.0 / 256.0, // a tie: rounds up to even
+        -3.3,
+        1e-30,
+        65504.0,
+        f32::INFINITY,
+        0.0,
+        -0.0,
+    ];
+    let b = gpu.upload(&vals, DType::Bf16).unwrap();
+    let got = gpu.download(&b).unwrap();
+    let want: Vec<f32> = vals.iter().map(|&v| bf16_round(v)).collect();
+    assert_eq!(got, want);
+    let nan = gpu.upload(&[f32::NAN], DType::Bf16).unwrap();
+    assert!(gpu.download(&nan).unwrap()[0].is_nan());
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn doctor_report_on_a_gpu_machine() {
+    let r = cryoden_cuda::probe::Report::collect();
+    println!("{r}");
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert!(!r.gpus.is_empty());
+    assert!(
+        r.selfcheck.as_deref().unwrap_or("").starts_with("ok"),
+        "{:?}",
+        r.selfcheck
+    );
+    assert!(
+        r.mapped_libraries.iter().any(|p| p.contains("libcuda.so")),
+        "{:?}",
+        r.mapped_libraries
+    );
+    assert!(
+        r.mapped_libraries.iter().any(|p| p.contains("libcudnn")),
+        "{:?}",
+        r.mapped_libraries
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn kernel_cache_hit_on_second_open() {
+    let dir = tempfile::tempdir().unwrap();
+    // SAFETY: set before any thread of this test reads it; other tests do not depend on XDG_CACHE_HOME's value.
+    unsafe { std::env::set_var("XDG_CACHE_HOME", dir.path()) };
+    let a = Gpu::open(0).unwrap();
+    let b = Gpu::open(0).unwrap();
+    println!("first: {}; second: {}", a.kernels_note, b.kernels_note);
+    assert!(
+        b.kernels_note.contains("from the cache"),
+        "{}",
+        b.kernels_note
+    );
+    let n = std::fs::read_dir(dir.path().join("cryoden/kernels"))
+        .unwrap()
+        .count();
+    assert_eq!(n, 1, "one cached module");
+}
+
+/// Graph capture of the ops on the Gpu's stream, replayed: the same result as eager execution.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn ops_replay_in_a_cuda_graph() {
+    let mut gpu = gpu();
+    let mut rng = Rng::new(10);
+    let g = G {
+        n: 2,
+        h: 16,
+        w: 16,
+        cin: 8,
+        cout: 16,
+        k: 3,
+        pad: 1,
+        stride: 1,
+    };
+    let c = cg(&g);
+    let x = rng.vec(c.in_shape().len(), 1.0);
+    let w = rng.vec(c.weight_len(), 0.2);
+    let bias = rng.vec(16, 0.1);
+    let xb = gpu.upload(&x, DType::F32).unwrap();
+    let wb = gpu.upload(&w, DType::F32).unwrap();
+    let bb = gpu.upload(&bias, DType::F32).unwrap();
+    let yb = gpu.alloc(c.out_shape().len(), DType::F32).unwrap();
+    let pb = gpu.alloc(Nhwc::new(2, 8, 8, 16).len(), DType::F32).unwrap();
+    gpu.conv_prepare(&c, Precision::F32).unwrap();
+    let run = |gpu: &mut Gpu| {
+        gpu.conv_forward(
+            Precision::F32,
+            &c,
+            xb.view(c.in_shape()),
+            wb.ptr(),
+            yb.view(c.out_shape()),
+            0.0,
+        )
+        .unwrap();
+        gpu.bias_act(
+            yb.view(c.out_shape()),
+            Some(bb.ptr()),
+            yb.view(c.out_shape()),
+            0.0,
+        )
+        .unwrap();
+        gpu.maxpool2_forward(yb.view(c.out_shape()), pb.view(Nhwc::new(2, 8, 8, 16)))
+            .unwrap();
+    };
+    run(&mut gpu);
+    let eager = gpu.download(&pb).unwrap();
+    gpu.fill(&pb, f32::NAN).unwrap();
+    gpu.sync().unwrap();
+    gpu.stream
+        .begin_capture(
+            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+        )
+        .unwrap();
+    run(&mut gpu);
+    let graph = gpu
+        .stream
+        .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+        .unwrap()
+        .unwrap();
+    graph.launch().unwrap();
+    assert_eq!(gpu.download(&pb).unwrap(), eager);
+}
