@@ -47,7 +47,7 @@ pub fn sections(header: &Header, order: ByteOrder, ext: &[u8]) -> Option<Vec<Fei
         return None;
     }
     let i32_at = |b: &[u8], at: usize| {
-        let v: [u8; 4] = b[at..at + 4].try_into().ok()?;
+        let v: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
         Some(match order {
             ByteOrder::Little => i32::from_le_bytes(v),
             ByteOrder::Big => i32::from_be_bytes(v),

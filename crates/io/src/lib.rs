@@ -28,6 +28,7 @@
 //! - [`atomic`]: [`AtomicFile`] and [`write_atomic`] for any other output.
 
 pub mod atomic;
+pub mod bench;
 pub mod codec;
 pub mod error;
 pub mod fei;

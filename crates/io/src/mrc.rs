@@ -256,6 +256,37 @@ impl MrcStack {
     pub fn open_with(path: impl AsRef<Path>, opts: ReadOptions) -> Result<MrcStack> {
         let path = path.as_ref();
         let (bytes, gzip) = open_bytes(path)?;
+        MrcStack::from_backing(path, bytes, gzip, opts)
+    }
+
+    /// Parse a file already in memory (plain or gzip); `name` is used in messages only. This is the entry point
+    /// of the header fuzzer: any byte string gives a result or a typed error, never a panic or a huge allocation.
+    pub fn from_bytes(
+        name: impl AsRef<Path>,
+        bytes: Vec<u8>,
+        opts: ReadOptions,
+    ) -> Result<MrcStack> {
+        let name = name.as_ref();
+        if bytes.is_empty() {
+            return Err(Error::format(name, Fault::Empty));
+        }
+        if is_gzip(&bytes) {
+            let out = gunzip(name, &bytes)?;
+            if out.is_empty() {
+                return Err(Error::format(name, Fault::Empty));
+            }
+            MrcStack::from_backing(name, Backing::Owned(out), true, opts)
+        } else {
+            MrcStack::from_backing(name, Backing::Owned(bytes), false, opts)
+        }
+    }
+
+    fn from_backing(
+        path: &Path,
+        bytes: Backing,
+        gzip: bool,
+        opts: ReadOptions,
+    ) -> Result<MrcStack> {
         if bytes.len() < HEADER_LEN {
             return Err(Error::format(
                 path,
@@ -401,8 +432,12 @@ impl MrcStack {
     /// Statistics computed from the data (NaN/Inf counted, not included), streaming image by image.
     pub fn data_stats(&self) -> Result<Stats> {
         let plane = self.dims[0] * self.dims[1];
-        let mut buf = vec![0f32; plane];
         let mut s = Stats::default();
+        if self.dims[2] == 0 {
+            // nx * ny may be huge when nz = 0 (no data): allocate nothing.
+            return Ok(s);
+        }
+        let mut buf = vec![0f32; plane];
         let nb = self.mode.bytes();
         for z in 0..self.dims[2] {
             let start = self.data_offset + z * plane * nb;
@@ -475,7 +510,17 @@ pub fn read_with(path: impl AsRef<Path>, opts: ReadOptions) -> Result<Mrc> {
 /// non-finite data). Reads the file permissively; an unreadable file is an error, a readable one returns its list
 /// (empty when the file conforms).
 pub fn validate(path: impl AsRef<Path>) -> Result<Vec<Deviation>> {
-    let s = MrcStack::open_with(path, ReadOptions::permissive())?;
+    MrcStack::open_with(path, ReadOptions::permissive())?.validate()
+}
+
+impl MrcStack {
+    /// [`validate`] for an open file (open it permissively to see every deviation rather than an error).
+    pub fn validate(&self) -> Result<Vec<Deviation>> {
+        validate_open(self)
+    }
+}
+
+fn validate_open(s: &MrcStack) -> Result<Vec<Deviation>> {
     let h = &s.header;
     let mut d = s.warnings.clone();
     for dev in h.deviations() {
