@@ -1,0 +1,193 @@
+//! Whole-model behaviour of denoising: tiled = whole image, headers kept, units restored, bad inputs.
+
+use cryoden_infer::{
+    context_radius, default_context, plan_outputs, run, Denoiser, Error, Format, Normalization,
+    Options, RunOptions, Status,
+};
+use cryoden_nn::{checkpoint, cpu::Cpu, Arch, Model};
+use cryoden_prep::normalize::Method;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
+
+fn small_unet() -> (Model, Vec<f32>) {
+    let model = Model::new(Arch::Unet {
+        widths: vec![4, 8, 8],
+    })
+    .unwrap();
+    let params = model.init_params(3);
+    (model, params)
+}
+
+fn denoiser(tile: usize, context: Option<usize>, batch: usize) -> Denoiser<Cpu> {
+    let (model, params) = small_unet();
+    let norm = Normalization {
+        method: Method::Zscore,
+        from_checkpoint: true,
+    };
+    Denoiser::new(
+        Cpu::new(1).unwrap(),
+        model,
+        &params,
+        norm,
+        "test".into(),
+        Options {
+            tile,
+            context,
+            batch,
+        },
+    )
+    .unwrap()
+}
+
+fn noise_image(nx: usize, ny: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..nx * ny)
+        .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn tiled_output_equals_whole_image_output() {
+    // 150 × 118 is not a multiple of the alignment (4), so padding is exercised too.
+    let (nx, ny) = (150, 118);
+    let img = noise_image(nx, ny, 1);
+    let whole = denoiser(4096, None, 1)
+        .denoise_normalized(&img, nx, ny)
+        .unwrap();
+    let arch = Arch::Unet {
+        widths: vec![4, 8, 8],
+    };
+    assert!(default_context(&arch) >= context_radius(&arch));
+    for (tile, batch) in [(16, 1), (24, 3), (40, 4)] {
+        let tiled = denoiser(tile, None, batch)
+            .denoise_normalized(&img, nx, ny)
+            .unwrap();
+        // f32 sums in a different order at most; 1e-4 is the tolerance.
+        let d = max_diff(&whole, &tiled);
+        assert!(
+            d <= 1e-4,
+            "tile {tile} batch {batch}: max |tiled − whole| = {d}"
+        );
+    }
+    // Without context the seams show: the test can tell.
+    let seams = denoiser(16, Some(0), 1)
+        .denoise_normalized(&img, nx, ny)
+        .unwrap();
+    assert!(
+        max_diff(&whole, &seams) > 1e-3,
+        "no context should differ from the whole image"
+    );
+}
+
+#[test]
+fn denoise_restores_the_input_units() {
+    let (nx, ny) = (64, 64);
+    let img: Vec<f32> = noise_image(nx, ny, 2)
+        .iter()
+        .map(|v| 1000.0 + 50.0 * v)
+        .collect();
+    let out = denoiser(1024, None, 1).denoise(&img, nx, ny).unwrap();
+    let mean = out.iter().map(|&v| v as f64).sum::<f64>() / out.len() as f64;
+    // An untrained network outputs values of order 1 in normalised units: back in input units they sit near
+    // the input's mean (1000) within a few spreads (50).
+    assert!((mean - 1000.0).abs() < 200.0, "{mean}");
+}
+
+#[test]
+fn too_small_images_are_refused() {
+    let e = denoiser(1024, None, 1)
+        .denoise(&[0.0, 1.0, 2.0, 3.0], 2, 2)
+        .unwrap_err();
+    assert!(matches!(e, Error::TooSmall { min: 4, .. }), "{e}");
+    assert!(e.to_string().contains("smaller than"));
+}
+
+fn write_mrc(path: &Path, data: &[f32], nx: usize, ny: usize) {
+    let mut o = cryoden_io::WriteOptions::with_voxel_size(1.23);
+    o.origin = [10.0, 20.0, 0.0];
+    cryoden_io::write(path, data, [nx, ny, 1], &o).unwrap();
+}
+
+#[test]
+fn batch_run_keeps_headers_and_skips_unreadable_files() {
+    let d = tempfile::tempdir().unwrap();
+    let (model, params) = small_unet();
+    let ckpt = d.path().join("model.safetensors");
+    checkpoint::save_weights(
+        &ckpt,
+        &model,
+        &params,
+        &serde_json::json!({"normalize": "p95"}),
+    )
+    .unwrap();
+    let (nx, ny) = (48, 40);
+    let inputs = vec![
+        d.path().join("a.mrc"),
+        d.path().join("b.mrc"),
+        d.path().join("c.mrc"),
+    ];
+    write_mrc(&inputs[0], &noise_image(nx, ny, 4), nx, ny);
+    std::fs::write(&inputs[1], b"not an MRC file").unwrap();
+    write_mrc(&inputs[2], &noise_image(nx, ny, 5), nx, ny);
+    let out_dir = d.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let jobs = plan_outputs(&inputs, &out_dir, "_dn", Format::Mrc).unwrap();
+    let mut dn = Denoiser::load(Cpu::new(1).unwrap(), &ckpt, Options::default()).unwrap();
+    assert_eq!(dn.normalization().method, Method::P95);
+    let opts = RunOptions {
+        format: Format::Mrc,
+        skip_existing: false,
+        label: "cryoden test label model.safetensors".into(),
+    };
+    let mut seen = Vec::new();
+    let s = run(&mut dn, &jobs, &opts, |o| {
+        seen.push((o.input.clone(), matches!(o.status, Status::Failed(_))))
+    });
+    assert_eq!((s.denoised, s.failed, s.skipped), (2, 1, 0));
+    assert_eq!(
+        seen.iter()
+            .filter(|x| x.1)
+            .map(|x| x.0.clone())
+            .collect::<Vec<_>>(),
+        vec![inputs[1].clone()]
+    );
+    assert!(
+        !jobs[1].output.exists(),
+        "nothing written for the unreadable file"
+    );
+    let m = cryoden_io::read(&jobs[0].output).unwrap();
+    assert_eq!((m.nx(), m.ny()), (nx, ny));
+    assert!((m.voxel_size()[0] - 1.23).abs() < 1e-6);
+    assert_eq!(m.header.origin, [10.0, 20.0, 0.0]);
+    assert!(m
+        .header
+        .label_strings()
+        .iter()
+        .any(|l| l.contains("cryoden test label")));
+    // --skip-existing leaves the finished outputs alone and retries the failed one.
+    let opts = RunOptions {
+        skip_existing: true,
+        ..opts
+    };
+    let s = run(&mut dn, &jobs, &opts, |_| {});
+    assert_eq!((s.denoised, s.failed, s.skipped), (0, 1, 2));
+}
+
+#[test]
+fn a_file_that_is_not_a_checkpoint_is_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("bad.safetensors");
+    std::fs::write(&p, b"garbage").unwrap();
+    let e = Denoiser::load(Cpu::new(1).unwrap(), &p, Options::default())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("bad.safetensors"), "{e}");
+}
