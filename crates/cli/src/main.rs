@@ -26,6 +26,8 @@ enum Command {
     Info(cmd::info::Args),
     /// Measure throughput (I/O, training, denoising); prints JSON with --json.
     Bench(cmd::bench::Args),
+    /// Train a denoiser on a dataset written by `cryoden prepare` (CPU, or CUDA when built with it).
+    Train(cmd::train::Args),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(args) => cmd::info::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Train(args) => cmd::train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
