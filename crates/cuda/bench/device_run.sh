@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED=1
 } 2>&1 | tee "$OUT/doctor.txt"
 case "$what" in *tests*)
   $B/gpu_tests --ignored --test-threads=1 --nocapture 2>&1 | tee "$OUT/gpu_tests.txt"
-  $B/model_tests --ignored --test-threads=1 --nocapture 2>&1 | tee "$OUT/model_tests.txt" ;;
+  { $B/model_tests --ignored --test-threads=1 --nocapture; python3 crates/cuda/bench/torch_bench.py parity; } 2>&1 | tee "$OUT/model_tests.txt" ;;
 esac
 case "$what" in *ops*)
   $B/cudabench ops 2>&1 | tee "$OUT/ops.txt"

@@ -121,18 +121,54 @@ def train(args) -> None:
         torch.cuda.empty_cache()
 
 
+def parity(args) -> None:
+    """PyTorch's own deviation from an f64 reference per mode (output, loss, whole gradient, worst tensor): what the
+    tolerances of tests/model.rs can be compared with."""
+    configs = [((8, 16, 32), 2, 32, 40), (WIDTHS, 1, 64, 64)]
+    for widths, n, h, w in configs:
+        torch.manual_seed(1)
+        ref = UNet(widths).cuda().double()
+        x = torch.rand(n, 1, h, w, device="cuda", dtype=torch.float64) - 0.5
+        t = x + 0.2 * (torch.rand_like(x) - 0.5)
+
+        def run(model, mode):
+            set_mode(mode)
+            model.zero_grad(set_to_none=True)
+            xx = x.to(next(model.parameters()).dtype)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "bf16"):
+                y = model(xx)
+            loss = F.mse_loss(y.double(), t)
+            loss.backward()
+            return y.double().detach(), loss.item(), {k: p.grad.double() for k, p in model.named_parameters()}
+
+        y0, l0, g0 = run(ref, "fp32")
+        for mode in ["fp32", "tf32", "bf16"]:
+            m = UNet(widths).cuda()
+            m.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+            y, l, g = run(m, mode)
+            rel = lambda a, b: ((a - b).norm() / b.norm()).item()
+            flat = lambda d: torch.cat([d[k].flatten() for k in g0])
+            worst = max((rel(g[k], g0[k]), k) for k in g0)
+            row = {"kind": "parity", "framework": "torch", "widths": list(widths), "shape": [n, h, w], "mode": mode,
+                   "output": rel(y, y0), "loss": abs(l - l0) / l0, "grads": rel(flat(g), flat(g0)),
+                   "worst_tensor": worst[1], "worst_tensor_err": worst[0]}
+            print(f"torch {widths} {n}x{h}x{w} {mode}: output {row['output']:.2e}, loss {row['loss']:.2e}, "
+                  f"grads {row['grads']:.2e} (worst {worst[1]} {worst[0]:.2e})")
+            print("JSON", json.dumps(row))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["ops", "train"])
+    ap.add_argument("what", choices=["ops", "train", "parity"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--modes", default=None)
     args = ap.parse_args()
     if args.modes is None:
-        args.modes = "fp32,tf32,bf16" if args.what == "ops" else "fp32,tf32,bf16,bf16-compile"
+        args.modes = "fp32,tf32,bf16,bf16-compile" if args.what == "train" else "fp32,tf32,bf16"
     print(f"# torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}")
-    ops(args) if args.what == "ops" else train(args)
+    {"ops": ops, "train": train, "parity": parity}[args.what](args)
 
 
 if __name__ == "__main__":

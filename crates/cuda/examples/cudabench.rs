@@ -421,6 +421,32 @@ fn train(args: &[String]) {
             be.synchronize().unwrap();
             times.push(t1.elapsed().as_secs_f64() * 1e3);
         }
+        // One more step with per-op GPU timing (event pairs around each Backend call), for the breakdown.
+        be.set_profiling(true);
+        cryoden_nn::train::train_step_uploaded(
+            &be,
+            &model,
+            &mut state,
+            &mut acts,
+            cryoden_nn::LossKind::Mse,
+            &adam,
+        )
+        .unwrap();
+        let prof = be.profile().unwrap();
+        be.set_profiling(false);
+        let total: f64 = prof.iter().map(|p| p.1).sum();
+        for (name, ms, calls) in &prof {
+            println!(
+                "    {:<28} {:>8.2} ms {:>5.1} %  ({calls} calls)",
+                name,
+                ms,
+                100.0 * ms / total
+            );
+        }
+        println!(
+            "JSON {}",
+            serde_json::json!({"kind": "train_profile", "precision": p.name(), "ops": prof.iter().map(|(n, ms, c)| serde_json::json!({"op": n, "ms": ms, "calls": c})).collect::<Vec<_>>()})
+        );
         let (free1, _) = be.gpu().ctx.mem_get_info().unwrap();
         let used_gib = (free0.saturating_sub(free1)) as f64 / (1u64 << 30) as f64;
         let ms = median(times.clone());

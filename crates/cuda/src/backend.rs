@@ -20,6 +20,7 @@ use cryoden_nn::{
     Activation, AdamParams, Backend, ConvGeom, ConvTGeom, LossKind, NnError, PoolGeom,
     UpsampleGeom, View,
 };
+use cudarc::driver::CudaEvent;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -46,6 +47,40 @@ pub struct CudaBackend {
     gpu: Mutex<Gpu>,
     precision: Precision,
     name: String,
+    /// When on, every op records a pair of events (see [`CudaBackend::profile`]).
+    profiling: std::sync::atomic::AtomicBool,
+    events: Mutex<Vec<(&'static str, CudaEvent, CudaEvent)>>,
+    // The stream and context outside the mutex, so op timers never lock the GPU (a timer drops while an op's
+    // MutexGuard temporary may still be alive).
+    stream: std::sync::Arc<cudarc::driver::CudaStream>,
+    ctx: std::sync::Arc<cudarc::driver::CudaContext>,
+}
+
+/// Records the end event of one op when dropped (profiling only).
+struct OpTimer<'a> {
+    be: &'a CudaBackend,
+    name: &'static str,
+    start: Option<CudaEvent>,
+}
+
+impl Drop for OpTimer<'_> {
+    fn drop(&mut self) {
+        if let Some(start) = self.start.take() {
+            if let Ok(end) = self
+                .be
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            {
+                if end.record(&self.be.stream).is_ok() {
+                    self.be
+                        .events
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((self.name, start, end));
+                }
+            }
+        }
+    }
 }
 
 /// Staging slots (see `Gpu::staging`).
@@ -83,10 +118,64 @@ impl CudaBackend {
             gpu.info.name, gpu.info.compute_capability.0, gpu.info.compute_capability.1
         );
         Ok(CudaBackend {
+            stream: gpu.stream.clone(),
+            ctx: gpu.ctx.clone(),
             gpu: Mutex::new(gpu),
             precision,
             name,
+            profiling: std::sync::atomic::AtomicBool::new(false),
+            events: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Turns per-op GPU timing on or off (off by default: it adds two event records per op).
+    pub fn set_profiling(&self, on: bool) {
+        self.profiling.store(on, Ordering::Relaxed);
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// GPU milliseconds per op name since profiling was turned on (waits for the GPU), largest first, with the
+    /// number of calls; clears the record.
+    pub fn profile(&self) -> crate::Result<Vec<(&'static str, f64, usize)>> {
+        self.gpu().sync()?;
+        let events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut acc: Vec<(&'static str, f64, usize)> = Vec::new();
+        for (name, a, b) in events {
+            let ms = a
+                .elapsed_ms(&b)
+                .map_err(crate::error::drv("cuEventElapsedTime"))? as f64;
+            match acc.iter_mut().find(|(n, _, _)| *n == name) {
+                Some(e) => {
+                    e.1 += ms;
+                    e.2 += 1;
+                }
+                None => acc.push((name, ms, 1)),
+            }
+        }
+        acc.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(acc)
+    }
+
+    fn timer(&self, name: &'static str) -> OpTimer<'_> {
+        let mut start = None;
+        if self.profiling.load(Ordering::Relaxed) {
+            if let Ok(e) = self
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            {
+                if e.record(&self.stream).is_ok() {
+                    start = Some(e);
+                }
+            }
+        }
+        OpTimer {
+            be: self,
+            name,
+            start,
+        }
     }
 
     pub fn precision(&self) -> Precision {
@@ -306,6 +395,7 @@ impl Backend for CudaBackend {
         len: usize,
         value: f32,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("fill");
         if offset + len > buf.buf.len {
             return Err(shape_err(
                 "fill",
@@ -339,6 +429,7 @@ impl Backend for CudaBackend {
         dv: View,
         accumulate: bool,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("copy_channels");
         let d = Nhwc::new(1, 1, pixels, c);
         let s = self.view("copy_channels", src, sv, pixels, c, d)?;
         let t = self.view("copy_channels", dst, dv, pixels, c, d)?;
@@ -365,6 +456,7 @@ impl Backend for CudaBackend {
         yv: View,
         _ws: &mut CudaBuf,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("conv2d_forward");
         let cg = Self::geom(g);
         let (d, px) = (cg.in_shape(), g.dims.pixels());
         let xg = self.view("conv2d_forward", x, xv, px, g.cin, d)?;
@@ -403,6 +495,7 @@ impl Backend for CudaBackend {
         accumulate: bool,
         _ws: &mut CudaBuf,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("conv2d_backward_data");
         let cg = Self::geom(g);
         let (d, px) = (cg.in_shape(), g.dims.pixels());
         let dyg = self.view("conv2d_backward_data", dy, dyv, px, g.cout, d)?;
@@ -442,6 +535,7 @@ impl Backend for CudaBackend {
         dw_off: usize,
         _ws: &mut CudaBuf,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("conv2d_backward_filter");
         let cg = Self::geom(g);
         let (d, px) = (cg.in_shape(), g.dims.pixels());
         let xg = self.view("conv2d_backward_filter", x, xv, px, g.cin, d)?;
@@ -488,6 +582,7 @@ impl Backend for CudaBackend {
         y: &mut CudaBuf,
         yv: View,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("bias_act_forward");
         let d = Nhwc::new(1, 1, pixels, c);
         let yg = self.view("bias_act_forward", y, yv, pixels, c, d)?;
         check_param("bias_act_forward", params, 0, 0, b_off, c)?;
@@ -508,6 +603,7 @@ impl Backend for CudaBackend {
         grads: &mut CudaBuf,
         db_off: Option<usize>,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("bias_act_backward");
         let d = Nhwc::new(1, 1, pixels, c);
         let yg = self.view("bias_act_backward", y, yv, pixels, c, d)?;
         let dyg = self.view("bias_act_backward", dy, dyv, pixels, c, d)?;
@@ -533,6 +629,7 @@ impl Backend for CudaBackend {
         y: &mut CudaBuf,
         yv: View,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("maxpool2_forward");
         let od = g.out_dims();
         let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.c);
         let yd = Nhwc::new(od.n, od.h, od.w, g.c);
@@ -555,6 +652,7 @@ impl Backend for CudaBackend {
         dxv: View,
         accumulate: bool,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("maxpool2_backward");
         let od = g.out_dims();
         let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.c);
         let yd = Nhwc::new(od.n, od.h, od.w, g.c);
@@ -575,6 +673,7 @@ impl Backend for CudaBackend {
         y: &mut CudaBuf,
         yv: View,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("upsample_nearest_forward");
         let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.c);
         let yd = Nhwc::new(g.dims.n, g.oh, g.ow, g.c);
         let xg = self.view("upsample_nearest_forward", x, xv, g.dims.pixels(), g.c, xd)?;
@@ -599,6 +698,7 @@ impl Backend for CudaBackend {
         dxv: View,
         accumulate: bool,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("upsample_nearest_backward");
         let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.c);
         let yd = Nhwc::new(g.dims.n, g.oh, g.ow, g.c);
         let dyg = self.view(
@@ -640,6 +740,7 @@ impl Backend for CudaBackend {
         yv: View,
         _ws: &mut CudaBuf,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("convt2x2_forward");
         let od = g.out_dims();
         let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.cin);
         let yd = Nhwc::new(od.n, od.h, od.w, g.cout);
@@ -679,6 +780,7 @@ impl Backend for CudaBackend {
         accumulate: bool,
         _ws: &mut CudaBuf,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("convt2x2_backward_data");
         let od = g.out_dims();
         let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.cin);
         let yd = Nhwc::new(od.n, od.h, od.w, g.cout);
@@ -726,6 +828,7 @@ impl Backend for CudaBackend {
         dw_off: usize,
         _ws: &mut CudaBuf,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("convt2x2_backward_filter");
         let od = g.out_dims();
         let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.cin);
         let yd = Nhwc::new(od.n, od.h, od.w, g.cout);
@@ -779,6 +882,7 @@ impl Backend for CudaBackend {
         dpred: &mut CudaBuf,
         loss: &mut CudaBuf,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("loss_forward_backward");
         if pred.buf.len < len || target.buf.len < len || dpred.buf.len < len || loss.buf.len < 1 {
             return Err(shape_err(
                 "loss_forward_backward",
@@ -812,6 +916,7 @@ impl Backend for CudaBackend {
         m: &mut CudaBuf,
         v: &mut CudaBuf,
     ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("adam_step");
         let n = params.buf.len;
         if grads.buf.len != n || m.buf.len != n || v.buf.len != n {
             return Err(shape_err(
