@@ -28,6 +28,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Train a denoiser on a dataset written by `cryoden prepare` (CPU, or CUDA when built with it).
     Train(cmd::train::Args),
+    /// Convert a Topaz-Denoise model (.sav) to a cryoden checkpoint, executing nothing from the file.
+    ImportTopaz(cmd::import_topaz::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Command::Info(args) => cmd::info::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Train(args) => cmd::train::run(args),
+        Command::ImportTopaz(args) => cmd::import_topaz::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

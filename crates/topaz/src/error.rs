@@ -57,4 +57,7 @@ pub enum Error {
     /// The tensors are fine but do not form a network cryoden has.
     #[error("{}: {msg}", path.display())]
     Unsupported { path: PathBuf, msg: String },
+    /// Loading into the cryoden network or writing the checkpoint failed (the message names the file).
+    #[error(transparent)]
+    Nn(#[from] cryoden_nn::NnError),
 }

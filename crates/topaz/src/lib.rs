@@ -7,10 +7,12 @@
 //! inert records of their class name and attributes, from which the state_dict is collected the way
 //! `Module.state_dict()` would; no class is imported or called.
 
+pub mod convert;
 pub mod error;
 pub mod pickle;
 pub mod torch_file;
 
+pub use convert::{import, write_checkpoint, ArchChoice, Imported};
 pub use error::{Error, PickleError};
 pub use pickle::DType;
 pub use torch_file::{load, load_bytes, Container, TorchFile, TorchTensor};
