@@ -41,6 +41,11 @@ pub struct TrainBenchResult {
     pub peak_rss_mib: Option<f64>,
     pub first_loss: f32,
     pub last_loss: f32,
+    /// Milliseconds per phase of the last timed step: forward, loss, backward (incl. zeroing grads), Adam.
+    pub ms_forward: f64,
+    pub ms_loss: f64,
+    pub ms_backward: f64,
+    pub ms_adam: f64,
 }
 
 /// Runs `warmup + steps` Adam steps on random pairs (a fixed batch: noise input, noisier target) and times them.
@@ -61,13 +66,46 @@ pub fn bench_train<B: Backend>(be: &B, cfg: &TrainBench) -> Result<TrainBenchRes
         ..AdamParams::default()
     };
     let mut times = Vec::with_capacity(cfg.steps);
+    let mut phases = [0.0f64; 4];
     let mut first = f32::NAN;
     let mut last = f32::NAN;
     for s in 0..cfg.warmup + cfg.steps {
         let t0 = Instant::now();
-        let l = train_step(
-            be, &model, &mut state, &mut acts, &input, &target, cfg.loss, &adam,
-        )?;
+        let l = if s < cfg.warmup + cfg.steps - 1 {
+            train_step(
+                be, &model, &mut state, &mut acts, &input, &target, cfg.loss, &adam,
+            )?
+        } else {
+            // The last step runs the same sequence as `train_step`, phase by phase, to time each phase.
+            let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+            acts.upload_input(be, &input)?;
+            acts.upload_target(be, &target)?;
+            let t = Instant::now();
+            model.forward(be, &state.params, &mut acts)?;
+            be.synchronize()?;
+            phases[0] = ms(t);
+            let t = Instant::now();
+            let l = crate::train::eval_loss_of_output(be, &mut acts, cfg.loss)?;
+            phases[1] = ms(t);
+            let t = Instant::now();
+            be.fill(&mut state.grads, 0, model.params().len(), 0.0)?;
+            model.backward(be, &state.params, &mut state.grads, &mut acts)?;
+            be.synchronize()?;
+            phases[2] = ms(t);
+            let t = Instant::now();
+            state.step += 1;
+            be.adam_step(
+                &adam,
+                state.step,
+                &mut state.params,
+                &state.grads,
+                &mut state.m,
+                &mut state.v,
+            )?;
+            be.synchronize()?;
+            phases[3] = ms(t);
+            l
+        };
         be.synchronize()?;
         let dt = t0.elapsed().as_secs_f64() * 1e3;
         if s == 0 {
@@ -95,6 +133,10 @@ pub fn bench_train<B: Backend>(be: &B, cfg: &TrainBench) -> Result<TrainBenchRes
         peak_rss_mib: peak_rss_mib(),
         first_loss: first,
         last_loss: last,
+        ms_forward: phases[0],
+        ms_loss: phases[1],
+        ms_backward: phases[2],
+        ms_adam: phases[3],
     })
 }
 

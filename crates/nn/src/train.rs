@@ -75,6 +75,16 @@ pub fn loss_and_gradients<B: Backend>(
     Ok(l)
 }
 
+/// Loss of the current output (after [`Model::forward`]) against the uploaded target; also writes the output
+/// gradient for [`Model::backward`].
+pub fn eval_loss_of_output<B: Backend>(
+    be: &B,
+    acts: &mut Activations<B>,
+    loss: LossKind,
+) -> Result<f32> {
+    compute_loss(be, acts, loss)
+}
+
 /// Loss of the current output against the uploaded target; also writes the output gradient.
 fn compute_loss<B: Backend>(be: &B, acts: &mut Activations<B>, loss: LossKind) -> Result<f32> {
     let len = acts.image_len();

@@ -190,6 +190,9 @@ pub(super) fn forward(
     threads: usize,
 ) {
     use rayon::prelude::*;
+    if g.cin == 1 {
+        return forward_cin1(g, x, xv, w, b, act, y, yv, accumulate, ws, threads);
+    }
     let kk = kdim(g);
     let pc = chunk_pixels(kk);
     let col_len = if g.k == 1 { 0 } else { pc * kk };
@@ -320,6 +323,9 @@ pub(super) fn backward_filter(
     let pc = chunk_pixels(kk);
     let col_len = if g.k == 1 { 0 } else { pc * kk };
     let part = g.cout * kk;
+    if g.cin == 1 {
+        return backward_filter_cin1(g, x, xv, dy, dyv, dw, ws, threads, col_len + part);
+    }
     let slab = col_len + part;
     let total = g.dims.pixels();
     ws[..threads * slab]
@@ -363,5 +369,133 @@ pub(super) fn backward_filter(
     for t in 0..threads {
         let partial = &ws[t * slab + col_len..t * slab + col_len + part];
         dw.iter_mut().zip(partial).for_each(|(d, &p)| *d += p);
+    }
+}
+
+/// Output channels per register block of the direct (one-input-channel) kernels.
+const CB: usize = 64;
+
+/// Direct convolution for one input channel (the network's first layer, and the backward-data of a 1×1 conv to
+/// one channel): im2col would copy single floats, so loop over taps and vectorise over output channels.
+#[allow(clippy::too_many_arguments)]
+fn forward_cin1(
+    g: &ConvGeom,
+    x: &[f32],
+    xv: View,
+    w: &[f32],
+    b: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+    yv: View,
+    accumulate: bool,
+    ws: &mut [f32],
+    threads: usize,
+) {
+    use rayon::prelude::*;
+    let (h, wd, k, cout) = (g.dims.h, g.dims.w, g.k, g.cout);
+    let (taps, pad) = (k * k, k / 2);
+    // Weights transposed to [tap][cout] so the inner loop runs over contiguous output channels.
+    let wt = &mut ws[..taps * cout];
+    for co in 0..cout {
+        for t in 0..taps {
+            wt[t * cout + co] = w[co * taps + t];
+        }
+    }
+    let wt = &*wt;
+    let yp = SyncPtr(y.as_mut_ptr());
+    (0..threads).into_par_iter().for_each(|t| {
+        let mut acc = [0.0f32; CB];
+        for p in split_range(g.dims.pixels(), threads, t) {
+            let (img, rem) = (p / (h * wd), p % (h * wd));
+            let (py, px) = (rem / wd, rem % wd);
+            // SAFETY: pixel ranges of threads are disjoint.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(yp.get().add(p * yv.stride + yv.offset), cout)
+            };
+            for c0 in (0..cout).step_by(CB) {
+                let cb = CB.min(cout - c0);
+                let acc = &mut acc[..cb];
+                acc.fill(0.0);
+                for ky in 0..k {
+                    let sy = py as isize + ky as isize - pad as isize;
+                    if sy < 0 || sy >= h as isize {
+                        continue;
+                    }
+                    for kx in 0..k {
+                        let sx = px as isize + kx as isize - pad as isize;
+                        if sx < 0 || sx >= wd as isize {
+                            continue;
+                        }
+                        let v =
+                            x[((img * h + sy as usize) * wd + sx as usize) * xv.stride + xv.offset];
+                        let wr = &wt[(ky * k + kx) * cout + c0..][..cb];
+                        acc.iter_mut().zip(wr).for_each(|(a, &w)| *a += v * w);
+                    }
+                }
+                let o = &mut out[c0..c0 + cb];
+                if accumulate {
+                    o.iter_mut().zip(acc.iter()).for_each(|(o, &a)| *o += a);
+                } else {
+                    for (i, (o, &a)) in o.iter_mut().zip(acc.iter()).enumerate() {
+                        *o = act.apply(a + b.map_or(0.0, |b| b[c0 + i]));
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `dw += Σ_p x[p + tap] · dy[p, :]` for one input channel; per-thread partials `[tap][cout]` in `ws`.
+#[allow(clippy::too_many_arguments)]
+fn backward_filter_cin1(
+    g: &ConvGeom,
+    x: &[f32],
+    xv: View,
+    dy: &[f32],
+    dyv: View,
+    dw: &mut [f32],
+    ws: &mut [f32],
+    threads: usize,
+    slab: usize,
+) {
+    use rayon::prelude::*;
+    let (h, wd, k, cout) = (g.dims.h, g.dims.w, g.k, g.cout);
+    let (taps, pad) = (k * k, k / 2);
+    let part = taps * cout;
+    ws[..threads * slab]
+        .par_chunks_mut(slab)
+        .enumerate()
+        .for_each(|(t, s)| {
+            let partial = &mut s[..part];
+            partial.fill(0.0);
+            for p in split_range(g.dims.pixels(), threads, t) {
+                let (img, rem) = (p / (h * wd), p % (h * wd));
+                let (py, px) = (rem / wd, rem % wd);
+                let d = &dy[p * dyv.stride + dyv.offset..][..cout];
+                for ky in 0..k {
+                    let sy = py as isize + ky as isize - pad as isize;
+                    if sy < 0 || sy >= h as isize {
+                        continue;
+                    }
+                    for kx in 0..k {
+                        let sx = px as isize + kx as isize - pad as isize;
+                        if sx < 0 || sx >= wd as isize {
+                            continue;
+                        }
+                        let v =
+                            x[((img * h + sy as usize) * wd + sx as usize) * xv.stride + xv.offset];
+                        let pr = &mut partial[(ky * k + kx) * cout..][..cout];
+                        pr.iter_mut().zip(d).for_each(|(a, &d)| *a += v * d);
+                    }
+                }
+            }
+        });
+    for t in 0..threads {
+        let partial = &ws[t * slab..t * slab + part];
+        for co in 0..cout {
+            for tap in 0..taps {
+                dw[co * taps + tap] += partial[tap * cout + co];
+            }
+        }
     }
 }
