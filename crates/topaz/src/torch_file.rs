@@ -373,7 +373,7 @@ fn finish(
     let mut refs: Vec<(String, TensorRef)> = Vec::new();
     let module_class = match &object {
         Value::Dict(_) => {
-            collect_state_dict(&object, "", &mut refs).map_err(|m| invalid(path, m))?;
+            collect_state_dict(&object, "", false, &mut refs).map_err(|m| invalid(path, m))?;
             None
         }
         Value::Object(o) => {
@@ -426,10 +426,12 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-/// A state_dict: string keys → tensors. `prefix` is prepended (for module walks).
+/// A state_dict: string keys → tensors. `prefix` is prepended (for module walks), where `in_module` also lets
+/// unset entries (`None`) through, as `Module.state_dict()` skips them.
 fn collect_state_dict(
     v: &Value,
     prefix: &str,
+    in_module: bool,
     out: &mut Vec<(String, TensorRef)>,
 ) -> Result<(), String> {
     let Value::Dict(d) = v else {
@@ -440,7 +442,7 @@ fn collect_state_dict(
         match v {
             Value::Tensor(t) => out.push((format!("{prefix}{key}"), (**t).clone())),
             // A registered but unset parameter or buffer (`self.bias = None`) is not saved by state_dict().
-            Value::None if !prefix.is_empty() => {}
+            Value::None if in_module => {}
             _ => return Err(format!("state_dict entry {prefix}{key} is not a tensor")),
         }
     }
@@ -475,7 +477,7 @@ fn collect_module(
     let o = o.borrow();
     let state = &o.state;
     if let Some(params) = dict_get(state, "_parameters") {
-        collect_state_dict(&params, prefix, out)?;
+        collect_state_dict(&params, prefix, true, out)?;
     }
     if let Some(buffers) = dict_get(state, "_buffers") {
         let skip: Vec<String> = match dict_get(state, "_non_persistent_buffers_set") {
@@ -487,7 +489,7 @@ fn collect_module(
             _ => Vec::new(),
         };
         let mut all = Vec::new();
-        collect_state_dict(&buffers, prefix, &mut all)?;
+        collect_state_dict(&buffers, prefix, true, &mut all)?;
         out.extend(
             all.into_iter()
                 .filter(|(n, _)| !skip.iter().any(|s| n[prefix.len()..] == *s)),
@@ -544,6 +546,13 @@ fn materialise(r: &TensorRef, root: &[u8]) -> Result<TorchTensor, String> {
         if last >= len as u128 {
             return Err(format!(
                 "elements up to {last} are read from a storage of {len}"
+            ));
+        }
+        // A saved weight never has more elements than its storage; a hostile file could otherwise ask for a huge
+        // tensor built from one element (stride 0) and exhaust memory.
+        if numel as u64 > len {
+            return Err(format!(
+                "{numel} elements from a storage of {len} (broadcast views are not supported)"
             ));
         }
         bytes.reserve(numel * es);

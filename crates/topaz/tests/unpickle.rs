@@ -100,6 +100,8 @@ torch.save(small.state_dict(), "{d}/small_state_zip.pt")
 w = torch.arange(24, dtype=torch.float32).reshape(4, 6)
 torch.save({{"w": w, "wt": w.t(), "half": w.half(), "col": w[:, 2]}}, "{d}/strided_zip.pt")
 torch.save({{"w": w, "wt": w.t(), "col": w[:, 2]}}, "{d}/strided_legacy.pt", _use_new_zipfile_serialization=False)
+# A broadcast view: 10^6 elements from a one-element storage (refused: never in a model, a memory bomb otherwise).
+torch.save({{"b": torch.zeros(1).expand(1000000)}}, "{d}/broadcast_zip.pt")
 "#
         ),
     ]);
@@ -136,6 +138,8 @@ torch.save({{"w": w, "wt": w.t(), "col": w[:, 2]}}, "{d}/strided_legacy.pt", _us
     let legacy = cryoden_topaz::load(&tmp.path().join("strided_legacy.pt")).unwrap();
     assert_eq!(legacy.get("wt"), strided.get("wt"));
     assert_eq!(legacy.get("col"), strided.get("col"));
+    let err = cryoden_topaz::load(&tmp.path().join("broadcast_zip.pt")).unwrap_err();
+    assert!(err.to_string().contains("tensor b: 1000000 elements from a storage of 1"), "{err}");
 }
 
 /// Writes a legacy-container file whose object pickle is `payload` (a pickle made by Python's own pickler from
