@@ -223,7 +223,11 @@ impl FileInfo {
         let _ = writeln!(
             s,
             "  data stats    min {}  max {}  mean {:.6}  std {:.6}",
-            self.min, self.max, self.mean, self.std
+            // min and max are data values: print them as the f32 they are.
+            self.min as f32,
+            self.max as f32,
+            self.mean,
+            self.std
         );
         if self.non_finite > 0 {
             let _ = writeln!(s, "  NaN/Inf       {} values", self.non_finite);
