@@ -15,6 +15,8 @@
 //! - [`FrameStack`]: `n_frames() frame_dims() read_frame(i) read_frame_into(i, out) pixel_size() path()`,
 //!   implemented by [`MrcStack`] and [`TiffStack`] (grayscale u8/u16/f32 pages; none/LZW/deflate);
 //!   [`open_frames`]`(path, opts) -> Box<dyn FrameStack>` picks by extension (.tif/.tiff → TIFF, else MRC).
+//! - [`mrc::to_xyz`]`(header, data)`: reorder file order (mapc/mapr/maps) to x fastest; data are otherwise
+//!   returned in file order, as mrcfile returns them.
 //! - [`mrc::validate`]`(path) -> Vec<Deviation { field, found, expected }>`: every deviation from MRC-2014
 //!   (mrcfile's `validate` checks plus file size and NaN/Inf).
 //!

@@ -886,3 +886,95 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
+
+/// Reorder data from file order (columns fastest, then rows, then sections, as `mapc`, `mapr`, `maps` say) to
+/// x fastest, then y, then z. Returns the data and its (x, y, z) dimensions; files with the standard order 1,2,3
+/// come back unchanged. `None` when the axis mapping is not a permutation of 1, 2, 3.
+pub fn to_xyz(header: &Header, data: &[f32]) -> Option<(Vec<f32>, [usize; 3])> {
+    let axes = [header.mapc, header.mapr, header.maps];
+    let mut sorted = axes;
+    sorted.sort();
+    if sorted != [1, 2, 3] {
+        return None;
+    }
+    let n = [
+        header.nx.max(0) as usize,
+        header.ny.max(0) as usize,
+        header.nz.max(0) as usize,
+    ];
+    if n[0] * n[1] * n[2] != data.len() {
+        return None;
+    }
+    let ax = axes.map(|a| a as usize - 1); // ax[k]: spatial axis of file axis k
+    let mut d = [0usize; 3];
+    for k in 0..3 {
+        d[ax[k]] = n[k];
+    }
+    if ax == [0, 1, 2] {
+        return Some((data.to_vec(), d));
+    }
+    // Output stride of each file axis.
+    let stride_xyz = [1, d[0], d[0] * d[1]];
+    let st = ax.map(|a| stride_xyz[a]);
+    let mut out = vec![0f32; data.len()];
+    let mut i = 0;
+    for s in 0..n[2] {
+        for r in 0..n[1] {
+            let base = s * st[2] + r * st[1];
+            for c in 0..n[0] {
+                out[base + c * st[0]] = data[i];
+                i += 1;
+            }
+        }
+    }
+    Some((out, d))
+}
+
+#[cfg(test)]
+mod axis_tests {
+    use super::*;
+
+    #[test]
+    fn reorders_columns_rows_sections_to_xyz() {
+        // EMD-3001's order: columns = z, rows = x, sections = y.
+        let h = Header {
+            nx: 4,
+            ny: 3,
+            nz: 2,
+            mapc: 3,
+            mapr: 1,
+            maps: 2,
+            ..Header::default()
+        };
+        // File value encodes its (c, r, s) position.
+        let data: Vec<f32> = (0..24)
+            .map(|i| {
+                let (c, r, s) = (i % 4, (i / 4) % 3, i / 12);
+                (100 * c + 10 * r + s) as f32
+            })
+            .collect();
+        let (out, d) = to_xyz(&h, &data).unwrap();
+        assert_eq!(d, [3, 2, 4]); // x = rows, y = sections, z = columns
+        for z in 0..4 {
+            for y in 0..2 {
+                for x in 0..3 {
+                    let (c, r, s) = (z, x, y);
+                    assert_eq!(out[x + 3 * (y + 2 * z)], (100 * c + 10 * r + s) as f32);
+                }
+            }
+        }
+        let std = Header {
+            nx: 4,
+            ny: 3,
+            nz: 2,
+            ..Header::default()
+        };
+        assert_eq!(to_xyz(&std, &data).unwrap(), (data.clone(), [4, 3, 2]));
+        let bad = Header {
+            mapc: 1,
+            mapr: 1,
+            ..std
+        };
+        assert!(to_xyz(&bad, &data).is_none());
+    }
+}
