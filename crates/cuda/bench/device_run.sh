@@ -2,12 +2,12 @@
 # Runs on the GPU machine (device tool) from the repository root: doctor, GPU tests, per-op and training-step
 # benchmarks of cryoden and of PyTorch in the same call. Binaries are built here and carried in targets/cuda/carry
 # (see docs/CUDA.md, "Running on the GPU machine"). Everything is also written under $OUT (at most 8 files).
-#   bash crates/cuda/bench/device_run.sh [tests] [ops] [train]      (default: all three)
+#   bash crates/cuda/bench/device_run.sh [tests] [ops] [torchops] [train]      (default: all four)
 set -uo pipefail
 B=targets/cuda/carry
 OUT=${OUT:-/tmp/cryoden-out}
 mkdir -p "$OUT"
-what="${*:-tests ops train}"
+what="${*:-tests ops torchops train}"
 export PYTHONUNBUFFERED=1
 {
   date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
@@ -17,10 +17,8 @@ case "$what" in *tests*)
   $B/gpu_tests --ignored --test-threads=1 --nocapture 2>&1 | tee "$OUT/gpu_tests.txt"
   { $B/model_tests --ignored --test-threads=1 --nocapture; python3 crates/cuda/bench/torch_bench.py parity; } 2>&1 | tee "$OUT/model_tests.txt" ;;
 esac
-case "$what" in *ops*)
-  $B/cudabench ops 2>&1 | tee "$OUT/ops.txt"
-  python3 crates/cuda/bench/torch_bench.py ops 2>&1 | tee "$OUT/torch_ops.txt" ;;
-esac
+case " $what " in *" ops "*) $B/cudabench ops 2>&1 | tee "$OUT/ops.txt" ;; esac
+case "$what" in *torchops*) python3 crates/cuda/bench/torch_bench.py ops 2>&1 | tee "$OUT/torch_ops.txt" ;; esac
 case "$what" in *train*)
   $B/cudabench train 2>&1 | tee "$OUT/train.txt"
   python3 crates/cuda/bench/torch_bench.py train 2>&1 | tee "$OUT/torch_train.txt" ;;

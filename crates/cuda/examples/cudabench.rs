@@ -349,9 +349,16 @@ fn train(args: &[String]) {
     let size: usize = arg(args, "--size", "1024").parse().unwrap();
     let steps: usize = arg(args, "--steps", "10").parse().unwrap();
     let arch_name = arg(args, "--arch", "unet");
-    let precisions: Vec<Precision> = arg(args, "--precision", "f32,tf32,bf16")
+    // "bf16s": bf16 compute with the activations stored in bf16 (CudaBackend::set_alloc_dtype).
+    let precisions: Vec<(Precision, bool)> = arg(args, "--precision", "f32,tf32,bf16,bf16s")
         .split(',')
-        .map(|p| p.parse().unwrap())
+        .map(|p| {
+            if p == "bf16s" {
+                (Precision::Bf16, true)
+            } else {
+                (p.parse().unwrap(), false)
+            }
+        })
         .collect();
     let arch = Arch::from_name(&arch_name, None).unwrap();
     let model = Model::new(arch.clone()).unwrap();
@@ -360,12 +367,17 @@ fn train(args: &[String]) {
         "{:<6} {:<22} {:>10} {:>10} {:>9} {:>9} {:>10}",
         "prec", "arch", "ms/step", "img/s", "TFLOP/s", "GPU GiB", "setup s"
     );
-    for p in precisions {
+    for (p, bf16_storage) in precisions {
+        let label = if bf16_storage { "bf16s" } else { p.name() };
         let t0 = Instant::now();
         let be = CudaBackend::new(0, p).unwrap();
         let (free0, _) = be.gpu().ctx.mem_get_info().unwrap();
         let mut state = TrainState::new(&be, &model, &model.init_params(0)).unwrap();
+        if bf16_storage {
+            be.set_alloc_dtype(DType::Bf16);
+        }
         let mut acts = model.activations(&be, batch, size, size).unwrap();
+        be.set_alloc_dtype(DType::F32);
         let n = batch * size * size;
         let mut s = 12345u64;
         let x: Vec<f32> = (0..n)
@@ -445,7 +457,7 @@ fn train(args: &[String]) {
         }
         println!(
             "JSON {}",
-            serde_json::json!({"kind": "train_profile", "precision": p.name(), "ops": prof.iter().map(|(n, ms, c)| serde_json::json!({"op": n, "ms": ms, "calls": c})).collect::<Vec<_>>()})
+            serde_json::json!({"kind": "train_profile", "precision": label, "ops": prof.iter().map(|(n, ms, c)| serde_json::json!({"op": n, "ms": ms, "calls": c})).collect::<Vec<_>>()})
         );
         let (free1, _) = be.gpu().ctx.mem_get_info().unwrap();
         let used_gib = (free0.saturating_sub(free1)) as f64 / (1u64 << 30) as f64;
@@ -454,7 +466,7 @@ fn train(args: &[String]) {
         let tflops = flops / (ms * 1e-3) / 1e12;
         println!(
             "{:<6} {:<22} {:>10.2} {:>10.1} {:>9.1} {:>9.2} {:>10.1}",
-            p.name(),
+            label,
             arch.describe(),
             ms,
             ips,
@@ -464,7 +476,7 @@ fn train(args: &[String]) {
         );
         println!(
             "JSON {}",
-            serde_json::json!({"kind": "train", "precision": p.name(), "arch": arch.describe(), "batch": batch, "size": size,
+            serde_json::json!({"kind": "train", "precision": label, "arch": arch.describe(), "batch": batch, "size": size,
                 "ms_per_step_median": ms, "ms_per_step_all": times, "images_per_s": ips, "tflops": tflops,
                 "gpu_mem_gib_after_setup": used_gib, "first_loss": first, "last_loss": last, "backend": be.name()})
         );

@@ -47,6 +47,8 @@ pub struct CudaBackend {
     gpu: Mutex<Gpu>,
     precision: Precision,
     name: String,
+    /// Storage type of buffers allocated from now on (see [`CudaBackend::set_alloc_dtype`]).
+    alloc_bf16: std::sync::atomic::AtomicBool,
     /// When on, every op records a pair of events (see [`CudaBackend::profile`]).
     profiling: std::sync::atomic::AtomicBool,
     events: Mutex<Vec<(&'static str, CudaEvent, CudaEvent)>>,
@@ -123,9 +125,19 @@ impl CudaBackend {
             gpu: Mutex::new(gpu),
             precision,
             name,
+            alloc_bf16: std::sync::atomic::AtomicBool::new(false),
             profiling: std::sync::atomic::AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Storage type of the buffers `alloc` returns from now on (default f32). With bf16 precision, allocating the
+    /// model's activations (`Model::activations`) under `DType::Bf16` stores activations and their gradients in
+    /// bf16, halving their memory traffic; parameters, gradients, Adam moments must stay f32 (Adam refuses bf16).
+    /// `upload`/`download` convert. This is a stop-gap until the `Backend` trait can say what a buffer is for.
+    pub fn set_alloc_dtype(&self, dtype: DType) {
+        self.alloc_bf16
+            .store(dtype == DType::Bf16, Ordering::Relaxed);
     }
 
     /// Turns per-op GPU timing on or off (off by default: it adds two event records per op).
@@ -205,7 +217,7 @@ impl CudaBackend {
         }
         Ok(GView {
             ptr: b.buf.ptr_at(v.offset),
-            dtype: DType::F32,
+            dtype: b.buf.dtype,
             shape: Nhwc { c, ..dims },
             cs: v.stride,
         })
@@ -308,7 +320,12 @@ impl Backend for CudaBackend {
 
     fn alloc(&self, len: usize) -> cryoden_nn::Result<CudaBuf> {
         let mut gpu = self.gpu();
-        let buf = gpu.alloc(len, DType::F32).map_err(be_err)?;
+        let dt = if self.alloc_bf16.load(Ordering::Relaxed) {
+            DType::Bf16
+        } else {
+            DType::F32
+        };
+        let buf = gpu.alloc(len, dt).map_err(be_err)?;
         if len > 0 {
             gpu.fill(&buf, 0.0).map_err(be_err)?;
         }
@@ -337,6 +354,30 @@ impl Backend for CudaBackend {
         dst.touched();
         if src.is_empty() {
             return Ok(());
+        }
+        if dst.buf.dtype != DType::F32 {
+            // Stage in f32, convert on the device.
+            let mut gpu = self.gpu();
+            let tmp = gpu.alloc(src.len(), DType::F32).map_err(be_err)?;
+            // SAFETY: `tmp` holds src.len() floats; the copy completes before the conversion kernel is queued.
+            unsafe {
+                cudarc::driver::result::memcpy_htod_async(tmp.ptr(), src, gpu.stream.cu_stream())
+            }
+            .map_err(|e| {
+                be_err(CudaError::Driver {
+                    call: "cuMemcpyHtoDAsync",
+                    source: e,
+                })
+            })?;
+            let s = Nhwc::new(1, 1, src.len(), 1);
+            let to = GView {
+                ptr: dst.buf.ptr_at(offset),
+                dtype: dst.buf.dtype,
+                shape: s,
+                cs: 1,
+            };
+            gpu.bias_act(tmp.view(s), None, to, 1.0).map_err(be_err)?;
+            return gpu.sync().map_err(be_err);
         }
         let gpu = self.gpu();
         // SAFETY: destination range checked above; the copy from pageable memory completes before returning.
@@ -369,6 +410,29 @@ impl Backend for CudaBackend {
         }
         if dst.is_empty() {
             return Ok(());
+        }
+        if src.buf.dtype != DType::F32 {
+            let mut gpu = self.gpu();
+            let tmp = gpu.alloc(dst.len(), DType::F32).map_err(be_err)?;
+            let s = Nhwc::new(1, 1, dst.len(), 1);
+            let from = GView {
+                ptr: src.buf.ptr_at(offset),
+                dtype: src.buf.dtype,
+                shape: s,
+                cs: 1,
+            };
+            gpu.bias_act(from, None, tmp.view(s), 1.0).map_err(be_err)?;
+            // SAFETY: `tmp` holds dst.len() floats; synchronised before `dst` is read.
+            unsafe {
+                cudarc::driver::result::memcpy_dtoh_async(dst, tmp.ptr(), gpu.stream.cu_stream())
+            }
+            .map_err(|e| {
+                be_err(CudaError::Driver {
+                    call: "cuMemcpyDtoHAsync",
+                    source: e,
+                })
+            })?;
+            return gpu.sync().map_err(be_err);
         }
         let gpu = self.gpu();
         // SAFETY: source range checked above; synchronised before `dst` is read.
@@ -411,7 +475,7 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         self.gpu()
-            .fill_raw(buf.buf.ptr_at(offset), len, DType::F32, value)
+            .fill_raw(buf.buf.ptr_at(offset), len, buf.buf.dtype, value)
             .map_err(be_err)
     }
 
@@ -897,14 +961,52 @@ impl Backend for CudaBackend {
             LossKind::L1 => GLoss::L1,
         };
         let mut gpu = self.gpu();
+        if pred.buf.dtype != dpred.buf.dtype {
+            return Err(shape_err(
+                "loss_forward_backward",
+                "prediction and its gradient differ in storage type".into(),
+            ));
+        }
+        // The loss kernel reads an f32 target and writes an f32 loss: convert around it for bf16 storage.
+        let t = if target.buf.dtype == DType::F32 {
+            target.ptr()
+        } else {
+            let t = gpu.staging(S_X, len, DType::F32).map_err(be_err)?;
+            let to = GView {
+                ptr: t,
+                dtype: DType::F32,
+                shape: s,
+                cs: 1,
+            };
+            gpu.bias_act(target.buf.view_prefix(s), None, to, 1.0)
+                .map_err(be_err)?;
+            t
+        };
+        let l = if loss.buf.dtype == DType::F32 {
+            loss.ptr()
+        } else {
+            gpu.staging(S_LOSS, 1, DType::F32).map_err(be_err)?
+        };
         gpu.loss(
             k,
             pred.buf.view_prefix(s),
-            target.ptr(),
+            t,
             Some(dpred.buf.view_prefix(s)),
-            loss.ptr(),
+            l,
         )
-        .map_err(be_err)
+        .map_err(be_err)?;
+        if l != loss.ptr() {
+            let one = Nhwc::new(1, 1, 1, 1);
+            let from = GView {
+                ptr: l,
+                dtype: DType::F32,
+                shape: one,
+                cs: 1,
+            };
+            gpu.bias_act(from, None, loss.buf.view_prefix(one), 1.0)
+                .map_err(be_err)?;
+        }
+        Ok(())
     }
 
     fn adam_step(
@@ -922,6 +1024,15 @@ impl Backend for CudaBackend {
             return Err(shape_err(
                 "adam_step",
                 "params, grads, m and v must have the same length".into(),
+            ));
+        }
+        if [&params.buf, &grads.buf, &m.buf, &v.buf]
+            .iter()
+            .any(|b| b.dtype != DType::F32)
+        {
+            return Err(shape_err(
+                "adam_step",
+                "parameters, gradients and moments must be f32 buffers (allocate them outside set_alloc_dtype(Bf16))".into(),
             ));
         }
         params.touched();
@@ -954,6 +1065,12 @@ impl Backend for CudaBackend {
     }
 
     fn sum_squares(&self, buf: &CudaBuf) -> cryoden_nn::Result<f64> {
+        if buf.buf.dtype != DType::F32 {
+            return Err(shape_err(
+                "sum_squares",
+                "only f32 buffers (gradients) are supported".into(),
+            ));
+        }
         let mut gpu = self.gpu();
         let out = gpu.staging(S_LOSS, 1, DType::F32).map_err(be_err)?;
         gpu.sum_squares(buf.ptr(), buf.buf.len, out)
@@ -974,6 +1091,12 @@ impl Backend for CudaBackend {
     }
 
     fn scale(&self, buf: &mut CudaBuf, s: f32) -> cryoden_nn::Result<()> {
+        if buf.buf.dtype != DType::F32 {
+            return Err(shape_err(
+                "scale",
+                "only f32 buffers (gradients) are supported".into(),
+            ));
+        }
         buf.touched();
         self.gpu().scale(buf.ptr(), buf.buf.len, s).map_err(be_err)
     }

@@ -484,8 +484,10 @@ impl Gpu {
         accumulate: bool,
     ) -> Result<()> {
         same_shape("act_backward", dy.shape, dx.shape)?;
+        same_dtype("act_backward", dy.dtype, dx.dtype)?;
         if let Some(y) = y {
             same_shape("act_backward", dy.shape, y.shape)?;
+            same_dtype("act_backward", dy.dtype, y.dtype)?;
         }
         let c = dy.shape.c;
         let np = dy.shape.pixels();
@@ -575,6 +577,8 @@ impl Gpu {
     ) -> Result<()> {
         let s = x.shape;
         same_shape("maxpool2_backward", s, dx.shape)?;
+        same_dtype("maxpool2_backward", x.dtype, dy.dtype)?;
+        same_dtype("maxpool2_backward", x.dtype, dx.dtype)?;
         same_shape(
             "maxpool2_backward",
             Nhwc::new(s.n, s.h / 2, s.w / 2, s.c),
@@ -618,6 +622,7 @@ impl Gpu {
     /// Nearest upsampling of x to y's height and width (PyTorch's legacy 'nearest').
     pub fn upsample_forward(&mut self, x: View, y: View) -> Result<()> {
         upsample_check(x.shape, y.shape)?;
+        same_dtype("upsample_forward", x.dtype, y.dtype)?;
         let name = format!("upsample_fwd_{}", x.dtype.suffix());
         let (xp, xcs, yp, ycs) = (x.ptr, x.cs as i32, y.ptr, y.cs as i32);
         let (n, hi, wi, ho, wo, c) = dims6(x.shape, y.shape);
@@ -642,6 +647,7 @@ impl Gpu {
     /// Gradient of nearest upsampling: dx (input-sized) from dy (output-sized).
     pub fn upsample_backward(&mut self, dy: View, dx: View, accumulate: bool) -> Result<()> {
         upsample_check(dx.shape, dy.shape)?;
+        same_dtype("upsample_backward", dy.dtype, dx.dtype)?;
         let name = format!("upsample_bwd_{}", dy.dtype.suffix());
         let (dyp, dycs, dxp, dxcs) = (dy.ptr, dy.cs as i32, dx.ptr, dx.cs as i32);
         let (n, hi, wi, ho, wo, c) = dims6(dx.shape, dy.shape);
@@ -829,6 +835,42 @@ impl Gpu {
         Ok(self.staging[slot].as_ref().unwrap().ptr)
     }
 
+    /// dx (+)= dy ⊗ w for a 1x1 conv with one output channel: dy `[n, h, w, 1]`, w `[C]`, dx `[n, h, w, C]`, packed.
+    pub fn conv1x1_to1_backward_data(
+        &mut self,
+        dy: View,
+        w: u64,
+        dx: View,
+        accumulate: bool,
+    ) -> Result<()> {
+        same_dtype("conv1x1_to1_backward_data", dy.dtype, dx.dtype)?;
+        if dy.shape.c != 1
+            || !dy.is_packed()
+            || !dx.is_packed()
+            || dy.shape.pixels() != dx.shape.pixels()
+        {
+            return Err(CudaError::Shape(format!(
+                "conv1x1_to1_backward_data: dy {} and dx {}",
+                dy.shape, dx.shape
+            )));
+        }
+        let name = format!("conv1x1_to1_bwd_data_{}", dy.dtype.suffix());
+        let (dyp, dxp, np, c, acc) = (
+            dy.ptr,
+            dx.ptr,
+            dx.shape.pixels() as i64,
+            dx.shape.c as i32,
+            accumulate as i32,
+        );
+        let cfg = self.cfg1(dx.shape.len());
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&dyp).arg(&w).arg(&dxp).arg(&np).arg(&c).arg(&acc);
+        // SAFETY: matches conv1x1_to1_bwd_data_*; w holds C elements of dy's dtype.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv1x1_to1_bwd_data)"))?;
+        Ok(())
+    }
+
     /// Fills a buffer with `value` (tests poison outputs with NaN before an op).
     pub fn fill(&mut self, b: &Buf, value: f32) -> Result<()> {
         let name = format!("fill_{}", b.dtype.suffix());
@@ -878,6 +920,7 @@ fn kernel_names() -> Vec<String> {
             "maxpool2_bwd",
             "upsample_fwd",
             "upsample_bwd",
+            "conv1x1_to1_bwd_data",
             "loss",
             "adam",
             "fill",
