@@ -871,6 +871,31 @@ impl Gpu {
         Ok(())
     }
 
+    /// 2x2 pixel shuffle: src packed `[n, h, w, 4c]` (channel `(a*2 + b)*c + k`) -> dst `[n, 2h, 2w, c]`.
+    pub fn pixel_shuffle2(&mut self, src: View, dst: View) -> Result<()> {
+        same_dtype("pixel_shuffle2", src.dtype, dst.dtype)?;
+        let (s, d) = (src.shape, dst.shape);
+        if !src.is_packed() || s.c != 4 * d.c || d.h != 2 * s.h || d.w != 2 * s.w || d.n != s.n {
+            return Err(CudaError::Shape(format!("pixel_shuffle2: {s} -> {d}")));
+        }
+        let name = format!("pixel_shuffle2_{}", src.dtype.suffix());
+        let (sp, dp, dcs) = (src.ptr, dst.ptr, dst.cs as i32);
+        let (n, h, w, c) = (s.n as i32, s.h as i32, s.w as i32, d.c as i32);
+        let cfg = self.cfg1(d.len());
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&sp)
+            .arg(&dp)
+            .arg(&dcs)
+            .arg(&n)
+            .arg(&h)
+            .arg(&w)
+            .arg(&c);
+        // SAFETY: matches pixel_shuffle2_*; shapes checked above.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(pixel_shuffle2)"))?;
+        Ok(())
+    }
+
     /// Fills a buffer with `value` (tests poison outputs with NaN before an op).
     pub fn fill(&mut self, b: &Buf, value: f32) -> Result<()> {
         let name = format!("fill_{}", b.dtype.suffix());
@@ -921,6 +946,7 @@ fn kernel_names() -> Vec<String> {
             "upsample_fwd",
             "upsample_bwd",
             "conv1x1_to1_bwd_data",
+            "pixel_shuffle2",
             "loss",
             "adam",
             "fill",

@@ -279,6 +279,23 @@ __device__ void conv1x1_to1_bwd_data(const T* dy, const T* w, T* dx, i64 npix, i
     }
 }
 
+// 2x2 pixel shuffle for the transposed conv done as a GEMM: src [N, H, W, 4C] with channel (a*2 + b)*C + c ->
+// dst [N, 2H, 2W, C] (channel stride dst_cs) at (2i + a, 2j + b, c).
+template <typename T>
+__device__ void pixel_shuffle2(const T* src, T* dst, int dst_cs, int N, int H, int W, int C) {
+    GRID_STRIDE(i, (i64)N * 4 * H * W * C) {
+        int c = (int)(i % C);
+        i64 q = i / C;
+        int ox = (int)(q % (2 * W));
+        q /= 2 * W;
+        int oy = (int)(q % (2 * H));
+        i64 n = q / (2 * H);
+        int s = ((oy & 1) * 2 + (ox & 1)) * C + c;
+        float v = ldf(src, ((n * H + (oy >> 1)) * W + (ox >> 1)) * 4 * C + s);
+        stf(dst, ((n * 2 * H + oy) * 2 * W + ox) * dst_cs + c, v);
+    }
+}
+
 template <typename T>
 __device__ void fill(T* p, i64 n, float v) {
     GRID_STRIDE(i, n) stf(p, i, v);
@@ -323,6 +340,9 @@ __device__ void fill(T* p, i64 n, float v) {
     extern "C" __global__ void conv1x1_to1_bwd_data_##sfx(const T* dy, const T* w, T* dx, i64 npix, int C,         \
                                                           int accumulate) {                                        \
         conv1x1_to1_bwd_data<T>(dy, w, dx, npix, C, accumulate);                                                   \
+    }                                                                                                              \
+    extern "C" __global__ void pixel_shuffle2_##sfx(const T* src, T* dst, int dst_cs, int N, int H, int W, int C) { \
+        pixel_shuffle2<T>(src, dst, dst_cs, N, H, W, C);                                                           \
     }                                                                                                              \
     extern "C" __global__ void fill_##sfx(T* p, i64 n, float v) { fill<T>(p, n, v); }
 FOR_T(INST1)
