@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::header::Mode;
-use crate::mrc::{write, MrcStack, WriteOptions};
+use crate::mrc::{read, write, WriteOptions};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -72,14 +72,13 @@ pub fn io_roundtrip(dir: &Path, size: usize, repeats: usize) -> Result<IoBench> 
     drop(counts);
     let run_once = |out: &Path| -> Result<(f64, f64)> {
         let t0 = Instant::now();
-        let s = MrcStack::open(&input)?;
-        let data = s.read_all()?;
+        let m = read(&input)?;
         let t1 = Instant::now();
         write(
             out,
-            &data,
-            [s.nx(), s.ny(), 1],
-            &WriteOptions::like(s.header()),
+            &m.data,
+            [m.nx(), m.ny(), 1],
+            &WriteOptions::like(&m.header),
         )?;
         Ok((
             t1.duration_since(t0).as_secs_f64(),

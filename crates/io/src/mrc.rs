@@ -196,7 +196,9 @@ fn gunzip(path: &Path, compressed: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Open a file's bytes: mmap, or decompress gzip.
-fn open_bytes(path: &Path) -> Result<(Backing, bool)> {
+/// `populate`: pre-fault the whole map (for reads of the whole file; random access to a stack larger than memory
+/// must not).
+fn open_bytes(path: &Path, populate: bool) -> Result<(Backing, bool)> {
     let file = File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
     let len = file
         .metadata()
@@ -207,8 +209,11 @@ fn open_bytes(path: &Path) -> Result<(Backing, bool)> {
     }
     // SAFETY: the map is read-only; like every mmap reader we rely on the file not being truncated by another
     // process while we read it (that would raise SIGBUS).
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .map_err(|e| Error::io(path, "cannot memory-map", e))?;
+    let mut mo = memmap2::MmapOptions::new();
+    if populate {
+        mo.populate();
+    }
+    let map = unsafe { mo.map(&file) }.map_err(|e| Error::io(path, "cannot memory-map", e))?;
     if is_gzip(&map) {
         let out = gunzip(path, &map)?;
         if out.is_empty() {
@@ -255,7 +260,7 @@ impl MrcStack {
 
     pub fn open_with(path: impl AsRef<Path>, opts: ReadOptions) -> Result<MrcStack> {
         let path = path.as_ref();
-        let (bytes, gzip) = open_bytes(path)?;
+        let (bytes, gzip) = open_bytes(path, false)?;
         MrcStack::from_backing(path, bytes, gzip, opts)
     }
 
@@ -485,7 +490,9 @@ pub fn read(path: impl AsRef<Path>) -> Result<Mrc> {
 }
 
 pub fn read_with(path: impl AsRef<Path>, opts: ReadOptions) -> Result<Mrc> {
-    let s = MrcStack::open_with(path, opts)?;
+    let path = path.as_ref();
+    let (bytes, gzip) = open_bytes(path, true)?;
+    let s = MrcStack::from_backing(path, bytes, gzip, opts)?;
     let data = s.read_all()?;
     let mut warnings = s.warnings.clone();
     if opts.permissive {
@@ -754,7 +761,29 @@ impl StackWriter {
         }
         let mode = self.opts.mode;
         let nb = mode.bytes();
+        // float32 in native little-endian order: the bytes are the data, no encoding pass.
+        let passthrough = mode == Mode::Float32
+            && self.opts.byte_order == ByteOrder::Little
+            && cfg!(target_endian = "little");
         for (k, chunk) in images.chunks(WRITE_CHUNK).enumerate() {
+            if passthrough {
+                let st = Stats::of(chunk);
+                if st.non_finite > 0 {
+                    // Fall through to encode(), which finds and reports the first bad value.
+                } else {
+                    self.stats = self.stats.merge(&st);
+                    // SAFETY: f32 has no padding and every bit pattern is a valid u8 sequence; the slice covers
+                    // exactly the chunk's memory.
+                    let bytes = unsafe {
+                        std::slice::from_raw_parts(chunk.as_ptr() as *const u8, chunk.len() * 4)
+                    };
+                    self.file
+                        .file()
+                        .write_all(bytes)
+                        .map_err(|e| Error::io(&dest, "cannot write", e))?;
+                    continue;
+                }
+            }
             self.buf.resize(chunk.len() * nb, 0);
             codec::encode(mode, self.opts.byte_order, chunk, &mut self.buf).map_err(|e| {
                 let index = (self.n_images * self.plane + k * WRITE_CHUNK + e.index) as u64;

@@ -306,3 +306,34 @@ fn validate_reports_each_header_deviation() {
         vec!["exttyp"]
     );
 }
+
+#[test]
+fn writing_values_a_mode_cannot_hold_is_refused_and_leaves_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let cases = [
+        (cryoden_io::Mode::Float32, f32::NAN, "NaN"),
+        (cryoden_io::Mode::Float32, f32::INFINITY, "inf"),
+        (cryoden_io::Mode::Uint16, -1.0, "-1"),
+        (cryoden_io::Mode::Int16, 0.5, "0.5"),
+        (cryoden_io::Mode::Float16, 1e6, "1000000"),
+    ];
+    for (mode, bad, shown) in cases {
+        let p = d.path().join("out.mrc");
+        let mut data = vec![1.0f32; 24];
+        data[12 + 4 + 1] = bad; // x = 1, y = 1 of the 4 x 3 image 1
+        let opts = WriteOptions {
+            mode,
+            ..WriteOptions::default()
+        };
+        let err = write(&p, &data, [4, 3, 2], &opts).unwrap_err().to_string();
+        assert!(
+            err.contains("out.mrc") && err.contains(shown) && err.contains("x=1, y=1, image 1"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "nothing left behind for {mode:?}"
+        );
+    }
+}
