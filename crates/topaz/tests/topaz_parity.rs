@@ -1,7 +1,8 @@
 //! Parity with Topaz itself: cryoden's `topaz-unet`, loaded from a checkpoint that `import` wrote from Topaz's
-//! `unet_L2_v0.2.2.sav`, gives Topaz's own `UDenoiseNet` output (pretrained weights loaded by Topaz's
-//! `load_model`) on the same normalised input, on CPU, within 1e-4 relative L2 — and the whole
-//! `topaz denoise --patch-size -1` pipeline (standardise, network, un-standardise) within the same bound.
+//! `unet_L2_v0.2.2.sav`, gives Topaz's own `UDenoiseNet` output (with its pretrained weights, built as Topaz's
+//! `load_model` builds it) on the same normalised input, on CPU, within 1e-4 relative L2 — and the whole
+//! `topaz denoise --patch-size -1` pipeline (standardise, network, un-standardise) within the same bound, both
+//! written out here and through `cryoden denoise`'s own `Denoiser` (tiled, normalisation from the metadata).
 //! The input is a crop of a real micrograph (mrcfile's `epu2.9_example.mrc`, Falcon counting, from
 //! `$CRYODEN_TESTDATA`).
 
@@ -119,5 +120,24 @@ fn topaz_unet_gives_topaz_output_on_a_real_micrograph() {
     assert!(
         r <= REL_L2,
         "denoised crop differs from topaz denoise: rel L2 {r:.3e} > {REL_L2:.0e}"
+    );
+
+    // 3. `cryoden denoise -m CKPT` itself: the infer crate's Denoiser (normalisation from the checkpoint metadata,
+    // tiles with context; here 64² tiles so the crop is cut into several) against `topaz denoise --patch-size -1`.
+    let opts = cryoden_infer::Options {
+        tile: 64,
+        context: None,
+        batch: 2,
+    };
+    let mut dn = cryoden_infer::Denoiser::load(Cpu::new(0).unwrap(), &ckpt, opts).unwrap();
+    assert!(dn.normalization().from_checkpoint);
+    let y = dn.denoise(&raw, w, h).unwrap();
+    let (r, max) = rel_l2(&y, &get("denoised"));
+    println!(
+        "topaz parity: cryoden denoise (64² tiles + context) rel L2 {r:.2e}, max |diff| {max:.2e}"
+    );
+    assert!(
+        r <= REL_L2,
+        "cryoden denoise differs from topaz denoise: rel L2 {r:.3e} > {REL_L2:.0e}"
     );
 }

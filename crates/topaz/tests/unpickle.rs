@@ -139,7 +139,11 @@ torch.save({{"b": torch.zeros(1).expand(1000000)}}, "{d}/broadcast_zip.pt")
     assert_eq!(legacy.get("wt"), strided.get("wt"));
     assert_eq!(legacy.get("col"), strided.get("col"));
     let err = cryoden_topaz::load(&tmp.path().join("broadcast_zip.pt")).unwrap_err();
-    assert!(err.to_string().contains("tensor b: 1000000 elements from a storage of 1"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("tensor b: 1000000 elements from a storage of 1"),
+        "{err}"
+    );
 }
 
 /// Writes a legacy-container file whose object pickle is `payload` (a pickle made by Python's own pickler from
