@@ -11,6 +11,48 @@ pub struct Args {
 pub enum Target {
     /// Time training steps (forward, loss, backward, Adam) of a model on a synthetic batch.
     Train(TrainArgs),
+    /// Read a 4096² mode-6 (uint16) micrograph to f32 and write it as mode 2, from the page cache.
+    Io(IoArgs),
+}
+
+/// `cryoden bench io`: the measurement lives in `cryoden_io::bench`.
+#[derive(clap::Args)]
+pub struct IoArgs {
+    /// Square image side in pixels.
+    #[arg(long, default_value_t = 4096)]
+    pub size: usize,
+    /// Timed round trips (the median is reported), after one untimed warm-up.
+    #[arg(long, default_value_t = 10)]
+    pub repeats: usize,
+    /// Directory for the scratch files (removed afterwards); default: the system temporary directory.
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn run_io(a: IoArgs) -> anyhow::Result<()> {
+    let dir = a.dir.unwrap_or_else(std::env::temp_dir);
+    let r = cryoden_io::bench::io_roundtrip(&dir, a.size, a.repeats)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{}² mode 6 -> f32 -> mode 2, median of {}: read {:.1} ms ({:.2} GB/s), write {:.1} ms ({:.2} GB/s), \
+             round trip {:.1} ms ({:.2} GB/s of file bytes), {} threads",
+            r.size,
+            r.repeats,
+            r.read_s * 1e3,
+            r.read_gb_s,
+            r.write_s * 1e3,
+            r.write_gb_s,
+            r.total_s * 1e3,
+            r.roundtrip_gb_s,
+            r.threads
+        );
+    }
+    Ok(())
 }
 
 /// `cryoden bench train`: the measurement lives in `cryoden_nn::bench`.
@@ -54,6 +96,7 @@ pub struct TrainArgs {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.target {
         Target::Train(a) => run_train(a),
+        Target::Io(a) => run_io(a),
     }
 }
 
