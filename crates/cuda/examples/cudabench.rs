@@ -222,20 +222,24 @@ fn ops(args: &[String]) {
         let pooled = gpu.alloc(s0.len() / 4, dt).unwrap();
         let ps = Nhwc::new(batch, size / 2, size / 2, widths[0]);
         let mut rows: Vec<(String, f64, f64)> = Vec::new();
-        let t = time_ms(&mut gpu, reps, |gpu| {
-            gpu.bias_act(
-                a.view(s0),
-                Some(bias.ptr()),
-                b.channels(cat, widths[0], widths[0]),
-                0.0,
-            )
-            .unwrap()
-        });
-        rows.push((
-            "bias+ReLU into concat slice".into(),
-            t,
-            2.0 * s0.len() as f64 * e,
-        ));
+        // Both kernel versions of bias+activation (v1: one element per thread; v2: 2-D blocks), then v2 stays.
+        for version in [1u32, 2] {
+            gpu.bias_act_version = version;
+            let t = time_ms(&mut gpu, reps, |gpu| {
+                gpu.bias_act(
+                    a.view(s0),
+                    Some(bias.ptr()),
+                    b.channels(cat, widths[0], widths[0]),
+                    0.0,
+                )
+                .unwrap()
+            });
+            rows.push((
+                format!("bias+ReLU into concat slice (v{version})"),
+                t,
+                2.0 * s0.len() as f64 * e,
+            ));
+        }
         let t = time_ms(&mut gpu, reps, |gpu| {
             gpu.act_backward(
                 b.channels(cat, 0, widths[0]),
@@ -261,16 +265,23 @@ fn ops(args: &[String]) {
             t,
             1.25 * s0.len() as f64 * e,
         ));
-        let t = time_ms(&mut gpu, reps, |gpu| {
-            gpu.maxpool2_backward(
-                b.channels(cat, widths[0], widths[0]),
-                pooled.view(ps),
-                a.view(s0),
-                false,
-            )
-            .unwrap()
-        });
-        rows.push(("maxpool2 bwd".into(), t, 2.25 * s0.len() as f64 * e));
+        for version in [1u32, 2] {
+            gpu.maxpool_bwd_version = version;
+            let t = time_ms(&mut gpu, reps, |gpu| {
+                gpu.maxpool2_backward(
+                    b.channels(cat, widths[0], widths[0]),
+                    pooled.view(ps),
+                    a.view(s0),
+                    false,
+                )
+                .unwrap()
+            });
+            rows.push((
+                format!("maxpool2 bwd (v{version})"),
+                t,
+                2.25 * s0.len() as f64 * e,
+            ));
+        }
         let img = Nhwc::new(batch, size, size, 1);
         let pred = random(&mut gpu, img.len(), dt, 10);
         let target = random(&mut gpu, img.len(), DType::F32, 11);

@@ -85,6 +85,9 @@ impl Drop for OpTimer<'_> {
     }
 }
 
+/// Buffers of at most this many elements stay f32 under `set_alloc_dtype(Bf16)`.
+const SMALL_STAYS_F32: usize = 1024;
+
 /// Staging slots (see `Gpu::staging`).
 const S_X: usize = 0;
 const S_Y: usize = 1;
@@ -134,7 +137,8 @@ impl CudaBackend {
     /// Storage type of the buffers `alloc` returns from now on (default f32). With bf16 precision, allocating the
     /// model's activations (`Model::activations`) under `DType::Bf16` stores activations and their gradients in
     /// bf16, halving their memory traffic; parameters, gradients, Adam moments must stay f32 (Adam refuses bf16).
-    /// `upload`/`download` convert. This is a stop-gap until the `Backend` trait can say what a buffer is for.
+    /// `upload`/`download` convert. Buffers of ≤ 1024 elements (the loss) stay f32. This is a stop-gap until the
+    /// `Backend` trait can say what a buffer is for.
     pub fn set_alloc_dtype(&self, dtype: DType) {
         self.alloc_bf16
             .store(dtype == DType::Bf16, Ordering::Relaxed);
@@ -320,7 +324,8 @@ impl Backend for CudaBackend {
 
     fn alloc(&self, len: usize) -> cryoden_nn::Result<CudaBuf> {
         let mut gpu = self.gpu();
-        let dt = if self.alloc_bf16.load(Ordering::Relaxed) {
+        // Small buffers (the loss, biases) stay f32 even in bf16 mode: a loss rounded to bf16 loses 3 digits.
+        let dt = if self.alloc_bf16.load(Ordering::Relaxed) && len > SMALL_STAYS_F32 {
             DType::Bf16
         } else {
             DType::F32

@@ -161,6 +161,11 @@ pub struct Gpu {
     pub workspace_limit: usize,
     scratch: Option<Buf>,
     staging: Vec<Option<Buf>>,
+    /// Version of the bias/activation/copy kernel (1: one element per thread; 2: 2-D blocks, the default). Kept
+    /// switchable so `cudabench ops` times both (llm.c's dev/cuda habit).
+    pub bias_act_version: u32,
+    /// Version of the max-pool gradient kernel (1: one thread per input; 2: one per window, the default).
+    pub maxpool_bwd_version: u32,
 }
 
 const THREADS: u32 = 256;
@@ -222,6 +227,8 @@ impl Gpu {
             workspace_limit,
             scratch: None,
             staging: Vec::new(),
+            bias_act_version: 2,
+            maxpool_bwd_version: 2,
         })
     }
 
@@ -449,11 +456,33 @@ impl Gpu {
         accumulate: bool,
     ) -> Result<()> {
         same_shape("bias_act", x.shape, y.shape)?;
-        let name = format!("bias_act_{}_{}", x.dtype.suffix(), y.dtype.suffix());
+        let v = if self.bias_act_version == 1 { "" } else { "2" };
+        let name = format!("bias_act{v}_{}_{}", x.dtype.suffix(), y.dtype.suffix());
         let (xp, xcs, yp, ycs) = (x.ptr, x.cs as i32, y.ptr, y.cs as i32);
         let bp = bias.unwrap_or(0);
         let (np, c) = (x.shape.pixels() as i64, x.shape.c as i32);
-        let cfg = self.cfg1(x.shape.len());
+        let cfg = if self.bias_act_version == 1 {
+            self.cfg1(x.shape.len())
+        } else {
+            // Channels across x (a warp covers 32 consecutive channels of a pixel), pixels across y.
+            let cu = x.shape.c.max(1);
+            let bx = if cu >= 32 {
+                cu.next_multiple_of(32).min(256)
+            } else {
+                cu.next_power_of_two()
+            };
+            let by = 256 / bx;
+            let blocks = x
+                .shape
+                .pixels()
+                .div_ceil(by)
+                .clamp(1, self.info.multiprocessors.max(1) as usize * 16);
+            LaunchConfig {
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (bx as u32, by as u32, 1),
+                shared_mem_bytes: 0,
+            }
+        };
         let f = self.func(&name)?;
         let mut b = self.stream.launch_builder(f);
         let acc = accumulate as i32;
@@ -491,8 +520,15 @@ impl Gpu {
         }
         let c = dy.shape.c;
         let np = dy.shape.pixels();
-        // Enough partial rows to fill the GPU, few enough that the final sum is cheap.
-        let parts = (np.div_ceil(8 * 64)).clamp(1, 4 * self.info.multiprocessors.max(1) as usize);
+        // Block shape as in elementwise.cu's act_bwd; enough partial rows to fill the GPU, few enough that the
+        // final sum is cheap.
+        let bx = if c >= 32 {
+            32
+        } else {
+            c.max(1).next_power_of_two()
+        };
+        let by = 256 / bx;
+        let parts = (np.div_ceil(by * 64)).clamp(1, 4 * self.info.multiprocessors.max(1) as usize);
         let partial = if dbias.is_some() {
             self.scratch(parts * c)?
         } else {
@@ -504,8 +540,8 @@ impl Gpu {
         let (dxp, dxcs) = (dx.ptr, dx.cs as i32);
         let (npi, ci) = (np as i64, c as i32);
         let cfg = LaunchConfig {
-            grid_dim: (c.div_ceil(32) as u32, parts as u32, 1),
-            block_dim: (32, 8, 1),
+            grid_dim: (c.div_ceil(bx) as u32, parts as u32, 1),
+            block_dim: (bx as u32, by as u32, 1),
             shared_mem_bytes: 0,
         };
         let f = self.func(&name)?;
@@ -584,7 +620,13 @@ impl Gpu {
             Nhwc::new(s.n, s.h / 2, s.w / 2, s.c),
             dy.shape,
         )?;
-        let name = format!("maxpool2_bwd_{}", x.dtype.suffix());
+        // Version 2 (one thread per window) unless the pooled map is empty (then every dx is a dropped pixel).
+        let v2 = self.maxpool_bwd_version == 2 && s.h >= 2 && s.w >= 2;
+        let name = format!(
+            "maxpool2_bwd{}_{}",
+            if v2 { "2" } else { "" },
+            x.dtype.suffix()
+        );
         let (xp, xcs, dyp, dycs, dxp, dxcs) = (
             x.ptr,
             x.cs as i32,
@@ -600,7 +642,11 @@ impl Gpu {
             s.c as i32,
             accumulate as i32,
         );
-        let cfg = self.cfg1(s.len());
+        let cfg = self.cfg1(if v2 {
+            s.n * (s.h / 2) * (s.w / 2) * s.c
+        } else {
+            s.len()
+        });
         let f = self.func(&name)?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&xp)
@@ -943,6 +989,7 @@ fn kernel_names() -> Vec<String> {
             "sum_parts",
             "maxpool2_fwd",
             "maxpool2_bwd",
+            "maxpool2_bwd2",
             "upsample_fwd",
             "upsample_bwd",
             "conv1x1_to1_bwd_data",
@@ -955,6 +1002,7 @@ fn kernel_names() -> Vec<String> {
         }
         for o in ["f32", "bf16"] {
             v.push(format!("bias_act_{t}_{o}"));
+            v.push(format!("bias_act2_{t}_{o}"));
         }
     }
     v

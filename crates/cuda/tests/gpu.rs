@@ -371,11 +371,18 @@ fn act_backward_and_bias_gradient() {
 fn maxpool_forward_backward_match_cpu() {
     let mut gpu = gpu();
     let mut rng = Rng::new(6);
-    for dt in [DType::F32, DType::Bf16] {
+    for (dt, version) in [
+        (DType::F32, 1),
+        (DType::Bf16, 1),
+        (DType::F32, 2),
+        (DType::Bf16, 2),
+    ] {
+        gpu.maxpool_bwd_version = version;
         for (n, h, w, c) in [
             (2usize, 8usize, 10usize, 3usize),
             (1, 7, 9, 32),
             (3, 2, 2, 1),
+            (1, 5, 3, 2),
         ] {
             let mut x = rng.vec(n * h * w * c, 1.0);
             if dt == DType::Bf16 {

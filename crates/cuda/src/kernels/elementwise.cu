@@ -42,6 +42,22 @@ __device__ void bias_act_fwd(const Ti* x, int x_cs, const float* bias, To* y, in
     }
 }
 
+// Version 2 of bias_act_fwd: 2-D blocks (threadIdx.x over channels, threadIdx.y over pixels), no index division.
+// Version 1 spends most of its time in the 64-bit i / C (bf16 ran no faster than f32); see PERFORMANCE.md.
+template <typename Ti, typename To>
+__device__ void bias_act_fwd2(const Ti* x, int x_cs, const float* bias, To* y, int y_cs, i64 npix, int C, float slope,
+                              int accumulate) {
+    for (i64 p = (i64)blockIdx.x * blockDim.y + threadIdx.y; p < npix; p += (i64)gridDim.x * blockDim.y) {
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            float v = ldf(x, p * x_cs + c);
+            if (bias) v += bias[c];
+            v = v > 0.f ? v : v * slope;
+            if (accumulate) v += ldf(y, p * y_cs + c);
+            stf(y, p * y_cs + c, v);
+        }
+    }
+}
+
 // out[blockIdx.x] = sum of x[i]^2 over this block's elements (float per thread, blockDim.x == 256); finish with
 // reduce_sum_f32.
 __device__ void sum_squares(const float* x, i64 n, float* partial) {
@@ -63,15 +79,17 @@ extern "C" __global__ void scale_f32(float* x, i64 n, float s) {
 }
 
 // dx = dy * act'(y); optionally (partial != null) per-channel partial sums of dx for the bias gradient:
-// partial[blockIdx.y, c] over this block's pixels. Grid (ceil(C/32), parts), block (32, 8).
+// partial[blockIdx.y, c] over this block's pixels. Blocks (bx, by) with bx * by == 256: threadIdx.x over channels
+// (bx = 32, or the next power of two of C when C < 32, so the one-channel output layer uses every lane),
+// threadIdx.y over pixels; grid (ceil(C / bx), parts).
 template <typename T>
 __device__ void act_bwd(const T* dy, int dy_cs, const T* y, int y_cs, T* dx, int dx_cs, i64 npix, int C, float slope,
                         float* partial) {
-    __shared__ float s[8][33];
-    int c = blockIdx.x * 32 + threadIdx.x;
+    __shared__ float s[256];
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
     float acc = 0.f;
     if (c < C) {
-        for (i64 p = (i64)blockIdx.y * 8 + threadIdx.y; p < npix; p += (i64)gridDim.y * 8) {
+        for (i64 p = (i64)blockIdx.y * blockDim.y + threadIdx.y; p < npix; p += (i64)gridDim.y * blockDim.y) {
             float g = ldf(dy, p * dy_cs + c);
             if (y) g = ldf(y, p * y_cs + c) > 0.f ? g : g * slope;
             stf(dx, p * dx_cs + c, g);
@@ -79,11 +97,11 @@ __device__ void act_bwd(const T* dy, int dy_cs, const T* y, int y_cs, T* dx, int
         }
     }
     if (!partial) return;
-    s[threadIdx.y][threadIdx.x] = acc;
+    s[threadIdx.y * blockDim.x + threadIdx.x] = acc;
     __syncthreads();
     if (threadIdx.y == 0 && c < C) {
         float t = 0.f;
-        for (int k = 0; k < 8; k++) t += s[k][threadIdx.x];
+        for (int k = 0; k < (int)blockDim.y; k++) t += s[k * blockDim.x + threadIdx.x];
         partial[(i64)blockIdx.y * C + c] = t;
     }
 }
@@ -146,6 +164,42 @@ __device__ void maxpool2_bwd(const T* x, int x_cs, const T* dy, int dy_cs, T* dx
         i64 o = ((n * H + h) * W + w) * dx_cs + c;
         if (accumulate) g += ldf(dx, o);
         stf(dx, o, g);
+    }
+}
+
+// Version 2 of the max-pool gradient: one thread per 2x2 window writes its four inputs (version 1: one thread per
+// input, each re-reading its whole window, 0.57 TB/s in bf16). The last window of an odd height/width also writes
+// the row/column the floor dropped (0, or unchanged when accumulating). Needs H >= 2 and W >= 2.
+template <typename T>
+__device__ void maxpool2_bwd2(const T* x, int x_cs, const T* dy, int dy_cs, T* dx, int dx_cs, int N, int H, int W,
+                              int C, int accumulate) {
+    int Ho = H / 2, Wo = W / 2;
+    GRID_STRIDE(i, (i64)N * Ho * Wo * C) {
+        int c = (int)(i % C);
+        i64 q = i / C;
+        int j = (int)(q % Wo);
+        q /= Wo;
+        int r = (int)(q % Ho);
+        i64 n = q / Ho;
+        i64 base = ((n * H + 2 * r) * W + 2 * j) * x_cs + c;
+        float v0 = ldf(x, base), v1 = ldf(x, base + x_cs), v2 = ldf(x, base + (i64)W * x_cs),
+              v3 = ldf(x, base + (i64)W * x_cs + x_cs);
+        int arg = 0;
+        float m = v0;
+        if (v1 > m) { m = v1; arg = 1; }
+        if (v2 > m) { m = v2; arg = 2; }
+        if (v3 > m) { arg = 3; }
+        float g = ldf(dy, ((n * Ho + r) * Wo + j) * dy_cs + c);
+        int rows = (r == Ho - 1 && (H & 1)) ? 3 : 2;
+        int cols = (j == Wo - 1 && (W & 1)) ? 3 : 2;
+        for (int a = 0; a < rows; a++) {
+            for (int b = 0; b < cols; b++) {
+                float v = (a < 2 && b < 2 && a * 2 + b == arg) ? g : 0.f;
+                i64 o = ((n * H + 2 * r + a) * W + 2 * j + b) * dx_cs + c;
+                if (accumulate) v += ldf(dx, o);
+                stf(dx, o, v);
+            }
+        }
     }
 }
 
@@ -320,6 +374,10 @@ __device__ void fill(T* p, i64 n, float v) {
                                                   int N, int H, int W, int C, int accumulate) {                    \
         maxpool2_bwd<T>(x, x_cs, dy, dy_cs, dx, dx_cs, N, H, W, C, accumulate);                                    \
     }                                                                                                              \
+    extern "C" __global__ void maxpool2_bwd2_##sfx(const T* x, int x_cs, const T* dy, int dy_cs, T* dx, int dx_cs, \
+                                                   int N, int H, int W, int C, int accumulate) {                   \
+        maxpool2_bwd2<T>(x, x_cs, dy, dy_cs, dx, dx_cs, N, H, W, C, accumulate);                                   \
+    }                                                                                                              \
     extern "C" __global__ void upsample_fwd_##sfx(const T* x, int x_cs, T* y, int y_cs, int N, int Hi, int Wi,     \
                                                   int Ho, int Wo, int C) {                                         \
         upsample_fwd<T>(x, x_cs, y, y_cs, N, Hi, Wi, Ho, Wo, C);                                                   \
@@ -351,6 +409,10 @@ FOR_T(INST1)
     extern "C" __global__ void bias_act_##si##_##so(const Ti* x, int x_cs, const float* bias, To* y, int y_cs,     \
                                                     i64 npix, int C, float slope, int accumulate) {                \
         bias_act_fwd<Ti, To>(x, x_cs, bias, y, y_cs, npix, C, slope, accumulate);                                  \
+    }                                                                                                              \
+    extern "C" __global__ void bias_act2_##si##_##so(const Ti* x, int x_cs, const float* bias, To* y, int y_cs,    \
+                                                     i64 npix, int C, float slope, int accumulate) {               \
+        bias_act_fwd2<Ti, To>(x, x_cs, bias, y, y_cs, npix, C, slope, accumulate);                                 \
     }
 INST2(f32, float, f32, float)
 INST2(bf16, bf16, bf16, bf16)
