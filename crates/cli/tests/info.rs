@@ -209,3 +209,43 @@ fn nan_is_counted_and_listed_as_a_deviation() {
             .any(|d| d["field"] == "data"));
     }
 }
+
+#[test]
+fn tiff_movie() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("movie.tif");
+    let frames: Vec<f32> = (0..5 * 4 * 3).map(|i| (i % 7) as f32).collect();
+    cryoden_io::tiff::write_stack(
+        &p,
+        &frames,
+        5,
+        4,
+        cryoden_io::TiffSample::U16,
+        cryoden_io::TiffCompression::Lzw,
+    )
+    .unwrap();
+    let out = cryoden()
+        .arg("info")
+        .arg("--json")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = &json_lines(&out.stdout)[0];
+    assert_eq!(
+        (v["format"].as_str(), v["dtype"].as_str()),
+        (Some("tiff"), Some("uint16"))
+    );
+    assert_eq!(
+        (v["nx"].as_u64(), v["ny"].as_u64(), v["nz"].as_u64()),
+        (Some(5), Some(4), Some(3))
+    );
+    assert_eq!(
+        (v["min"].as_f64(), v["max"].as_f64()),
+        (Some(0.0), Some(6.0))
+    );
+}
