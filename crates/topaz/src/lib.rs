@@ -6,6 +6,18 @@
 //! opcode or global it tried to use. Whole pickled modules (what `topaz denoise --save-prefix` writes) are read as
 //! inert records of their class name and attributes, from which the state_dict is collected the way
 //! `Module.state_dict()` would; no class is imported or called.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), cryoden_topaz::Error> {
+//! use std::path::Path;
+//! // Any torch.save file as named tensors (state_dict order), executing nothing:
+//! let file = cryoden_topaz::load(Path::new("unet_L2_v0.2.2.sav"))?;
+//! println!("{} tensors, container {:?}", file.tensors.len(), file.container);
+//! // A Topaz U-Net as a cryoden checkpoint (`cryoden import-topaz`):
+//! let imported = cryoden_topaz::import(Path::new("unet_L2_v0.2.2.sav"), cryoden_topaz::ArchChoice::Auto)?;
+//! cryoden_topaz::write_checkpoint(&imported, Path::new("topaz-unet.safetensors"))?;
+//! # Ok(()) }
+//! ```
 
 pub mod convert;
 pub mod error;
