@@ -30,6 +30,8 @@ enum Command {
     Train(cmd::train::Args),
     /// Convert a Topaz-Denoise model (.sav) to a cryoden checkpoint, executing nothing from the file.
     ImportTopaz(cmd::import_topaz::Args),
+    /// Simulate counted movies (atoms → potential → CTF → Poisson frames) with their noise-free truth.
+    Simulate(cmd::simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Train(args) => cmd::train::run(args),
         Command::ImportTopaz(args) => cmd::import_topaz::run(args),
+        Command::Simulate(args) => cmd::simulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,8 +16,11 @@ pub enum SimError {
     /// Reading or writing an output.
     #[error(transparent)]
     Io(#[from] cryoden_io::Error),
-    /// A plain file-system error on an output path.
-    #[error("{path}: {msg}: {source}")]
+    /// An earlier simulation is in the output directory.
+    #[error("{}: a simulation already exists here; choose another --out or pass --overwrite", .0.display())]
+    Exists(PathBuf),
+    /// A plain file-system error on an output path (the cause is the error's source).
+    #[error("{path}: {msg}")]
     Fs {
         path: PathBuf,
         msg: &'static str,

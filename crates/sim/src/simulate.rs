@@ -595,6 +595,14 @@ impl Simulator {
 
         // Frames. Without drift or decay every frame has the same expectation: one inverse FFT serves all.
         let shared = (rates.is_none() && !drifting).then(|| self.fft.inverse(&spec));
+        // Decay factor of frame k, exp(−(k+½)·D·a), kept as a running product (no exp per frame and element).
+        let mut decay: Option<(Vec<f32>, Vec<f32>)> = rates.as_ref().map(|r| {
+            let (half, full) = ((0.5 * dose_frame) as f32, dose_frame as f32);
+            (
+                r.par_iter().map(|&a| (-half * a).exp()).collect(),
+                r.par_iter().map(|&a| (-full * a).exp()).collect(),
+            )
+        });
         let mut counts = vec![0u16; c.width * c.height];
         for k in 0..nf {
             let owned;
@@ -606,29 +614,38 @@ impl Simulator {
                         ny: spec.ny,
                         data: spec.data.clone(),
                     };
-                    self.frame_filter(&mut s, k, &meta, rates.as_deref(), dose_frame);
+                    self.frame_filter(
+                        &mut s,
+                        k,
+                        &meta,
+                        decay.as_ref().map(|(cur, _)| cur.as_slice()),
+                    );
                     owned = self.fft.inverse(&s);
                     &owned
                 }
             };
+            if let Some((cur, ratio)) = &mut decay {
+                cur.par_iter_mut()
+                    .zip(ratio.par_iter())
+                    .for_each(|(c, r)| *c *= r);
+            }
             meta.clamped_pixels += self.sample_counts(contrast, t * d, index, k, &mut counts);
             sink(k, &counts)?;
         }
         Ok((truth, meta))
     }
 
-    /// Multiply a frame's spectrum by its exposure decay (cumulative dose at mid-frame) and its drift shift.
+    /// Multiply a frame's spectrum by its exposure decay (`decay`, for the cumulative dose at mid-frame) and its
+    /// drift shift.
     fn frame_filter(
         &self,
         s: &mut Spectrum,
         k: usize,
         meta: &MicrographMeta,
-        rates: Option<&[f32]>,
-        dose_frame: f64,
+        decay: Option<&[f32]>,
     ) {
         let ny = s.ny;
         let [dx, dy] = meta.drift_px[k];
-        let n_k = (k as f64 + 0.5) * dose_frame;
         let (nx_f, ny_f) = (self.cfg.width as f64, self.cfg.height as f64);
         // Shift by (dx, dy): multiply by exp(−2πi (kx dx / nx + ky dy / ny)), separable in kx and ky.
         let phase = |k: f64, d: f64, n: f64| {
@@ -645,8 +662,8 @@ impl Simulator {
             let px = phase(kx as f64, dx, nx_f);
             for (ky, z) in col.iter_mut().enumerate() {
                 let mut f = px * py[ky];
-                if let Some(r) = rates {
-                    f *= (-(n_k as f32) * r[kx * ny + ky]).exp();
+                if let Some(dk) = decay {
+                    f *= dk[kx * ny + ky];
                 }
                 *z *= f;
             }
@@ -671,11 +688,11 @@ impl Simulator {
                 let mut r = rng::stream(seed, index, Purpose::Counts, frame, row);
                 let mut clamped = 0u64;
                 for (o, &cv) in dst.iter_mut().zip(src) {
-                    let lambda = scale * (1.0 + cv as f64);
+                    let lambda = (scale * (1.0 + cv as f64)) as f32;
                     *o = if lambda > 0.0 {
                         let p = Poisson::new(lambda).expect("λ is positive and finite");
                         // λ ≤ 2000 (validated dose), so the count fits u16 with overwhelming margin.
-                        p.sample(&mut r).min(u16::MAX as f64) as u16
+                        p.sample(&mut r).min(u16::MAX as f32) as u16
                     } else {
                         clamped += (lambda < 0.0) as u64;
                         0
@@ -765,11 +782,7 @@ pub fn write_dataset(
     drop(plans);
     let json_path = out.join("simulation.json");
     if json_path.exists() && !overwrite {
-        return Err(SimError::Fs {
-            path: json_path,
-            msg: "a simulation already exists here; choose another --out or pass --overwrite",
-            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-        });
+        return Err(SimError::Exists(json_path));
     }
     for sub in ["movies", "truth"] {
         let d = out.join(sub);

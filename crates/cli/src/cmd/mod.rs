@@ -4,3 +4,4 @@ pub mod info;
 pub mod bench;
 pub mod train;
 pub mod import_topaz;
+pub mod simulate;
