@@ -240,22 +240,26 @@ fn ops(args: &[String]) {
                 2.0 * s0.len() as f64 * e,
             ));
         }
-        let t = time_ms(&mut gpu, reps, |gpu| {
-            gpu.act_backward(
-                b.channels(cat, 0, widths[0]),
-                Some(a.view(s0)),
-                a.view(s0),
-                0.0,
-                Some((db.ptr(), DType::F32)),
-                false,
-            )
-            .unwrap()
-        });
-        rows.push((
-            "ReLU backward + bias grad (from concat slice)".into(),
-            t,
-            3.0 * s0.len() as f64 * e,
-        ));
+        for pairs in [false, true] {
+            gpu.act_bwd_pairs = pairs;
+            let t = time_ms(&mut gpu, reps, |gpu| {
+                gpu.act_backward(
+                    b.channels(cat, 0, widths[0]),
+                    Some(a.view(s0)),
+                    a.view(s0),
+                    0.0,
+                    Some((db.ptr(), DType::F32)),
+                    false,
+                )
+                .unwrap()
+            });
+            let v = if pairs { "v2 bf16 pairs" } else { "v1" };
+            rows.push((
+                format!("ReLU backward + bias grad ({v})"),
+                t,
+                3.0 * s0.len() as f64 * e,
+            ));
+        }
         let t = time_ms(&mut gpu, reps, |gpu| {
             gpu.maxpool2_forward(b.channels(cat, widths[0], widths[0]), pooled.view(ps))
                 .unwrap()

@@ -85,8 +85,9 @@ impl Drop for OpTimer<'_> {
     }
 }
 
-/// Buffers of at most this many elements stay f32 under `set_alloc_dtype(Bf16)`.
-const SMALL_STAYS_F32: usize = 1024;
+/// Buffers of at most this many elements stay f32 under `set_alloc_dtype(Bf16)`: the one-float loss. (A larger bound
+/// breaks deep nets: topaz-unet's 1×1×48 bottom map on a 64² input must stay bf16 like its neighbours.)
+const SMALL_STAYS_F32: usize = 1;
 
 /// Staging slots (see `Gpu::staging`).
 const S_X: usize = 0;
@@ -137,7 +138,7 @@ impl CudaBackend {
     /// Storage type of the buffers `alloc` returns from now on (default f32). With bf16 precision, allocating the
     /// model's activations (`Model::activations`) under `DType::Bf16` stores activations and their gradients in
     /// bf16, halving their memory traffic; parameters, gradients, Adam moments must stay f32 (Adam refuses bf16).
-    /// `upload`/`download` convert. Buffers of ≤ 1024 elements (the loss) stay f32. This is a stop-gap until the
+    /// `upload`/`download` convert. One-element buffers (the loss) stay f32. This is a stop-gap until the
     /// `Backend` trait can say what a buffer is for.
     pub fn set_alloc_dtype(&self, dtype: DType) {
         self.alloc_bf16

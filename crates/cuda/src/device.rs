@@ -164,6 +164,8 @@ pub struct Gpu {
     /// Version of the bias/activation/copy kernel (1: one element per thread; 2: 2-D blocks, the default). Kept
     /// switchable so `cudabench ops` times both (llm.c's dev/cuda habit).
     pub bias_act_version: u32,
+    /// Use the bf16 channel-pair version of the activation backward where it applies (default on).
+    pub act_bwd_pairs: bool,
     /// Version of the max-pool gradient kernel (1: one thread per input; 2: one per window, the default).
     pub maxpool_bwd_version: u32,
 }
@@ -229,6 +231,7 @@ impl Gpu {
             staging: Vec::new(),
             bias_act_version: 2,
             maxpool_bwd_version: 2,
+            act_bwd_pairs: true,
         })
     }
 
@@ -522,10 +525,19 @@ impl Gpu {
         let np = dy.shape.pixels();
         // Block shape as in elementwise.cu's act_bwd; enough partial rows to fill the GPU, few enough that the
         // final sum is cheap.
-        let bx = if c >= 32 {
+        // bf16 with even channels, strides and 4-byte alignment: the channel-pair kernel (4-byte accesses).
+        let aligned = |v: &View| v.cs.is_multiple_of(2) && v.ptr.is_multiple_of(4);
+        let pairs = self.act_bwd_pairs
+            && dy.dtype == DType::Bf16
+            && c.is_multiple_of(2)
+            && aligned(&dy)
+            && aligned(&dx)
+            && y.as_ref().is_none_or(aligned);
+        let lanes = if pairs { c / 2 } else { c }; // threads along x per pixel
+        let bx = if lanes >= 32 {
             32
         } else {
-            c.max(1).next_power_of_two()
+            lanes.max(1).next_power_of_two()
         };
         let by = 256 / bx;
         let parts = (np.div_ceil(by * 64)).clamp(1, 4 * self.info.multiprocessors.max(1) as usize);
@@ -534,13 +546,18 @@ impl Gpu {
         } else {
             0
         };
-        let name = format!("act_bwd_{}", dy.dtype.suffix());
+        let name = if pairs {
+            "act_bwd_pairs_bf16".to_string()
+        } else {
+            format!("act_bwd_{}", dy.dtype.suffix())
+        };
         let (dyp, dycs) = (dy.ptr, dy.cs as i32);
         let (yp, ycs) = y.map(|y| (y.ptr, y.cs as i32)).unwrap_or((0, 0));
         let (dxp, dxcs) = (dx.ptr, dx.cs as i32);
-        let (npi, ci) = (np as i64, c as i32);
+        // The pair kernel takes the number of pairs in place of C.
+        let (npi, ci) = (np as i64, lanes as i32);
         let cfg = LaunchConfig {
-            grid_dim: (c.div_ceil(bx) as u32, parts as u32, 1),
+            grid_dim: (lanes.div_ceil(bx) as u32, parts as u32, 1),
             block_dim: (bx as u32, by as u32, 1),
             shared_mem_bytes: 0,
         };
@@ -568,7 +585,8 @@ impl Gpu {
             };
             let f = self.func(&name)?;
             let mut b = self.stream.launch_builder(f);
-            b.arg(&partial).arg(&pi).arg(&ci).arg(&db).arg(&acc);
+            let c_all = c as i32; // all channels (ci counts pairs in the pair kernel)
+            b.arg(&partial).arg(&pi).arg(&c_all).arg(&db).arg(&acc);
             // SAFETY: matches sum_parts_*; db holds C elements.
             unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(sum_parts)"))?;
         }
@@ -979,6 +997,7 @@ pub struct AdamStep {
 
 fn kernel_names() -> Vec<String> {
     let mut v = vec![
+        "act_bwd_pairs_bf16".to_string(),
         "reduce_sum_f32".to_string(),
         "sum_squares_f32".to_string(),
         "scale_f32".to_string(),

@@ -322,11 +322,20 @@ fn bias_act_writes_only_its_channel_slice() {
 fn act_backward_and_bias_gradient() {
     let mut gpu = gpu();
     let mut rng = Rng::new(5);
+    // extra = channels the wider dy buffer has beyond c: odd (5) takes the general kernel, even (6) lets bf16 with
+    // even c take the channel-pair kernel.
+    let cases = [
+        (0.0f32, 32usize, 3000usize, 5usize),
+        (0.1, 1, 5000, 5),
+        (1.0, 48, 77, 5),
+        (0.0, 32, 3000, 6),
+        (0.1, 48, 999, 6),
+    ];
     for dt in [DType::F32, DType::Bf16] {
-        for (slope, c, np) in [(0.0f32, 32usize, 3000usize), (0.1, 1, 5000), (1.0, 48, 77)] {
+        for (slope, c, np, extra) in cases {
             let s = Nhwc::new(1, 1, np, c);
-            let whole = Nhwc::new(1, 1, np, c + 5);
-            let dy = rng.vec(np * (c + 5), 1.0);
+            let whole = Nhwc::new(1, 1, np, c + extra);
+            let dy = rng.vec(np * (c + extra), 1.0);
             let y = rng.vec(np * c, 1.0);
             let dyb = gpu.upload(&dy, dt).unwrap();
             let yb = gpu.upload(&y, dt).unwrap();
@@ -349,7 +358,7 @@ fn act_backward_and_bias_gradient() {
             let mut want_db = vec![0f64; c];
             for p in 0..np {
                 for k in 0..c {
-                    let g = r(dy[p * (c + 5) + 2 + k]);
+                    let g = r(dy[p * (c + extra) + 2 + k]);
                     let d = if r(y[p * c + k]) > 0.0 { g } else { g * slope };
                     want_dx[p * c + k] = r(d);
                     want_db[k] += d as f64;

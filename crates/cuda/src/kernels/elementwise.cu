@@ -106,6 +106,59 @@ __device__ void act_bwd(const T* dy, int dy_cs, const T* y, int y_cs, T* dx, int
     }
 }
 
+// bf16 pairs: two adjacent channels in one 4-byte access (little endian: channel c in the low half).
+__device__ __forceinline__ unsigned short f2bf(float v) {
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+__device__ __forceinline__ float2 ld2(const bf16* p, i64 i) {
+    unsigned u = *(const unsigned*)(p + i);
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+}
+__device__ __forceinline__ void st2(bf16* p, i64 i, float2 v) {
+    *(unsigned*)(p + i) = (unsigned)f2bf(v.x) | ((unsigned)f2bf(v.y) << 16);
+}
+
+// Version 2 of act_bwd for bf16 with an even channel count, even channel strides and 4-byte aligned pointers: each
+// thread handles a channel pair (version 1 moved one 2-byte element per access and reached 1.4 TB/s). C2 = C / 2;
+// partial is [parts, C] as in version 1.
+extern "C" __global__ void act_bwd_pairs_bf16(const bf16* dy, int dy_cs, const bf16* y, int y_cs, bf16* dx, int dx_cs,
+                                              i64 npix, int C2, float slope, float* partial) {
+    __shared__ float s0[256], s1[256];
+    int cp = blockIdx.x * blockDim.x + threadIdx.x;
+    float a0 = 0.f, a1 = 0.f;
+    if (cp < C2) {
+        int c = 2 * cp;
+        for (i64 p = (i64)blockIdx.y * blockDim.y + threadIdx.y; p < npix; p += (i64)gridDim.y * blockDim.y) {
+            float2 g = ld2(dy, p * dy_cs + c);
+            if (y) {
+                float2 yy = ld2(y, p * y_cs + c);
+                g.x = yy.x > 0.f ? g.x : g.x * slope;
+                g.y = yy.y > 0.f ? g.y : g.y * slope;
+            }
+            st2(dx, p * dx_cs + c, g);
+            a0 += g.x;
+            a1 += g.y;
+        }
+    }
+    if (!partial) return;
+    int t = threadIdx.y * blockDim.x + threadIdx.x;
+    s0[t] = a0;
+    s1[t] = a1;
+    __syncthreads();
+    if (threadIdx.y == 0 && cp < C2) {
+        float t0 = 0.f, t1 = 0.f;
+        for (int k = 0; k < (int)blockDim.y; k++) {
+            t0 += s0[k * blockDim.x + threadIdx.x];
+            t1 += s1[k * blockDim.x + threadIdx.x];
+        }
+        partial[(i64)blockIdx.y * 2 * C2 + 2 * cp] = t0;
+        partial[(i64)blockIdx.y * 2 * C2 + 2 * cp + 1] = t1;
+    }
+}
+
 // out[c] (+)= sum over parts of partial[part, c]. One thread per channel; deterministic order.
 template <typename T>
 __device__ void sum_parts(const float* partial, int parts, int C, T* out, int accumulate) {
