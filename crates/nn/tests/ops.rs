@@ -748,3 +748,11 @@ fn ops_reject_bad_shapes() {
         )
         .is_err());
 }
+
+#[test]
+fn conv_narrow_kernel_widths() {
+    // 16 and 32 output channels take the AVX-512 kernel where available (forward, and backward-data into 16
+    // channels); 2·9·7 = 126 pixels leave remainders after 14- and 12-pixel tiles.
+    conv_case(Dims::new(2, 9, 7), 16, 32, 3, Activation::Relu, 2);
+    conv_case(Dims::new(1, 5, 5), 32, 16, 3, Activation::Identity, 1);
+}

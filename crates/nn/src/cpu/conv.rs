@@ -9,6 +9,9 @@
 //!   forward kernel: no col2im scatter, no write conflicts between threads.
 //! - backward-filter: `dW[cout × K] += dyᵀ[cout × P] · col[P × K]`, one partial sum per thread, reduced at the end.
 //! - 1×1 convs skip im2col: the input itself (rows `stride` apart) is the matrix.
+//! - Layers with 16 or 32 output channels use the register-tiled AVX-512 kernel of `kernel.rs` for the forward /
+//!   backward-data product and for `dWᵀ`, where `gemm`'s narrow tiles are slow (about 5 % of a training step of
+//!   `unet[16,32,64,128]` at 8 × 128², measured on the device machine's Xeon, 2 threads).
 
 use super::{split_range, SyncPtr};
 use crate::backend::Activation;
@@ -40,7 +43,8 @@ pub(super) fn workspace_len(g: &ConvGeom, threads: usize) -> usize {
         }
     };
     let per_thread = col(g).max(col(&t)) + g.cout * kdim(g);
-    threads * per_thread + g.weight_len()
+    // + the flipped filter of backward-data, + Wᵀ for the narrow kernel.
+    threads * per_thread + 2 * g.weight_len()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -190,32 +194,52 @@ pub(super) fn forward(
     threads: usize,
 ) {
     use rayon::prelude::*;
-    if g.cin == 1 {
-        return forward_cin1(g, x, xv, w, b, act, y, yv, accumulate, ws, threads);
-    }
     let kk = kdim(g);
     let pc = chunk_pixels(kk);
     let col_len = if g.k == 1 { 0 } else { pc * kk };
     let total = g.dims.pixels();
     let yp = SyncPtr(y.as_mut_ptr());
     let slab = col_len.max(1);
-    ws[..threads * slab]
-        .par_chunks_mut(slab)
-        .enumerate()
-        .for_each(|(t, col)| {
-            let range = split_range(total, threads, t);
-            let mut p0 = range.start;
-            while p0 < range.end {
-                let np = pc.min(range.end - p0);
-                let (lhs, lhs_rs) = if g.k == 1 {
-                    (x[p0 * xv.stride + xv.offset..].as_ptr(), xv.stride)
+    let narrow = super::kernel::handles(g.cout);
+    // The narrow kernel reads Wᵀ (`K × cout`), built after the per-thread slabs.
+    let (ws, wt) = ws.split_at_mut(threads * slab);
+    if narrow {
+        for co in 0..g.cout {
+            for i in 0..kk {
+                wt[i * g.cout + co] = w[co * kk + i];
+            }
+        }
+    }
+    let wt = &*wt;
+    ws.par_chunks_mut(slab).enumerate().for_each(|(t, col)| {
+        let range = split_range(total, threads, t);
+        let mut p0 = range.start;
+        while p0 < range.end {
+            let np = pc.min(range.end - p0);
+            let (lhs, lhs_rs) = if g.k == 1 {
+                (x[p0 * xv.stride + xv.offset..].as_ptr(), xv.stride)
+            } else {
+                im2col(g, x, xv, p0, np, col);
+                (col.as_ptr(), kk)
+            };
+            // SAFETY: this thread alone writes output pixels p0 .. p0+np (its range), channels of view yv.
+            unsafe {
+                let dst = yp.get().add(p0 * yv.stride + yv.offset);
+                if narrow {
+                    super::kernel::gemm_narrow(
+                        np,
+                        kk,
+                        lhs,
+                        lhs_rs,
+                        1,
+                        wt.as_ptr(),
+                        g.cout,
+                        g.cout,
+                        dst,
+                        yv.stride,
+                        accumulate,
+                    );
                 } else {
-                    im2col(g, x, xv, p0, np, col);
-                    (col.as_ptr(), kk)
-                };
-                // SAFETY: this thread alone writes output pixels p0 .. p0+np (its range), channels of view yv.
-                unsafe {
-                    let dst = yp.get().add(p0 * yv.stride + yv.offset);
                     gemm(
                         np,
                         g.cout,
@@ -231,17 +255,17 @@ pub(super) fn forward(
                         1,
                         kk,
                     );
-                    if !accumulate && (b.is_some() || act != Activation::Identity) {
-                        for r in 0..np {
-                            let row =
-                                std::slice::from_raw_parts_mut(dst.add(r * yv.stride), g.cout);
-                            epilogue(row, b, act);
-                        }
+                }
+                if !accumulate && (b.is_some() || act != Activation::Identity) {
+                    for r in 0..np {
+                        let row = std::slice::from_raw_parts_mut(dst.add(r * yv.stride), g.cout);
+                        epilogue(row, b, act);
                     }
                 }
-                p0 += np;
             }
-        });
+            p0 += np;
+        }
+    });
 }
 
 #[inline]
@@ -323,11 +347,10 @@ pub(super) fn backward_filter(
     let pc = chunk_pixels(kk);
     let col_len = if g.k == 1 { 0 } else { pc * kk };
     let part = g.cout * kk;
-    if g.cin == 1 {
-        return backward_filter_cin1(g, x, xv, dy, dyv, dw, ws, threads, col_len + part);
-    }
     let slab = col_len + part;
     let total = g.dims.pixels();
+    // Narrow layers accumulate dWᵀ (`K × cout`) with the register-tiled kernel; others dW (`cout × K`) with gemm.
+    let narrow = super::kernel::handles(g.cout);
     ws[..threads * slab]
         .par_chunks_mut(slab)
         .enumerate()
@@ -347,155 +370,31 @@ pub(super) fn backward_filter(
                 let lhs = dy[p0 * dyv.stride + dyv.offset..].as_ptr();
                 // SAFETY: `partial` is this thread's own slab; lhs/rhs are read-only strided views in bounds.
                 unsafe {
-                    gemm(
-                        g.cout,
-                        kk,
-                        np,
-                        partial.as_mut_ptr(),
-                        kk,
-                        1,
-                        true,
-                        lhs,
-                        1,
-                        dyv.stride,
-                        rhs,
-                        rhs_rs,
-                        1,
-                    )
+                    if narrow {
+                        let pp = partial.as_mut_ptr();
+                        super::kernel::gemm_narrow(
+                            kk, np, rhs, 1, rhs_rs, lhs, dyv.stride, g.cout, pp, g.cout, true,
+                        );
+                    } else {
+                        let pp = partial.as_mut_ptr();
+                        gemm(
+                            g.cout, kk, np, pp, kk, 1, true, lhs, 1, dyv.stride, rhs, rhs_rs, 1,
+                        );
+                    }
                 };
                 p0 += np;
             }
         });
     for t in 0..threads {
         let partial = &ws[t * slab + col_len..t * slab + col_len + part];
-        dw.iter_mut().zip(partial).for_each(|(d, &p)| *d += p);
-    }
-}
-
-/// Output channels per register block of the direct (one-input-channel) kernels.
-const CB: usize = 64;
-
-/// Direct convolution for one input channel (the network's first layer, and the backward-data of a 1×1 conv to
-/// one channel): im2col would copy single floats, so loop over taps and vectorise over output channels.
-#[allow(clippy::too_many_arguments)]
-fn forward_cin1(
-    g: &ConvGeom,
-    x: &[f32],
-    xv: View,
-    w: &[f32],
-    b: Option<&[f32]>,
-    act: Activation,
-    y: &mut [f32],
-    yv: View,
-    accumulate: bool,
-    ws: &mut [f32],
-    threads: usize,
-) {
-    use rayon::prelude::*;
-    let (h, wd, k, cout) = (g.dims.h, g.dims.w, g.k, g.cout);
-    let (taps, pad) = (k * k, k / 2);
-    // Weights transposed to [tap][cout] so the inner loop runs over contiguous output channels.
-    let wt = &mut ws[..taps * cout];
-    for co in 0..cout {
-        for t in 0..taps {
-            wt[t * cout + co] = w[co * taps + t];
-        }
-    }
-    let wt = &*wt;
-    let yp = SyncPtr(y.as_mut_ptr());
-    (0..threads).into_par_iter().for_each(|t| {
-        let mut acc = [0.0f32; CB];
-        for p in split_range(g.dims.pixels(), threads, t) {
-            let (img, rem) = (p / (h * wd), p % (h * wd));
-            let (py, px) = (rem / wd, rem % wd);
-            // SAFETY: pixel ranges of threads are disjoint.
-            let out = unsafe {
-                std::slice::from_raw_parts_mut(yp.get().add(p * yv.stride + yv.offset), cout)
-            };
-            for c0 in (0..cout).step_by(CB) {
-                let cb = CB.min(cout - c0);
-                let acc = &mut acc[..cb];
-                acc.fill(0.0);
-                for ky in 0..k {
-                    let sy = py as isize + ky as isize - pad as isize;
-                    if sy < 0 || sy >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..k {
-                        let sx = px as isize + kx as isize - pad as isize;
-                        if sx < 0 || sx >= wd as isize {
-                            continue;
-                        }
-                        let v =
-                            x[((img * h + sy as usize) * wd + sx as usize) * xv.stride + xv.offset];
-                        let wr = &wt[(ky * k + kx) * cout + c0..][..cb];
-                        acc.iter_mut().zip(wr).for_each(|(a, &w)| *a += v * w);
-                    }
-                }
-                let o = &mut out[c0..c0 + cb];
-                if accumulate {
-                    o.iter_mut().zip(acc.iter()).for_each(|(o, &a)| *o += a);
-                } else {
-                    for (i, (o, &a)) in o.iter_mut().zip(acc.iter()).enumerate() {
-                        *o = act.apply(a + b.map_or(0.0, |b| b[c0 + i]));
-                    }
+        if narrow {
+            for i in 0..kk {
+                for co in 0..g.cout {
+                    dw[co * kk + i] += partial[i * g.cout + co];
                 }
             }
-        }
-    });
-}
-
-/// `dw += Σ_p x[p + tap] · dy[p, :]` for one input channel; per-thread partials `[tap][cout]` in `ws`.
-#[allow(clippy::too_many_arguments)]
-fn backward_filter_cin1(
-    g: &ConvGeom,
-    x: &[f32],
-    xv: View,
-    dy: &[f32],
-    dyv: View,
-    dw: &mut [f32],
-    ws: &mut [f32],
-    threads: usize,
-    slab: usize,
-) {
-    use rayon::prelude::*;
-    let (h, wd, k, cout) = (g.dims.h, g.dims.w, g.k, g.cout);
-    let (taps, pad) = (k * k, k / 2);
-    let part = taps * cout;
-    ws[..threads * slab]
-        .par_chunks_mut(slab)
-        .enumerate()
-        .for_each(|(t, s)| {
-            let partial = &mut s[..part];
-            partial.fill(0.0);
-            for p in split_range(g.dims.pixels(), threads, t) {
-                let (img, rem) = (p / (h * wd), p % (h * wd));
-                let (py, px) = (rem / wd, rem % wd);
-                let d = &dy[p * dyv.stride + dyv.offset..][..cout];
-                for ky in 0..k {
-                    let sy = py as isize + ky as isize - pad as isize;
-                    if sy < 0 || sy >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..k {
-                        let sx = px as isize + kx as isize - pad as isize;
-                        if sx < 0 || sx >= wd as isize {
-                            continue;
-                        }
-                        let v =
-                            x[((img * h + sy as usize) * wd + sx as usize) * xv.stride + xv.offset];
-                        let pr = &mut partial[(ky * k + kx) * cout..][..cout];
-                        pr.iter_mut().zip(d).for_each(|(a, &d)| *a += v * d);
-                    }
-                }
-            }
-        });
-    for t in 0..threads {
-        let partial = &ws[t * slab..t * slab + part];
-        for co in 0..cout {
-            for tap in 0..taps {
-                dw[co * taps + tap] += partial[tap * cout + co];
-            }
+        } else {
+            dw.iter_mut().zip(partial).for_each(|(d, &p)| *d += p);
         }
     }
 }

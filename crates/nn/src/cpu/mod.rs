@@ -7,6 +7,7 @@
 mod conv;
 mod convt;
 mod elementwise;
+mod kernel;
 mod pool;
 mod upsample;
 
