@@ -32,6 +32,10 @@ enum Command {
     ImportTopaz(cmd::import_topaz::Args),
     /// Simulate counted movies (atoms → potential → CTF → Poisson frames) with their noise-free truth.
     Simulate(cmd::simulate::Args),
+    /// Split movies into even/odd half sums (gain, drift correction) or thin single counted micrographs.
+    Split(cmd::split::Args),
+    /// Turn paired halves (or clean images + synthetic noise) into a patch dataset with a manifest.
+    Prepare(cmd::prepare::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,8 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(args),
         Command::ImportTopaz(args) => cmd::import_topaz::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
+        Command::Split(args) => cmd::split::run(args),
+        Command::Prepare(args) => cmd::prepare::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -52,9 +52,8 @@ pub struct Affine {
 
 impl Affine {
     pub fn apply(&self, img: &mut [f32]) {
-        let inv = 1.0 / self.scale;
         for v in img.iter_mut() {
-            *v = ((*v as f64 - self.offset) * inv) as f32;
+            *v = ((*v as f64 - self.offset) / self.scale) as f32;
         }
     }
 }

@@ -5,3 +5,5 @@ pub mod bench;
 pub mod train;
 pub mod import_topaz;
 pub mod simulate;
+pub mod split;
+pub mod prepare;
