@@ -1,16 +1,17 @@
 //! Throughput and memory of the two loaders (the numbers in docs/PERFORMANCE.md, section "Loaders").
 //!
 //! ```text
-//! cargo run --release -p cryoden-train --example loader_bench -- DIR [PAIRS] [SIZE] [EPOCHS] [WIDTHS]
+//! cargo run --release -p cryoden-train --example loader_bench -- DIR [PAIRS] [SIZE] [EPOCHS] [WIDTHS] [LOADER] [THREADS]
 //! ```
 //! Writes a synthetic dataset of PAIRS training pairs of SIZE² (plus PAIRS/8 validation pairs) into DIR/data
 //! (kept between invocations), reads it once so it is in the page cache, then for each loader:
 //! 1. loader alone: assembles every batch of one epoch (batch 8, full augmentation), no network;
-//! 2. training: `train` for EPOCHS epochs of unet[WIDTHS] (batch 8) on the CPU backend with both threads,
-//!    and reports the training images/s of the last epoch (from metrics.jsonl) and the process's peak
-//!    anonymous memory (RssAnon high-water mark is not exposed, so the largest RssAnon seen by a sampler thread).
+//! 2. training: `train` for EPOCHS epochs of unet[WIDTHS] (batch 8) on the CPU backend
+//!    (THREADS, 0 = all), and reports from metrics.jsonl each epoch's training images/s and the median of the
+//!    per-step images/s (robust to hiccups of a shared machine), and the process's peak anonymous memory (the
+//!    largest RssAnon a sampler thread saw every 20 ms: page-cache pages of the memory map are not in it).
 //!
-//! Run each loader in its own process (the third argument selects it) so the memory figures do not mix:
+//! Run each loader in its own process (LOADER selects it) so the memory figures do not mix:
 //! `... -- DIR 4096 128 2 16,32,64,128 in-memory` and `... streaming`.
 
 use cryoden_nn::cpu::Cpu;
@@ -138,6 +139,7 @@ fn main() {
         .map(|v| v.parse().unwrap())
         .collect();
     let which = args.get(6).map_or("in-memory", |v| v);
+    let threads: usize = args.get(7).map_or(0, |v| v.parse().unwrap());
     let data = root.join("data");
     write_dataset(&data, pairs, size);
     // Warm the page cache.
@@ -193,7 +195,7 @@ fn main() {
     c.batch = 8;
     c.sample_every = 0;
     let out = root.join(format!("run-{which}-{}", std::process::id()));
-    let be = Cpu::new(0).unwrap();
+    let be = Cpu::new(threads).unwrap();
     let opts = RunOptions {
         data: data.clone(),
         out: out.clone(),
@@ -211,12 +213,20 @@ fn main() {
         .filter(|r| r.kind == cryoden_train::metrics::Kind::Epoch)
         .map(|r| r.images_per_s)
         .collect();
+    let mut steps: Vec<f64> = recs
+        .iter()
+        .filter(|r| r.kind == cryoden_train::metrics::Kind::Step)
+        .map(|r| r.images_per_s)
+        .collect();
+    steps.sort_by(f64::total_cmp);
+    let median = steps[steps.len() / 2];
     let dataset_mib =
         ((pairs + (pairs / 8).max(1)) * 2 * size * size * 4) as f64 / (1 << 20) as f64;
     println!(
         "{{\"loader\":\"{which}\",\"pairs\":{pairs},\"size\":{size},\"dataset_mib\":{dataset_mib:.1},\
-         \"widths\":{widths:?},\"loader_only_images_per_s\":{loader_ips:.0},\"train_epoch_images_per_s\":{epochs_ips:?},\
+         \"widths\":{widths:?},\"loader_only_images_per_s\":{loader_ips:.0},\"train_epoch_images_per_s\":{epochs_ips:?},\"train_step_median_images_per_s\":{median:.1},\"threads\":{},\
          \"rss_anon_start_mib\":{:.1},\"rss_anon_peak_mib\":{:.1}}}",
+        be.threads(),
         base as f64 / 1024.0,
         peak.load(Ordering::Relaxed) as f64 / 1024.0
     );
