@@ -22,6 +22,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Denoise micrographs with a trained model (files, directories, globs; tiles with context; batched).
+    Denoise(cmd::denoise::Args),
+    /// Score models and baselines against a truth or independent half sets; report.html with figures.
+    Evaluate(cmd::evaluate::Args),
+    /// The whole chain on a small simulated set on CPU in a few minutes: simulate → train → evaluate → report.
+    Demo(cmd::demo::Args),
     /// Print MRC/TIFF headers and statistics computed from the data.
     Info(cmd::info::Args),
     /// Measure throughput (I/O, training, denoising); prints JSON with --json.
@@ -41,6 +47,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Denoise(args) => cmd::denoise::run(args),
+        Command::Evaluate(args) => cmd::evaluate::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
         Command::Info(args) => cmd::info::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Train(args) => cmd::train::run(args),

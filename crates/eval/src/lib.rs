@@ -4,14 +4,18 @@
 //!   held-out Noise2Noise error when there is no truth.
 //! - [`fourier`]: Fourier ring correlation with its 1/7-threshold resolution, radially averaged power spectra.
 //! - [`filters`] and [`baselines`]: Gaussian blur and low-pass baselines, their parameters tuned on data.
+//! - [`evaluate`]: models and baselines on the same micrographs ([`evaluate::evaluate`] → [`evaluate::Evaluation`],
+//!   the `--json` output); [`report`]: `report.html` and its figures ([`plot`]).
 //!
 //! Images are row-major `f32` slices, `x` fastest, with their width `nx` and height `ny`; all sums run in f64.
 
 pub mod baselines;
+pub mod evaluate;
 pub mod filters;
 pub mod fourier;
 pub mod metrics;
 pub mod plot;
+pub mod report;
 
 pub use baselines::{tune, Baseline, BaselineKind, Criterion, TunePair, Tuning};
 pub use fourier::{frc, power_spectrum, Frc, PowerSpectrum};

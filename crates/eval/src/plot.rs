@@ -102,6 +102,8 @@ impl Canvas {
             let mut enc = png::Encoder::new(&mut bytes, self.w as u32, self.h as u32);
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
+            enc.set_compression(png::Compression::Best);
+            enc.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
             let mut wr = enc
                 .write_header()
                 .map_err(|e| Error::Plot(format!("PNG header: {e}")))?;
@@ -160,6 +162,40 @@ fn finite_range(vals: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
     }
 }
 
+/// Tick label: short decimals on linear axes; on logarithmic ones only 1, 2 and 5 × 10ᵏ are labelled (the others
+/// stay as unlabelled ticks, so labels never crowd).
+fn tick(v: f64, log: bool) -> String {
+    if !v.is_finite() {
+        return String::new();
+    }
+    if log {
+        let e = v.abs().log10().floor();
+        let m = (v / 10f64.powf(e)).round() as i64;
+        if ![1, 2, 5].contains(&m) || (v / (m as f64 * 10f64.powf(e)) - 1.0).abs() > 1e-6 {
+            return String::new();
+        }
+    }
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e5).contains(&a) {
+        format!("{v:.0e}")
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        // Up to 4 significant digits without trailing zeros.
+        let s = format!(
+            "{v:.*}",
+            (3 - a.log10().floor() as i32).clamp(0, 6) as usize
+        );
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    }
+}
+
 /// Draws a line plot into a `w × h` canvas.
 pub fn line_plot(p: &LinePlot, w: usize, h: usize) -> Result<Canvas, Error> {
     init_font();
@@ -187,13 +223,17 @@ pub fn line_plot(p: &LinePlot, w: usize, h: usize) -> Result<Canvas, Error> {
         macro_rules! draw {
             ($chart:expr) => {{
                 let mut chart = $chart;
+                let fx = |v: &f64| tick(*v, p.log_x);
+                let fy = |v: &f64| tick(*v, p.log_y);
                 chart
                     .configure_mesh()
                     .x_desc(p.x_label.as_str())
                     .y_desc(p.y_label.as_str())
+                    .x_label_formatter(&fx)
+                    .y_label_formatter(&fy)
                     .label_style((FONT_NAME, 13))
                     .axis_desc_style((FONT_NAME, 14))
-                    .light_line_style(RGBColor(238, 238, 238))
+                    .light_line_style(WHITE)
                     .draw()
                     .map_err(plot_err)?;
                 if let Some((v, label)) = &p.hline {
@@ -306,9 +346,17 @@ pub fn histogram(
             .configure_mesh()
             .x_desc(x_label)
             .y_desc("images")
+            .x_label_formatter(&|v| tick(*v, false))
+            .y_label_formatter(&|v| {
+                if v.fract() == 0.0 {
+                    format!("{v:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .label_style((FONT_NAME, 13))
             .axis_desc_style((FONT_NAME, 14))
-            .light_line_style(RGBColor(238, 238, 238))
+            .light_line_style(WHITE)
             .draw()
             .map_err(plot_err)?;
         let n = series.len().max(1) as f64;
@@ -560,6 +608,16 @@ mod tests {
         let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
         let r = dec.read_info().unwrap();
         assert_eq!((r.info().width, r.info().height), (400, 300));
+    }
+
+    #[test]
+    fn tick_labels_are_short() {
+        assert_eq!(tick(0.25, false), "0.25");
+        assert_eq!(tick(20.5, false), "20.5");
+        assert_eq!(tick(3.0e-7, false), "3e-7");
+        assert_eq!(tick(2.0, true), "2");
+        assert_eq!(tick(3.0, true), "");
+        assert_eq!(tick(1.0e-6, true), "1e-6");
     }
 
     #[test]

@@ -132,8 +132,10 @@ pub fn run<B: Backend>(
         }
         progress(&o);
     };
+    let mut queued = vec![false; jobs.len()];
+    todo.iter().for_each(|&i| queued[i] = true);
     for (i, j) in jobs.iter().enumerate() {
-        if !todo.contains(&i) {
+        if !queued[i] {
             report(
                 Outcome {
                     input: j.input.clone(),

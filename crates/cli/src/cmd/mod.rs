@@ -5,5 +5,8 @@ pub mod bench;
 pub mod train;
 pub mod import_topaz;
 pub mod simulate;
+pub mod denoise;
+pub mod evaluate;
+pub mod demo;
 pub mod split;
 pub mod prepare;

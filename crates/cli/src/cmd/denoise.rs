@@ -1,0 +1,171 @@
+//! `cryoden denoise`: denoise micrographs with a trained model. Glue only: flags → `cryoden_infer` (tiling,
+//! batching, the overlapped read/compute/write pipeline), a progress bar, a per-file error report.
+
+use anyhow::{bail, Context};
+use cryoden_infer::{
+    expand_inputs, header_label, plan_outputs, Denoiser, Format, Options, Outcome, RunOptions,
+    Shard, Status,
+};
+use cryoden_nn::Backend;
+use cryoden_train::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Weights file written by `cryoden train` (RUN/best.safetensors) or `cryoden import-topaz`.
+    #[arg(long, short = 'm', value_name = "CKPT")]
+    pub model: PathBuf,
+    /// Micrographs: MRC files, directories (their .mrc/.mrcs/.map[.gz] files) or quoted glob patterns.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<String>,
+    /// Output directory (created if missing). Each output is `<stem><suffix>.<ext>`.
+    #[arg(short = 'o', long = "out", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Appended to each output's stem.
+    #[arg(long, default_value = "")]
+    pub suffix: String,
+    /// Core tile side in pixels (rounded up to the model's alignment). Memory grows with (tile + 2·context)²·batch,
+    /// not with the image size.
+    #[arg(long, default_value_t = 1024)]
+    pub tile: usize,
+    /// Pixels of context around each tile. [default: the model's receptive radius, so tiles join without seams]
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Tiles per forward pass.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// cpu, or cuda[:N] (needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// CUDA precision: f32, tf32 or bf16 (ignored on cpu).
+    #[arg(long, default_value = "tf32")]
+    pub precision: String,
+    /// CPU threads (0 = one per logical CPU).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// mrc (float32), mrc16 (float16, half the size) or png (8-bit preview).
+    #[arg(long, default_value = "mrc")]
+    pub format: Format,
+    /// Leave outputs that already exist (they are complete: outputs are written atomically).
+    #[arg(long)]
+    pub skip_existing: bool,
+    /// Take only files k with k mod n = i of the sorted list (i from 0), for cluster job arrays.
+    #[arg(long, value_name = "i/n")]
+    pub shard: Option<Shard>,
+    /// Print a JSON summary (and every failure) on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut files = expand_inputs(&args.inputs)?;
+    if let Some(s) = args.shard {
+        files = s.select(&files);
+        if files.is_empty() {
+            eprintln!("shard {}/{}: no files for this shard", s.index, s.count);
+            return Ok(());
+        }
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create the output directory {}", args.out.display()))?;
+    let jobs = plan_outputs(&files, &args.out, &args.suffix, args.format)?;
+    let opts = Options {
+        tile: args.tile,
+        context: args.context,
+        batch: args.batch,
+    };
+    match args.device {
+        Device::Cpu => {
+            let be = cryoden_nn::cpu::Cpu::new(args.threads).context("cannot start the CPU backend")?;
+            go(Denoiser::load(be, &args.model, opts)?, &args, &jobs)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda { ordinal } => {
+            let precision: cryoden_cuda::Precision =
+                args.precision.parse().map_err(|e| anyhow::anyhow!("--precision: {e}"))?;
+            let be = cryoden_cuda::CudaBackend::new(ordinal, precision).context("cannot start the CUDA backend")?;
+            go(Denoiser::load(be, &args.model, opts)?, &args, &jobs)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda { .. } => bail!(
+            "--device cuda: this cryoden was built without CUDA support; rebuild with `cargo build --release \
+             --features cuda`, or use --device cpu"
+        ),
+    }
+}
+
+fn go<B: Backend>(
+    mut dn: Denoiser<B>,
+    args: &Args,
+    jobs: &[cryoden_infer::Job],
+) -> anyhow::Result<()> {
+    let model_name = args
+        .model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    eprintln!(
+        "model {} on {}; tile {} + context {} (receptive radius {}), batch {}; {} files",
+        dn.label(),
+        dn.backend().name(),
+        args.tile,
+        dn.context(),
+        cryoden_infer::context_radius(dn.arch()),
+        args.batch,
+        jobs.len()
+    );
+    let bar = ProgressBar::new(jobs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} files  {per_sec}  ETA {eta}  {msg}")
+            .expect("static template"),
+    );
+    let ropts = RunOptions {
+        format: args.format,
+        skip_existing: args.skip_existing,
+        label: header_label(&format!("{model_name} {}", dn.arch().describe())),
+    };
+    let mut failures: Vec<(PathBuf, String)> = Vec::new();
+    let summary = cryoden_infer::run(&mut dn, jobs, &ropts, |o: &Outcome| {
+        bar.inc(1);
+        match &o.status {
+            Status::Failed(e) => {
+                bar.println(format!("error: {}: {e} (skipped)", o.input.display()));
+                failures.push((o.input.clone(), e.clone()));
+            }
+            Status::Denoised {
+                nx, ny, seconds, ..
+            } => bar.set_message(format!("{} ({nx}×{ny}, {seconds:.2} s)", o.input.display())),
+            Status::Skipped => {}
+        }
+    });
+    bar.finish_and_clear();
+    let mpx = summary.pixels as f64 / 1e6;
+    eprintln!(
+        "denoised {} files ({:.1} Mpixel) in {:.1} s ({:.2} Mpixel/s), skipped {}, failed {}; outputs in {}",
+        summary.denoised,
+        mpx,
+        summary.seconds,
+        mpx / summary.seconds.max(1e-9),
+        summary.skipped,
+        summary.failed,
+        args.out.display()
+    );
+    if args.json {
+        let f: Vec<_> = failures
+            .iter()
+            .map(|(p, e)| serde_json::json!({"file": p, "error": e}))
+            .collect();
+        let v = serde_json::json!({"summary": summary, "failures": f, "context": dn.context(), "tile": args.tile,
+            "batch": args.batch, "model": args.model, "arch": dn.arch()});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    if summary.failed > 0 {
+        bail!(
+            "{} of {} files failed (listed above); the others were denoised",
+            summary.failed,
+            jobs.len()
+        );
+    }
+    Ok(())
+}
