@@ -17,7 +17,7 @@ for f in .cache/testdata/mrcfile/EMD-3197.map .cache/testdata/mrcfile/emd_3197.m
 done
 if rustup run nightly rustc --version >/dev/null 2>&1; then
   if cargo +nightly fuzz --version >/dev/null 2>&1; then
-    cd fuzz && exec cargo +nightly fuzz run mrc_header -- -max_total_time="$secs" -rss_limit_mb=2048
+    cd fuzz && exec cargo +nightly fuzz run mrc_header -- -max_total_time="$secs" -max_len=8192 -rss_limit_mb=2048
   fi
   echo "fuzz.sh: cargo-fuzz not installed; building the libFuzzer target directly (nightly, sancov, ASan)" >&2
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/fuzz/target}
@@ -27,7 +27,7 @@ if rustup run nightly rustc --version >/dev/null 2>&1; then
     -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks \
     -Zsanitizer=address" \
     cargo +nightly build --release --manifest-path fuzz/Cargo.toml --target "$triple" --bin mrc_header
-  exec "$CARGO_TARGET_DIR/$triple/release/mrc_header" -max_total_time="$secs" -rss_limit_mb=2048 \
+  exec "$CARGO_TARGET_DIR/$triple/release/mrc_header" -max_total_time="$secs" -max_len=8192 -rss_limit_mb=2048 \
     -artifact_prefix=fuzz/artifacts/mrc_header/ "$corpus"
 fi
 echo "fuzz.sh: no nightly toolchain; running the stable mutation test instead" >&2
