@@ -36,6 +36,8 @@ enum Command {
     Train(cmd::train::Args),
     /// Convert a Topaz-Denoise model (.sav) to a cryoden checkpoint, executing nothing from the file.
     ImportTopaz(cmd::import_topaz::Args),
+    /// Report OS, CPU, threads and, with the `cuda` feature, GPUs, driver, CUDA libraries and their paths.
+    Doctor(cmd::doctor::Args),
     /// Simulate counted movies (atoms → potential → CTF → Poisson frames) with their noise-free truth.
     Simulate(cmd::simulate::Args),
     /// Split movies into even/odd half sums (gain, drift correction) or thin single counted micrographs.
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Train(args) => cmd::train::run(args),
         Command::ImportTopaz(args) => cmd::import_topaz::run(args),
+        Command::Doctor(args) => cmd::doctor::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Split(args) => cmd::split::run(args),
         Command::Prepare(args) => cmd::prepare::run(args),

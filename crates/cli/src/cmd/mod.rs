@@ -4,6 +4,7 @@ pub mod info;
 pub mod bench;
 pub mod train;
 pub mod import_topaz;
+pub mod doctor;
 pub mod simulate;
 pub mod denoise;
 pub mod evaluate;
