@@ -223,7 +223,7 @@ fn ops(args: &[String]) {
         let ps = Nhwc::new(batch, size / 2, size / 2, widths[0]);
         let mut rows: Vec<(String, f64, f64)> = Vec::new();
         // Both kernel versions of bias+activation (v1: one element per thread; v2: 2-D blocks), then v2 stays.
-        for version in [1u32, 2] {
+        for version in [1u32, 2, 3] {
             gpu.bias_act_version = version;
             let t = time_ms(&mut gpu, reps, |gpu| {
                 gpu.bias_act(

@@ -161,8 +161,8 @@ pub struct Gpu {
     pub workspace_limit: usize,
     scratch: Option<Buf>,
     staging: Vec<Option<Buf>>,
-    /// Version of the bias/activation/copy kernel (1: one element per thread; 2: 2-D blocks, the default). Kept
-    /// switchable so `cudabench ops` times both (llm.c's dev/cuda habit).
+    /// Version of the bias/activation/copy kernel (1: one element per thread; 2: 2-D blocks; 3: 2 plus bf16
+    /// channel pairs, the default). Kept switchable so `cudabench ops` times each (llm.c's dev/cuda habit).
     pub bias_act_version: u32,
     /// Use the bf16 channel-pair version of the activation backward where it applies (default on).
     pub act_bwd_pairs: bool,
@@ -229,7 +229,7 @@ impl Gpu {
             workspace_limit,
             scratch: None,
             staging: Vec::new(),
-            bias_act_version: 2,
+            bias_act_version: 3,
             maxpool_bwd_version: 2,
             act_bwd_pairs: true,
         })
@@ -459,16 +459,29 @@ impl Gpu {
         accumulate: bool,
     ) -> Result<()> {
         same_shape("bias_act", x.shape, y.shape)?;
+        // Version 3 (bf16 channel pairs) where it applies, else version 2 (or 1 when asked for).
+        let aligned = |v: &View| v.cs.is_multiple_of(2) && v.ptr.is_multiple_of(4);
+        let pairs = self.bias_act_version >= 3
+            && x.dtype == DType::Bf16
+            && y.dtype == DType::Bf16
+            && x.shape.c.is_multiple_of(2)
+            && aligned(&x)
+            && aligned(&y);
         let v = if self.bias_act_version == 1 { "" } else { "2" };
-        let name = format!("bias_act{v}_{}_{}", x.dtype.suffix(), y.dtype.suffix());
+        let name = if pairs {
+            "bias_act_pairs_bf16".to_string()
+        } else {
+            format!("bias_act{v}_{}_{}", x.dtype.suffix(), y.dtype.suffix())
+        };
         let (xp, xcs, yp, ycs) = (x.ptr, x.cs as i32, y.ptr, y.cs as i32);
         let bp = bias.unwrap_or(0);
-        let (np, c) = (x.shape.pixels() as i64, x.shape.c as i32);
+        let lanes = if pairs { x.shape.c / 2 } else { x.shape.c };
+        let (np, c) = (x.shape.pixels() as i64, lanes as i32);
         let cfg = if self.bias_act_version == 1 {
             self.cfg1(x.shape.len())
         } else {
             // Channels across x (a warp covers 32 consecutive channels of a pixel), pixels across y.
-            let cu = x.shape.c.max(1);
+            let cu = lanes.max(1);
             let bx = if cu >= 32 {
                 cu.next_multiple_of(32).min(256)
             } else {
@@ -998,6 +1011,7 @@ pub struct AdamStep {
 fn kernel_names() -> Vec<String> {
     let mut v = vec![
         "act_bwd_pairs_bf16".to_string(),
+        "bias_act_pairs_bf16".to_string(),
         "reduce_sum_f32".to_string(),
         "sum_squares_f32".to_string(),
         "scale_f32".to_string(),

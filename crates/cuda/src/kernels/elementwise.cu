@@ -159,6 +159,30 @@ extern "C" __global__ void act_bwd_pairs_bf16(const bf16* dy, int dy_cs, const b
     }
 }
 
+// bias_act (version 3) for bf16 -> bf16 with an even channel count, even channel strides and 4-byte aligned
+// pointers: a channel pair per 4-byte access, 2-D blocks as version 2. C2 = C / 2.
+extern "C" __global__ void bias_act_pairs_bf16(const bf16* x, int x_cs, const float* bias, bf16* y, int y_cs,
+                                               i64 npix, int C2, float slope, int accumulate) {
+    for (i64 p = (i64)blockIdx.x * blockDim.y + threadIdx.y; p < npix; p += (i64)gridDim.x * blockDim.y) {
+        for (int cp = threadIdx.x; cp < C2; cp += blockDim.x) {
+            int c = 2 * cp;
+            float2 v = ld2(x, p * x_cs + c);
+            if (bias) {
+                v.x += bias[c];
+                v.y += bias[c + 1];
+            }
+            v.x = v.x > 0.f ? v.x : v.x * slope;
+            v.y = v.y > 0.f ? v.y : v.y * slope;
+            if (accumulate) {
+                float2 o = ld2(y, p * y_cs + c);
+                v.x += o.x;
+                v.y += o.y;
+            }
+            st2(y, p * y_cs + c, v);
+        }
+    }
+}
+
 // out[c] (+)= sum over parts of partial[part, c]. One thread per channel; deterministic order.
 template <typename T>
 __device__ void sum_parts(const float* partial, int parts, int C, T* out, int accumulate) {
