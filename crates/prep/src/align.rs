@@ -24,6 +24,9 @@ pub struct AlignParams {
     /// B-factor of the Gaussian low-pass applied to the cross-correlation, in pixels²: weight
     /// `exp(-bfactor * s² / 4)` at spatial frequency `s` cycles/pixel (100–500 px² is usual; larger = smoother).
     pub bfactor: f32,
+    /// Refinement passes after the running-sum pass: each frame re-aligned against the sum of all the others
+    /// (the frames are read again, one at a time).
+    pub refine_passes: u32,
 }
 
 impl Default for AlignParams {
@@ -31,6 +34,7 @@ impl Default for AlignParams {
         AlignParams {
             max_shift: 40.0,
             bfactor: 150.0,
+            refine_passes: 0,
         }
     }
 }
@@ -112,8 +116,46 @@ impl Aligner {
         self.add_shifted(d, to_even);
     }
 
+    /// Refinement: removes `frame`'s contribution (added with drift `old`) from its half, re-estimates its drift
+    /// against the sum of all the other frames, adds it back with the new drift, and returns the new drift.
+    pub fn refine(&mut self, frame: &[f32], to_even: bool, old: [f32; 2]) -> [f32; 2] {
+        self.fft.forward(frame, &mut self.rows, &mut self.frame);
+        self.add_scaled(old, to_even, -1.0);
+        let d = self.find_shift(frame);
+        self.add_scaled(d, to_even, 1.0);
+        d
+    }
+
+    /// Moves both half sums by `+d0` (undoing a common shift `-d0`), so that a frame with drift `d0` becomes the
+    /// reference position. Used after refinement, which lets frame 0 move too.
+    pub fn recenter(&mut self, d0: [f32; 2]) {
+        let h = self.fft.h;
+        let px: Vec<Complex32> = (0..self.fft.wc)
+            .map(|kx| Complex32::from_polar(1.0, -2.0 * PI * self.fft.freq(kx, 0).0 * d0[0]))
+            .collect();
+        let py: Vec<Complex32> = (0..h)
+            .map(|ky| Complex32::from_polar(1.0, -2.0 * PI * self.fft.freq(0, ky).1 * d0[1]))
+            .collect();
+        for half in [&mut self.even, &mut self.odd] {
+            half.par_chunks_mut(h)
+                .zip(px.par_iter())
+                .for_each(|(col, &pxk)| {
+                    for (o, &pyk) in col.iter_mut().zip(&py) {
+                        *o *= pxk * pyk;
+                    }
+                });
+        }
+    }
+
     /// Adds the spectrum in `self.frame`, shifted by `-d`, to the even or odd half.
     fn add_shifted(&mut self, d: [f32; 2], to_even: bool) {
+        self.add_scaled(d, to_even, 1.0);
+        self.n += 1;
+    }
+
+    /// Adds `sign` × the spectrum in `self.frame` shifted by `-d` to a half (the same ramp both ways, so a removal
+    /// cancels an earlier addition up to rounding).
+    fn add_scaled(&mut self, d: [f32; 2], to_even: bool, sign: f32) {
         let h = self.fft.h;
         // Phase ramp exp(+2πi (fx dx + fy dy)) moves the frame by -d.
         let px: Vec<Complex32> = (0..self.fft.wc)
@@ -132,10 +174,9 @@ impl Aligner {
             .zip(px.par_iter())
             .for_each(|((dcol, fcol), &pxk)| {
                 for ((o, &f), &pyk) in dcol.iter_mut().zip(fcol).zip(&py) {
-                    *o += f * pxk * pyk;
+                    *o += f * pxk * pyk * sign;
                 }
             });
-        self.n += 1;
     }
 
     fn find_shift(&mut self, frame: &[f32]) -> [f32; 2] {

@@ -304,7 +304,28 @@ fn sum_halves(
         }
     }
     Ok(match aligner {
-        Some(a) => {
+        Some(mut a) => {
+            // Refinement passes: every frame against the sum of all the others (frames read again, one at a time).
+            let passes = align.map(|p| p.refine_passes).unwrap_or(0);
+            for _ in 0..passes {
+                for (i, d) in shifts.iter_mut().enumerate() {
+                    stack.read_frame_into(i, &mut frame)?;
+                    if let Some(g) = gain {
+                        for (v, &g) in frame.iter_mut().zip(g) {
+                            *v *= g;
+                        }
+                    }
+                    *d = a.refine(&frame, i % 2 == 0, *d);
+                }
+            }
+            // Report drifts relative to frame 0 again, and put the sums in frame 0's position.
+            let d0 = shifts[0];
+            if d0 != [0.0, 0.0] {
+                a.recenter(d0);
+                for d in shifts.iter_mut() {
+                    *d = [d[0] - d0[0], d[1] - d0[1]];
+                }
+            }
             let (e, o) = a.finish();
             (e, o, Some(shifts))
         }

@@ -196,6 +196,23 @@ fn align_writes_shifts_json_and_recovers_drift() {
     let got: f64 = even.iter().chain(&odd).map(|&v| v as f64).sum();
     let want: f64 = data.iter().map(|&v| v as f64).sum();
     assert!((got - want).abs() < 1e-4 * want, "{got} vs {want}");
+    // With a refinement pass (every frame against all the others, then re-centred on frame 0): same tolerance.
+    let opts = SplitOptions {
+        align: Some(AlignParams {
+            refine_passes: 1,
+            ..AlignParams::default()
+        }),
+        ..SplitOptions::default()
+    };
+    let r = split_movie(&movie, &t.path().join("refined"), &opts).unwrap();
+    let shifts = r.shifts.unwrap();
+    assert_eq!(shifts[0], [0.0, 0.0]);
+    for (s, d) in shifts.iter().zip(&truth) {
+        assert!(
+            (s[0] - d[0]).abs() < 0.1 && (s[1] - d[1]).abs() < 0.1,
+            "refined {shifts:?}, true {truth:?}"
+        );
+    }
 }
 
 #[test]

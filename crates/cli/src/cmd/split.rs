@@ -34,6 +34,10 @@ pub struct Args {
     /// frames.
     #[arg(long, default_value_t = AlignParams::default().bfactor, requires = "align")]
     pub bfactor: f32,
+    /// Refinement passes of --align after the running-sum pass: each frame re-aligned against the sum of all
+    /// the others (reads the movie again per pass).
+    #[arg(long, default_value_t = AlignParams::default().refine_passes, requires = "align")]
+    pub refine: u32,
     /// Single counted micrographs (one image each) instead of movies: binomial thinning of every pixel's count
     /// into two independent Poisson halves. Valid only for raw counts (counting mode, not dose-weighted, not
     /// gain-normalised unless --gain gives that gain): see docs/DATA.md.
@@ -61,6 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         align: args.align.then_some(AlignParams {
             max_shift: args.max_shift,
             bfactor: args.bfactor,
+            refine_passes: args.refine,
         }),
         thin: args.thin,
         seed: args.seed,
@@ -90,15 +95,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     pb.suspend(|| println!("{}", serde_json::to_string(&r).expect("serialisable")));
                 } else if let Some(s) = &r.shifts {
                     let max = s.iter().map(|d| d[0].hypot(d[1])).fold(0f32, f32::max);
-                    pb.println(format!(
-                        "{name}: {} of {} frames, largest drift {max:.2} px",
-                        r.frames_used, r.frames
-                    ));
+                    // suspend + eprintln: also printed when stderr is not a terminal (the bar is hidden there).
+                    pb.suspend(|| {
+                        eprintln!(
+                            "{name}: {} of {} frames, largest drift {max:.2} px",
+                            r.frames_used, r.frames
+                        )
+                    });
                 }
             }
             Err(err) => {
                 failed += 1;
-                pb.println(format!("error: {err:#} (skipped)"));
+                pb.suspend(|| eprintln!("error: {err:#} (skipped)"));
             }
         }
         pb.inc(1);
