@@ -51,8 +51,16 @@ pub struct TrainData {
     pub manifest_sha256: String,
 }
 
-/// Opens `dir`, refuses a dataset without validation pairs, and sets up the loader.
-pub fn open(dir: &Path, choice: LoaderChoice) -> Result<TrainData> {
+/// A dataset that was opened and checked, before any pair is read.
+pub struct CheckedData {
+    pub dataset: Arc<Dataset>,
+    /// SHA-256 of manifest.json.
+    pub manifest_sha256: String,
+}
+
+/// Opens `dir` (manifest against stacks, see `cryoden_prep::Dataset::open`) and refuses a dataset without
+/// validation or training pairs. Cheap: the stacks are only mapped.
+pub fn check(dir: &Path) -> Result<CheckedData> {
     let ds = Arc::new(Dataset::open(dir)?);
     let manifest_path = dir.join(cryoden_prep::manifest::MANIFEST_FILE);
     let bytes =
@@ -73,34 +81,65 @@ pub fn open(dir: &Path, choice: LoaderChoice) -> Result<TrainData> {
             "the dataset has no training pairs (counts.train = 0); re-run `cryoden prepare`",
         ));
     }
-    let patch = ds.patch_size();
-    let data_bytes = ((counts.train + counts.val) * 2 * patch * patch * 4) as u64;
-    let (kind, reason) = choose(choice, data_bytes, mem_available());
-    let (train, val): (Arc<dyn PairSource>, Arc<dyn PairSource>) = match kind {
-        LoaderKind::InMemory => {
-            let load = |split| {
-                let (i, t) = ds.split(split).all();
-                Arc::new(InMemoryPairs::new(patch, i.to_vec(), t.to_vec())) as Arc<dyn PairSource>
-            };
-            (load(Split::Train), load(Split::Val))
-        }
-        LoaderKind::Streaming => (
-            Arc::new(MappedPairs::new(ds.clone(), Split::Train)),
-            Arc::new(MappedPairs::new(ds.clone(), Split::Val)),
-        ),
-    };
-    Ok(TrainData {
+    Ok(CheckedData {
         dataset: ds,
-        kind,
-        reason,
-        train,
-        val,
         manifest_sha256,
     })
 }
 
+impl CheckedData {
+    /// Sets up the loader: copies every pair into RAM (in-memory) or serves them from the memory map
+    /// (streaming); `Auto` decides by size against available memory.
+    pub fn load(self, choice: LoaderChoice) -> TrainData {
+        let CheckedData {
+            dataset: ds,
+            manifest_sha256,
+        } = self;
+        let counts = ds.manifest().counts;
+        let patch = ds.patch_size();
+        let data_bytes = ((counts.train + counts.val) * 2 * patch * patch * 4) as u64;
+        let (kind, reason) = choose(choice, data_bytes, mem_available());
+        let (train, val): (Arc<dyn PairSource>, Arc<dyn PairSource>) = match kind {
+            LoaderKind::InMemory => {
+                let load = |split| {
+                    let (i, t) = ds.split(split).all();
+                    Arc::new(InMemoryPairs::new(patch, i.to_vec(), t.to_vec()))
+                        as Arc<dyn PairSource>
+                };
+                (load(Split::Train), load(Split::Val))
+            }
+            LoaderKind::Streaming => (
+                Arc::new(MappedPairs::new(ds.clone(), Split::Train)),
+                Arc::new(MappedPairs::new(ds.clone(), Split::Val)),
+            ),
+        };
+        TrainData {
+            dataset: ds,
+            kind,
+            reason,
+            train,
+            val,
+            manifest_sha256,
+        }
+    }
+}
+
+/// [`check`] then [`CheckedData::load`].
+pub fn open(dir: &Path, choice: LoaderChoice) -> Result<TrainData> {
+    Ok(check(dir)?.load(choice))
+}
+
+/// `1.23 GiB` or `456.7 MiB`.
+fn size(bytes: u64) -> String {
+    let mib = bytes as f64 / (1u64 << 20) as f64;
+    if mib >= 1024.0 {
+        format!("{:.2} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.1} MiB")
+    }
+}
+
 fn choose(choice: LoaderChoice, data_bytes: u64, available: Option<u64>) -> (LoaderKind, String) {
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     match (choice, available) {
         (LoaderChoice::InMemory, _) => (LoaderKind::InMemory, "--in-memory given".into()),
         (LoaderChoice::Streaming, _) => (LoaderKind::Streaming, "--stream given".into()),
@@ -115,20 +154,20 @@ fn choose(choice: LoaderChoice, data_bytes: u64, available: Option<u64>) -> (Loa
                 (
                     LoaderKind::InMemory,
                     format!(
-                        "dataset {:.2} GiB fits in {:.0} % of the {:.1} GiB available; --stream overrides",
-                        gib(data_bytes),
+                        "dataset {} fits in {:.0} % of the {} available; --stream overrides",
+                        size(data_bytes),
                         IN_MEMORY_FRACTION * 100.0,
-                        gib(avail)
+                        size(avail)
                     ),
                 )
             } else {
                 (
                     LoaderKind::Streaming,
                     format!(
-                        "dataset {:.2} GiB exceeds {:.0} % of the {:.1} GiB available; --in-memory overrides",
-                        gib(data_bytes),
+                        "dataset {} exceeds {:.0} % of the {} available; --in-memory overrides",
+                        size(data_bytes),
                         IN_MEMORY_FRACTION * 100.0,
-                        gib(avail)
+                        size(avail)
                     ),
                 )
             }
@@ -162,7 +201,7 @@ mod tests {
         let (k, why) = choose(LoaderChoice::Auto, 5 * gib, Some(10 * gib));
         assert_eq!(k, LoaderKind::Streaming);
         assert!(
-            why.contains("exceeds 40 % of the 10.0 GiB available"),
+            why.contains("exceeds 40 % of the 10.00 GiB available"),
             "{why}"
         );
         assert_eq!(choose(LoaderChoice::Auto, 1, None).0, LoaderKind::Streaming);

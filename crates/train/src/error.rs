@@ -25,13 +25,13 @@ pub enum Error {
     /// The run directory is not usable (already holds a run, resume files missing or inconsistent, ...).
     #[error("{}: {message}", path.display())]
     Run { path: PathBuf, message: String },
-    /// The operating system refused an operation on a path.
-    #[error("{}: {what}: {source}", path.display())]
+    /// The operating system refused an operation on a path. (The OS error is in the message, not a `source`,
+    /// so printing the cause chain does not repeat it.)
+    #[error("{}: {what}: {err}", path.display())]
     Fs {
         path: PathBuf,
         what: &'static str,
-        #[source]
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// The loss became NaN or infinite; training stopped and the last good checkpoint was kept.
     #[error(
@@ -48,11 +48,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn fs(path: &Path, what: &'static str, source: std::io::Error) -> Error {
+    pub(crate) fn fs(path: &Path, what: &'static str, err: std::io::Error) -> Error {
         Error::Fs {
             path: path.to_path_buf(),
             what,
-            source,
+            err,
         }
     }
     pub(crate) fn data(path: &Path, message: impl Into<String>) -> Error {

@@ -88,17 +88,23 @@ pub fn train<B: Backend>(
 ) -> Result<Summary> {
     let model = Model::new(config.arch.clone())?;
     check_settings(config)?;
-    let data = data::open(&opts.data, opts.loader)?;
-    let patch = data.dataset.patch_size();
+    // Every check before anything is read into memory or written.
+    let checked = data::check(&opts.data)?;
+    let patch = checked.dataset.patch_size();
     let crop = config.crop.unwrap_or(patch);
-    check_sizes(
-        &model,
-        &opts.data,
-        patch,
-        crop,
-        config.batch,
-        data.train.len(),
-    )?;
+    let n_train = checked.dataset.manifest().counts.train;
+    check_sizes(&model, &opts.data, patch, crop, config.batch, n_train)?;
+    let out = &opts.out;
+    let old = if opts.resume {
+        let old = read_run_record(out)?;
+        check_resume(out, &old, config, &checked.manifest_sha256, &opts.data)?;
+        Some(old)
+    } else {
+        check_run_dir_free(out)?;
+        None
+    };
+
+    let data = checked.load(opts.loader);
     obs.message(&format!(
         "loader: {} ({})",
         match data.kind {
@@ -125,12 +131,9 @@ pub fn train<B: Backend>(
         backend: be.name(),
         parameters: model.params().num_params(),
     };
-    let out = &opts.out;
 
     // Where this session starts: a fresh run or the last checkpoint of an old one.
-    let (mut state, mut es, mut log) = if opts.resume {
-        let old = read_run_record(out)?;
-        check_resume(out, &old, &record)?;
+    let (mut state, mut es, mut log) = if old.is_some() {
         // A run killed before its first checkpoint restarts from its initial weights (same seed, same run).
         let (params, m, v, es) = match checkpoint::load_last(out, &model)? {
             Some(last) => last,
@@ -164,7 +167,8 @@ pub fn train<B: Backend>(
         write_record(out, &record)?;
         (state, es, log)
     } else {
-        prepare_run_dir(out)?;
+        std::fs::create_dir_all(out)
+            .map_err(|e| Error::fs(out, "cannot create the run directory", e))?;
         write_record(out, &record)?;
         let state = TrainState::new(be, &model, &model.init_params(config.seed))?;
         (state, EpochState::default(), MetricsLog::create(out)?)
@@ -446,14 +450,14 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// A fresh run goes into an empty or new directory: never over another run.
-fn prepare_run_dir(out: &Path) -> Result<()> {
+fn check_run_dir_free(out: &Path) -> Result<()> {
     if out.join(CONFIG_FILE).exists() {
         return Err(Error::run(
             out,
             "already holds a training run (config.json); continue it with --resume, or choose another --out",
         ));
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::fs(out, "cannot create the run directory", e))
+    Ok(())
 }
 
 fn write_record(out: &Path, rec: &RunRecord) -> Result<()> {
@@ -462,37 +466,72 @@ fn write_record(out: &Path, rec: &RunRecord) -> Result<()> {
     write_atomic(&path, text.as_bytes())
 }
 
-/// A resumed run must be the same run: same settings (bar `epochs`, which may grow, and `sample_every`), same
-/// dataset content, same crop.
-fn check_resume(out: &Path, old: &RunRecord, new: &RunRecord) -> Result<()> {
+/// A resumed run must be the same run: same settings (bar `epochs`, which may grow, and `sample_every`) and the
+/// same dataset content.
+fn check_resume(
+    out: &Path,
+    old: &RunRecord,
+    new: &TrainConfig,
+    manifest_sha256: &str,
+    data: &Path,
+) -> Result<()> {
     let path = out.join(CONFIG_FILE);
-    let mut a = old.config.clone();
-    let b = &new.config;
-    a.epochs = b.epochs;
-    a.sample_every = b.sample_every;
-    if a != *b {
-        let show = |c: &TrainConfig| serde_json::to_string(c).expect("configs serialise");
+    let mut asked = new.clone();
+    asked.epochs = old.config.epochs;
+    asked.sample_every = old.config.sample_every;
+    if asked != old.config {
+        let (a, b) = (
+            serde_json::to_value(&old.config),
+            serde_json::to_value(&asked),
+        );
+        let mut diffs = Vec::new();
+        if let (Ok(a), Ok(b)) = (a, b) {
+            json_diff("", &a, &b, &mut diffs);
+        }
         return Err(Error::run(
             &path,
             format!(
-                "--resume must keep the run's settings (only --epochs and --sample-every may change): the run has \
-                 {} but this command asks for {}",
-                show(&old.config),
-                show(b)
+                "--resume keeps the run's settings (only --epochs and --sample-every may change), but this command \
+                 changes {}; drop those flags or start a new run",
+                diffs.join(", ")
             ),
         ));
     }
-    if old.manifest_sha256 != new.manifest_sha256 {
+    if old.manifest_sha256 != manifest_sha256 {
         return Err(Error::run(
             &path,
             format!(
-                "the run was trained on a dataset whose manifest.json has SHA-256 {}, but {} has {}; resume with \
-                 the original dataset",
+                "the run was trained on a dataset whose manifest.json has SHA-256 {}, but {} has {manifest_sha256}; \
+                 resume with the original dataset",
                 old.manifest_sha256,
-                new.data.display(),
-                new.manifest_sha256
+                data.display(),
             ),
         ));
     }
     Ok(())
+}
+
+/// `key: run has A, asked B` for every leaf where two JSON values differ.
+fn json_diff(key: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let sub = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
+                json_diff(
+                    &sub,
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(format!("{key} (run has {a}, asked {b})")),
+        _ => {}
+    }
 }

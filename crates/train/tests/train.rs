@@ -218,11 +218,39 @@ fn a_resumed_run_can_train_further_but_not_change_its_settings() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("config.json") && e.contains("only --epochs and --sample-every may change"),
+        e.contains("config.json") && e.contains("changes adam.lr (run has 0.001, asked 0.0005)"),
         "{e}"
     );
+    let state = run.join(checkpoint::LAST_STATE);
+    let epoch1 = std::fs::read(&state).unwrap();
     let s = train(&be, &tiny_config(2), &resume, &mut Quiet).unwrap();
     assert_eq!(s.epochs_done, 2);
+    // Another dataset is refused.
+    let data2 = dir.path().join("data2");
+    common::make(&data2, 16, 8, 2, 40);
+    let e = train(
+        &be,
+        &tiny_config(3),
+        &RunOptions {
+            data: data2,
+            ..resume.clone()
+        },
+        &mut Quiet,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("resume with the original dataset"),
+        "{e}"
+    );
+    // Checkpoint files from different steps (a kill between the two renames) are detected, not mixed.
+    std::fs::write(&state, &epoch1).unwrap();
+    let e = train(&be, &tiny_config(3), &resume, &mut Quiet).unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "last.safetensors is from step 4 but last.optimizer.safetensors is from step 2"
+        ),
+        "{e}"
+    );
     // A fresh run never overwrites one.
     let e = train(
         &be,
@@ -411,9 +439,11 @@ fn bad_datasets_give_clear_errors() {
     let be = Cpu::new(1).unwrap();
     let run = |data: &Path, c: &TrainConfig| {
         let out = dir.path().join(format!("run{}", rand_suffix()));
-        train(&be, c, &opts(data, &out, LoaderChoice::Auto), &mut Quiet)
+        let e = train(&be, c, &opts(data, &out, LoaderChoice::Auto), &mut Quiet)
             .unwrap_err()
-            .to_string()
+            .to_string();
+        assert!(!out.exists(), "nothing is written when the input is bad");
+        e
     };
 
     // A manifest that does not match its stacks.
