@@ -147,3 +147,99 @@ unsafe fn tile<const V: usize, const R: usize>(
         }
     }
 }
+
+/// One term of an implicit GEMM: `k` columns of `a` starting at `a`, multiplied by `k` rows of `b`.
+#[derive(Clone, Copy)]
+pub(crate) struct Seg {
+    pub a: *const f32,
+    pub b: *const f32,
+    pub k: usize,
+}
+
+/// `c[r·ldc + j] (+)= Σ_s Σ_k s.a[r·a_rs + k] · s.b[k·cout + j]`: the same register tile as [`gemm_narrow`], summed
+/// over up to 3 segments (the kernel rows of a 3×3 conv read straight from the NHWC input, no im2col).
+///
+/// # Safety
+/// As [`gemm_narrow`], for every segment.
+pub(crate) unsafe fn gemm_narrow_segs(
+    m: usize,
+    segs: &[Seg],
+    a_rs: usize,
+    cout: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    match cout {
+        16 => run_segs::<1, 14>(m, segs, a_rs, c, ldc, accumulate),
+        32 => run_segs::<2, 12>(m, segs, a_rs, c, ldc, accumulate),
+        _ => unreachable!("gemm_narrow_segs called with cout {cout}"),
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!(
+        "gemm_narrow_segs without x86_64: {m} {} {a_rs} {cout} {c:?} {ldc} {accumulate}",
+        segs.len()
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn run_segs<const V: usize, const R: usize>(
+    m: usize,
+    segs: &[Seg],
+    a_rs: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut r0 = 0;
+    while r0 + R <= m {
+        tile_segs::<V, R>(segs, r0 * a_rs, a_rs, c.add(r0 * ldc), ldc, accumulate);
+        r0 += R;
+    }
+    while r0 < m {
+        tile_segs::<V, 1>(segs, r0 * a_rs, a_rs, c.add(r0 * ldc), ldc, accumulate);
+        r0 += 1;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile_segs<const V: usize, const R: usize>(
+    segs: &[Seg],
+    a_off: usize,
+    a_rs: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    for s in segs {
+        let a = s.a.add(a_off);
+        for kk in 0..s.k {
+            let mut bv = [_mm512_setzero_ps(); V];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(s.b.add(kk * 16 * V + 16 * v));
+            }
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add(r * a_rs + kk));
+                for v in 0..V {
+                    accr[v] = _mm512_fmadd_ps(av, bv[v], accr[v]);
+                }
+            }
+        }
+    }
+    for (r, accr) in acc.iter().enumerate() {
+        for (v, &s) in accr.iter().enumerate() {
+            let p = c.add(r * ldc + 16 * v);
+            let s = if accumulate {
+                _mm512_add_ps(_mm512_loadu_ps(p), s)
+            } else {
+                s
+            };
+            _mm512_storeu_ps(p, s);
+        }
+    }
+}
