@@ -162,6 +162,16 @@ pub fn train<B: Backend>(
             es.step,
             config.epochs
         ));
+        if let Some(old) = &old {
+            if old.backend != record.backend {
+                // Reductions split by thread (or device) sum in another order: still a valid run, not bit-identical.
+                obs.message(&format!(
+                    "note: the run was trained on {}, this session uses {}; training continues correctly, but the \
+                     weights will not be bit-identical to an uninterrupted run (same --device and --threads for that)",
+                    old.backend, record.backend
+                ));
+            }
+        }
         let state = TrainState::resume(be, &model, &params, &m, &v, es.step)?;
         let log = MetricsLog::resume(out, es.step, es.epochs_done)?;
         write_record(out, &record)?;

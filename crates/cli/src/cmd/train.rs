@@ -98,7 +98,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
         None => "no epoch completed".into(),
     };
-    eprintln!("done: {} epochs, {} steps; {best}", s.epochs_done, s.steps);
+    let plural = if s.epochs_done == 1 { "" } else { "s" };
+    eprintln!(
+        "done: {} epoch{plural}, {} steps; {best}",
+        s.epochs_done, s.steps
+    );
     Ok(())
 }
 
