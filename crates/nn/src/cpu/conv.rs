@@ -429,6 +429,7 @@ pub(super) fn backward_filter(
     let total = g.dims.pixels();
     // Narrow layers accumulate dWᵀ (`K × cout`) with the register-tiled kernel; others dW (`cout × K`) with gemm.
     let narrow = super::kernel::handles(g.cout);
+    let implicit = narrow && g.k == 3 && xv.stride == g.cin;
     ws[..threads * slab]
         .par_chunks_mut(slab)
         .enumerate()
@@ -439,6 +440,12 @@ pub(super) fn backward_filter(
             let mut p0 = range.start;
             while p0 < range.end {
                 let np = pc.min(range.end - p0);
+                if implicit {
+                    // SAFETY: `partial` is this thread's own slab; x and dy are read in bounds.
+                    unsafe { implicit_filter3x3(g, x, dy, dyv, p0, np, partial.as_mut_ptr(), col) };
+                    p0 += np;
+                    continue;
+                }
                 let (rhs, rhs_rs) = if g.k == 1 {
                     (x[p0 * xv.stride + xv.offset..].as_ptr(), xv.stride)
                 } else {
@@ -474,5 +481,83 @@ pub(super) fn backward_filter(
         } else {
             dw.iter_mut().zip(partial).for_each(|(d, &p)| *d += p);
         }
+    }
+}
+
+/// Implicit-GEMM weight gradient of a narrow 3×3 conv on a dense input, pixels `p0 .. p0+np`:
+/// `dWᵀ[ky·3cin + j, :] += Σ_pixels x[row(y+ky−1), pixel−1 + j/cin, j%cin] · dy[pixel, :]`, reading x in place;
+/// border pixels via a one-pixel im2col.
+///
+/// # Safety
+/// `partial` is this thread's `9·cin × cout` accumulator; `super::kernel::handles(g.cout)`; `col` holds at least
+/// `9·cin` floats.
+#[allow(clippy::too_many_arguments)]
+unsafe fn implicit_filter3x3(
+    g: &ConvGeom,
+    x: &[f32],
+    dy: &[f32],
+    dyv: View,
+    p0: usize,
+    np: usize,
+    partial: *mut f32,
+    col: &mut [f32],
+) {
+    use super::kernel::gemm_narrow;
+    let (h, w, cin, cout) = (g.dims.h, g.dims.w, g.cin, g.cout);
+    let (hw, kc, kk) = (h * w, 3 * cin, 9 * cin);
+    let end = p0 + np;
+    let dyp = |q: usize| dy.as_ptr().add(q * dyv.stride + dyv.offset);
+    let mut p = p0;
+    while p < end {
+        let (img, rem) = (p / hw, p % hw);
+        let (y, x0) = (rem / w, rem % w);
+        let run_end = end.min(p - x0 + w);
+        let x1 = x0 + (run_end - p);
+        let (ia, ib) = (x0.max(1), x1.min(w - 1));
+        if ia < ib {
+            for ky in 0..3 {
+                let sy = y as isize + ky as isize - 1;
+                if sy < 0 || sy >= h as isize {
+                    continue;
+                }
+                let a = x.as_ptr().add(((img * h + sy as usize) * w + ia - 1) * cin);
+                let c = partial.add(ky * kc * cout);
+                gemm_narrow(
+                    kc,
+                    ib - ia,
+                    a,
+                    1,
+                    cin,
+                    dyp(p + ia - x0),
+                    dyv.stride,
+                    cout,
+                    c,
+                    cout,
+                    true,
+                );
+            }
+        }
+        let borders: &[usize] = if w == 1 { &[0] } else { &[0, w - 1] };
+        for &bx in borders {
+            if bx < x0 || bx >= x1 {
+                continue;
+            }
+            let q = p + (bx - x0);
+            im2col(g, x, View::dense(cin), q, 1, col);
+            gemm_narrow(
+                kk,
+                1,
+                col.as_ptr(),
+                1,
+                kk,
+                dyp(q),
+                dyv.stride,
+                cout,
+                partial,
+                cout,
+                true,
+            );
+        }
+        p = run_end;
     }
 }

@@ -52,6 +52,10 @@ pub(crate) unsafe fn gemm_narrow(
 ) {
     #[cfg(target_arch = "x86_64")]
     match cout {
+        // 16-row tiles when they divide m exactly (dWᵀ blocks of 3·cin rows), else 14 (15 of 32 registers).
+        16 if m.is_multiple_of(16) => {
+            run::<1, 16>(m, k, a, a_rs, a_ks, b, b_ks, c, ldc, accumulate)
+        }
         16 => run::<1, 14>(m, k, a, a_rs, a_ks, b, b_ks, c, ldc, accumulate),
         32 => run::<2, 12>(m, k, a, a_rs, a_ks, b, b_ks, c, ldc, accumulate),
         _ => unreachable!("gemm_narrow called with cout {cout}"),
