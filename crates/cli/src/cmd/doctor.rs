@@ -28,9 +28,12 @@ struct Report {
 
 fn first_value(path: &str, key: &str) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .map(|v| v.trim_start_matches([' ', '\t', ':', '=']).trim().trim_matches('"').to_string())
+    text.lines().find_map(|l| l.strip_prefix(key)).map(|v| {
+        v.trim_start_matches([' ', '\t', ':', '='])
+            .trim()
+            .trim_matches('"')
+            .to_string()
+    })
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -38,10 +41,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cryoden: env!("CARGO_PKG_VERSION"),
         os: format!(
             "{} ({})",
-            first_value("/etc/os-release", "PRETTY_NAME").unwrap_or_else(|| std::env::consts::OS.to_string()),
+            first_value("/etc/os-release", "PRETTY_NAME")
+                .unwrap_or_else(|| std::env::consts::OS.to_string()),
             std::env::consts::ARCH
         ),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
         cpu: first_value("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into()),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         cuda_compiled: cfg!(feature = "cuda"),
@@ -58,7 +64,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         #[cfg(feature = "cuda")]
         print!("{}", report.cuda);
         #[cfg(not(feature = "cuda"))]
-        println!("CUDA:          not compiled in (build with `cargo build --release --features cuda`)");
+        println!(
+            "CUDA:          not compiled in (build with `cargo build --release --features cuda`)"
+        );
     }
     #[cfg(feature = "cuda")]
     let usable = report.cuda.selfcheck.is_some();

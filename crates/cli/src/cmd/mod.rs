@@ -1,13 +1,13 @@
 //! One module per subcommand.
 
-pub mod info;
 pub mod bench;
-pub mod train;
-pub mod import_topaz;
-pub mod doctor;
-pub mod simulate;
-pub mod denoise;
-pub mod evaluate;
 pub mod demo;
-pub mod split;
+pub mod denoise;
+pub mod doctor;
+pub mod evaluate;
+pub mod import_topaz;
+pub mod info;
 pub mod prepare;
+pub mod simulate;
+pub mod split;
+pub mod train;

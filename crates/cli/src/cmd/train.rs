@@ -60,6 +60,11 @@ pub struct Args {
     /// cpu, or cuda[:N] (needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: Device,
+    /// Arithmetic on the GPU: f32 (TF32 off, matches the CPU to ~1e-6), tf32 (tensor cores for the convolutions,
+    /// PyTorch's default) or bf16 (bf16 activations and weight copies, f32 master weights and Adam moments). The
+    /// CPU computes in f32 only. Recorded in config.json as part of the backend's name.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "tf32", "bf16"])]
+    pub precision: String,
     /// CPU threads (0 = one per logical CPU).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -83,11 +88,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut progress = Progress::new();
     let summary = match args.device {
         Device::Cpu => {
+            if args.precision != "f32" {
+                bail!(
+                    "--precision {}: the CPU backend computes in f32 only; use --device cuda for tf32/bf16",
+                    args.precision
+                );
+            }
             let be =
                 cryoden_nn::cpu::Cpu::new(args.threads).context("cannot start the CPU backend")?;
             cryoden_train::train(&be, &config, &opts, &mut progress)
         }
-        Device::Cuda { .. } => bail!(cuda_unavailable()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda { ordinal } => {
+            let precision: cryoden_cuda::Precision = args.precision.parse()?;
+            let be = cryoden_cuda::CudaBackend::new(ordinal, precision)?;
+            eprintln!("device: {}", cryoden_nn::Backend::name(&be));
+            cryoden_train::train(&be, &config, &opts, &mut progress)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda { .. } => bail!(
+            "--device cuda: this cryoden was built without CUDA support; rebuild with `cargo build --release \
+             --features cuda`, or use --device cpu"
+        ),
     };
     progress.bar.finish_and_clear();
     let s = summary?;
@@ -104,17 +126,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         s.epochs_done, s.steps
     );
     Ok(())
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_unavailable() -> &'static str {
-    "--device cuda: this build has the CUDA feature, but training on the CUDA backend is not wired in yet; use \
-     --device cpu"
-}
-#[cfg(not(feature = "cuda"))]
-fn cuda_unavailable() -> &'static str {
-    "--device cuda: this cryoden was built without CUDA support; rebuild with `cargo build --release --features \
-     cuda`, or use --device cpu"
 }
 
 /// Flags → settings. A fresh run starts from the defaults; a resumed one from its config.json, and the library
