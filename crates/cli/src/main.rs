@@ -22,6 +22,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Simulate counted movies (atoms → potential → CTF → Poisson frames) with their noise-free truth.
+    Simulate(cmd::simulate::Args),
+    /// Split movies into even/odd half sums (gain, drift correction) or thin single counted micrographs.
+    Split(cmd::split::Args),
+    /// Turn paired halves (or clean images + synthetic noise) into a patch dataset with a manifest.
+    Prepare(cmd::prepare::Args),
+    /// Train a denoiser on a dataset written by `cryoden prepare` (CPU, or CUDA when built with it).
+    Train(cmd::train::Args),
     /// Denoise micrographs with a trained model (files, directories, globs; tiles with context; batched).
     Denoise(cmd::denoise::Args),
     /// Score models and baselines against a truth or independent half sets; report.html with figures.
@@ -30,20 +38,12 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Print MRC/TIFF headers and statistics computed from the data.
     Info(cmd::info::Args),
-    /// Measure throughput (I/O, training, denoising); prints JSON with --json.
-    Bench(cmd::bench::Args),
-    /// Train a denoiser on a dataset written by `cryoden prepare` (CPU, or CUDA when built with it).
-    Train(cmd::train::Args),
     /// Convert a Topaz-Denoise model (.sav) to a cryoden checkpoint, executing nothing from the file.
     ImportTopaz(cmd::import_topaz::Args),
+    /// Measure throughput (I/O, training, denoising); prints JSON with --json.
+    Bench(cmd::bench::Args),
     /// Report OS, CPU, threads and, with the `cuda` feature, GPUs, driver, CUDA libraries and their paths.
     Doctor(cmd::doctor::Args),
-    /// Simulate counted movies (atoms → potential → CTF → Poisson frames) with their noise-free truth.
-    Simulate(cmd::simulate::Args),
-    /// Split movies into even/odd half sums (gain, drift correction) or thin single counted micrographs.
-    Split(cmd::split::Args),
-    /// Turn paired halves (or clean images + synthetic noise) into a patch dataset with a manifest.
-    Prepare(cmd::prepare::Args),
 }
 
 fn main() -> ExitCode {

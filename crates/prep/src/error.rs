@@ -10,7 +10,7 @@ pub enum Error {
     #[error(transparent)]
     Io(#[from] cryoden_io::Error),
     /// The operating system refused an operation on a path (listing a directory, renaming, creating).
-    #[error("{}: {what}: {source}", path.display())]
+    #[error("{}: {what}", path.display())]
     Fs {
         path: PathBuf,
         what: &'static str,
