@@ -28,9 +28,14 @@ pub struct Args {
     /// Frames per simulated movie (40 e⁻/Å² in total).
     #[arg(long, default_value_t = 10)]
     pub frames: usize,
-    /// Training time budget in seconds: training stops after the last epoch that fits.
-    #[arg(long, default_value_t = 150.0)]
-    pub train_seconds: f64,
+    /// Training epochs. A fixed count (not a time budget) keeps the demo's numbers reproducible from --seed
+    /// on any machine with the same --threads; 12 epochs take about two minutes on 2 quiet cores.
+    #[arg(long, default_value_t = 12)]
+    pub epochs: u64,
+    /// Optional cap on the training time in seconds: training stops after the last epoch that fits (the
+    /// numbers then depend on the machine's speed).
+    #[arg(long, value_name = "SECONDS")]
+    pub train_seconds: Option<f64>,
     /// Channels per level of the U-Net.
     #[arg(long, value_delimiter = ',', default_value = "16,32,64,128")]
     pub widths: Vec<usize>,
@@ -167,17 +172,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     stage(
         t0,
         &format!(
-            "training unet[{}] on CPU for at most {:.0} s",
+            "training unet[{}] on CPU for {} epochs{}",
             args.widths
                 .iter()
                 .map(|w| w.to_string())
                 .collect::<Vec<_>>()
                 .join(","),
-            args.train_seconds
+            args.epochs,
+            match args.train_seconds {
+                Some(s) => format!(" (at most {s:.0} s)"),
+                None => String::new(),
+            }
         ),
     );
     let mut tc = TrainConfig::new(Arch::from_name("unet", Some(&args.widths))?);
-    tc.epochs = 1000; // the time budget decides
+    tc.epochs = args.epochs;
     tc.adam.lr = 1e-3;
     tc.seed = args.seed;
     tc.sample_every = 0;
@@ -193,7 +202,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tstart = Instant::now();
     let mut budget = Budget {
         start: tstart,
-        seconds: args.train_seconds,
+        seconds: args.train_seconds.unwrap_or(f64::INFINITY),
         last_epoch_end: 0.0,
         longest_epoch: 0.0,
         stop: false,
@@ -203,7 +212,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if summary.best.is_none() {
         bail!(
             "no training epoch completed within --train-seconds {}; give it more time",
-            args.train_seconds
+            args.train_seconds.unwrap_or(f64::INFINITY)
         );
     }
     let ckpt = run_dir.join("best.safetensors");
