@@ -17,7 +17,7 @@ use crate::device::{Buf, Gpu, LossKind as GLoss, Nhwc, View as GView};
 use crate::error::CudaError;
 use crate::precision::{DType, Precision};
 use cryoden_nn::{
-    Activation, AdamParams, Backend, ConvGeom, ConvTGeom, LossKind, NnError, PoolGeom,
+    Activation, AdamParams, Backend, BufKind, ConvGeom, ConvTGeom, LossKind, NnError, PoolGeom,
     UpsampleGeom, View,
 };
 use cudarc::driver::CudaEvent;
@@ -132,6 +132,20 @@ impl CudaBackend {
             alloc_bf16: std::sync::atomic::AtomicBool::new(false),
             profiling: std::sync::atomic::AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A zero-filled buffer of `len` elements stored as `dt`.
+    fn alloc_dtype(&self, len: usize, dt: DType) -> cryoden_nn::Result<CudaBuf> {
+        let mut gpu = self.gpu();
+        let buf = gpu.alloc(len, dt).map_err(be_err)?;
+        if len > 0 {
+            gpu.fill(&buf, 0.0).map_err(be_err)?;
+        }
+        Ok(CudaBuf {
+            buf,
+            version: AtomicU64::new(0),
+            shadow: Mutex::new(None),
         })
     }
 
@@ -324,22 +338,25 @@ impl Backend for CudaBackend {
     }
 
     fn alloc(&self, len: usize) -> cryoden_nn::Result<CudaBuf> {
-        let mut gpu = self.gpu();
-        // Small buffers (the loss, biases) stay f32 even in bf16 mode: a loss rounded to bf16 loses 3 digits.
+        // Small buffers (the loss) stay f32 even under set_alloc_dtype(Bf16): a loss rounded to bf16 loses 3 digits.
         let dt = if self.alloc_bf16.load(Ordering::Relaxed) && len > SMALL_STAYS_F32 {
             DType::Bf16
         } else {
             DType::F32
         };
-        let buf = gpu.alloc(len, dt).map_err(be_err)?;
-        if len > 0 {
-            gpu.fill(&buf, 0.0).map_err(be_err)?;
-        }
-        Ok(CudaBuf {
-            buf,
-            version: AtomicU64::new(0),
-            shadow: Mutex::new(None),
-        })
+        self.alloc_dtype(len, dt)
+    }
+
+    fn alloc_kind(&self, len: usize, kind: BufKind) -> cryoden_nn::Result<CudaBuf> {
+        // bf16 mode stores activations (and their gradients, inputs, targets) in bf16, as autocast does;
+        // parameters, moments and the loss stay f32 (f32 master weights).
+        let dt = match kind {
+            BufKind::Activation if self.precision == Precision::Bf16 && len > SMALL_STAYS_F32 => {
+                DType::Bf16
+            }
+            _ => return self.alloc(len),
+        };
+        self.alloc_dtype(len, dt)
     }
 
     fn len(&self, buf: &CudaBuf) -> usize {

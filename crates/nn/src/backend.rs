@@ -68,6 +68,19 @@ impl Activation {
     }
 }
 
+/// What a buffer will hold, so a device backend can choose its storage type. The CPU backend stores everything
+/// in f32; the CUDA backend in bf16 mode stores [`BufKind::Activation`] buffers in bf16 (half the bytes moved by
+/// every elementwise op, what PyTorch's autocast does) and keeps everything else in f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufKind {
+    /// Parameters, their gradients, optimizer moments, the loss scalar: always f32.
+    Param,
+    /// Activations, their gradients, network inputs and targets: the backend's activation storage type.
+    Activation,
+    /// Scratch space of the conv ops (`*_workspace_len` floats).
+    Workspace,
+}
+
 /// Loss between a prediction and a target, averaged over all elements (as PyTorch's `reduction="mean"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,8 +128,14 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> String;
 
     // ---- memory -------------------------------------------------------------------------------------------
-    /// A zero-filled buffer of `len` floats. Allocate once, outside the hot loop.
+    /// A zero-filled f32 buffer of `len` floats. Allocate once, outside the hot loop.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    /// A zero-filled buffer of `len` elements for `kind` of data; its element type is the backend's choice
+    /// (upload/download/fill still speak f32). Default: [`Backend::alloc`].
+    fn alloc_kind(&self, len: usize, kind: BufKind) -> Result<Self::Buf> {
+        let _ = kind;
+        self.alloc(len)
+    }
     /// Length in floats.
     fn len(&self, buf: &Self::Buf) -> usize;
     /// Copies host data into `dst[offset .. offset + src.len()]`.

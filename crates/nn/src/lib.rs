@@ -44,7 +44,7 @@ pub mod params;
 pub mod shape;
 pub mod train;
 
-pub use backend::{Activation, AdamParams, Backend, LossKind};
+pub use backend::{Activation, AdamParams, Backend, BufKind, LossKind};
 pub use error::{NnError, Result};
 pub use models::{Activations, Arch, Model, DEFAULT_UNET_WIDTHS};
 pub use params::{ParamEntry, ParamKind, ParamTable, TorchTensor};

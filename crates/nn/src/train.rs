@@ -87,6 +87,14 @@ pub fn eval_loss_of_output<B: Backend>(
 
 /// Loss of the current output against the uploaded target; also writes the output gradient.
 fn compute_loss<B: Backend>(be: &B, acts: &mut Activations<B>, loss: LossKind) -> Result<f32> {
+    if !acts.trainable {
+        return Err(crate::NnError::Shape {
+            op: "loss",
+            msg: "these activations were allocated by Model::inference_activations (no target or gradients); \
+                  use Model::activations"
+                .into(),
+        });
+    }
     let len = acts.image_len();
     let Activations {
         vals,

@@ -127,3 +127,53 @@ fn arch_names() {
         }
     );
 }
+
+/// Inference buffers: same forward output as the training buffers, about half the memory, and backward/loss
+/// refuse them with an error that says what to allocate instead.
+#[test]
+fn inference_activations_forward_equals_training_forward() {
+    use cryoden_nn::{train::eval_loss, Backend, LossKind};
+    let be = Cpu::new(1).unwrap();
+    for arch in [
+        Arch::Unet {
+            widths: vec![4, 8, 16],
+        },
+        Arch::TopazUnetSmall,
+    ] {
+        let model = Model::new(arch).unwrap();
+        let params_host = model.init_params(3);
+        let mut params = be.alloc(params_host.len()).unwrap();
+        be.upload(&params_host, &mut params, 0).unwrap();
+        let (n, h, w) = (2, 64, 48);
+        let input: Vec<f32> = (0..n * h * w)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let mut train_acts = model.activations(&be, n, h, w).unwrap();
+        let mut infer_acts = model.inference_activations(&be, n, h, w).unwrap();
+        let mut outs = [vec![0.0f32; n * h * w], vec![0.0f32; n * h * w]];
+        for (acts, out) in [&mut train_acts, &mut infer_acts]
+            .into_iter()
+            .zip(outs.iter_mut())
+        {
+            acts.upload_input(&be, &input).unwrap();
+            model.forward(&be, &params, acts).unwrap();
+            acts.download_output(&be, out).unwrap();
+        }
+        assert_eq!(
+            outs[0], outs[1],
+            "same ops in the same order must give identical outputs"
+        );
+        let (tb, ib) = (train_acts.bytes(&be), infer_acts.bytes(&be));
+        assert!(
+            ib * 10 < tb * 6,
+            "inference buffers {ib} B should be well under training buffers {tb} B"
+        );
+        let mut grads = be.alloc(params_host.len()).unwrap();
+        let err = model
+            .backward(&be, &params, &mut grads, &mut infer_acts)
+            .unwrap_err();
+        assert!(err.to_string().contains("Model::activations"), "{err}");
+        let err = eval_loss(&be, &model, &params, &mut infer_acts, LossKind::Mse).unwrap_err();
+        assert!(err.to_string().contains("Model::activations"), "{err}");
+    }
+}

@@ -8,7 +8,7 @@
 mod topaz;
 mod unet;
 
-use crate::backend::{Activation, Backend};
+use crate::backend::{Activation, Backend, BufKind};
 use crate::params::ParamTable;
 use crate::shape::{ConvGeom, Dims, View};
 use crate::{NnError, Result};
@@ -155,7 +155,25 @@ impl Model {
             Net::Unet(u) => u.plan(dims),
             Net::Topaz(t) => t.plan(dims),
         };
-        Activations::alloc(be, dims, plan)
+        Activations::alloc(be, dims, plan, true)
+    }
+    /// Allocates what a forward pass alone needs for `n` images of `h × w`: the activations and the scratch
+    /// space, no gradients and no target (about half the memory of [`Model::activations`]). For inference;
+    /// [`Model::backward`] refuses these.
+    pub fn inference_activations<B: Backend>(
+        &self,
+        be: &B,
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Activations<B>> {
+        self.check_input(h, w)?;
+        let dims = Dims::new(n, h, w);
+        let plan = match &self.net {
+            Net::Unet(u) => u.plan(dims),
+            Net::Topaz(t) => t.plan(dims),
+        };
+        Activations::alloc(be, dims, plan, false)
     }
     /// Forward pass: reads the input uploaded with [`Activations::upload_input`], leaves the output in
     /// [`Activations::output`] and keeps every intermediate for [`Model::backward`].
@@ -182,6 +200,14 @@ impl Model {
     ) -> Result<()> {
         self.check_params(be, params)?;
         self.check_params(be, grads)?;
+        if !acts.trainable {
+            return Err(NnError::Shape {
+                op: "backward",
+                msg: "these activations were allocated by Model::inference_activations (no gradients); \
+                      use Model::activations for training"
+                    .into(),
+            });
+        }
         match &self.net {
             Net::Unet(u) => u.backward(be, params, grads, acts),
             Net::Topaz(t) => t.backward(be, params, grads, acts),
@@ -223,25 +249,31 @@ pub struct Activations<B: Backend> {
     /// Training target (same shape as the output) and the loss scalar, for [`crate::train`].
     pub(crate) target: B::Buf,
     pub(crate) loss: B::Buf,
+    /// False for [`Model::inference_activations`] (no gradient or target buffers).
+    pub(crate) trainable: bool,
 }
 
 impl<B: Backend> Activations<B> {
-    fn alloc(be: &B, dims: Dims, plan: Plan) -> Result<Self> {
+    fn alloc(be: &B, dims: Dims, plan: Plan, trainable: bool) -> Result<Self> {
         let mut vals = Vec::with_capacity(plan.tensors.len());
         let mut grads = Vec::with_capacity(plan.tensors.len());
         for (i, t) in plan.tensors.iter().enumerate() {
             let len = t.dims.pixels() * t.c;
-            vals.push(be.alloc(len)?);
-            // The input never needs a gradient.
-            grads.push(be.alloc(if i == plan.input { 0 } else { len })?);
+            vals.push(be.alloc_kind(len, BufKind::Activation)?);
+            // The input never needs a gradient; inference needs none at all.
+            let glen = if trainable && i != plan.input { len } else { 0 };
+            grads.push(be.alloc_kind(glen, BufKind::Activation)?);
         }
         let ws_len = (plan.convs.iter().map(|g| be.conv_workspace_len(g)))
             .chain(plan.convts.iter().map(|g| be.convt_workspace_len(g)))
             .max()
             .unwrap_or(0);
-        let ws = be.alloc(ws_len)?;
-        let target = be.alloc(dims.pixels())?;
-        let loss = be.alloc(1)?;
+        let ws = be.alloc_kind(ws_len, BufKind::Workspace)?;
+        let target = be.alloc_kind(
+            if trainable { dims.pixels() } else { 0 },
+            BufKind::Activation,
+        )?;
+        let loss = be.alloc_kind(1, BufKind::Param)?;
         Ok(Activations {
             dims,
             vals,
@@ -251,6 +283,7 @@ impl<B: Backend> Activations<B> {
             output: plan.output,
             target,
             loss,
+            trainable,
         })
     }
     /// Batch and image size these buffers were made for.
