@@ -149,12 +149,7 @@ impl Model {
         h: usize,
         w: usize,
     ) -> Result<Activations<B>> {
-        self.check_input(h, w)?;
-        let dims = Dims::new(n, h, w);
-        let plan = match &self.net {
-            Net::Unet(u) => u.plan(dims),
-            Net::Topaz(t) => t.plan(dims),
-        };
+        let (dims, plan) = self.plan(n, h, w)?;
         Activations::alloc(be, dims, plan, true)
     }
     /// Allocates what a forward pass alone needs for `n` images of `h × w`: the activations and the scratch
@@ -167,13 +162,17 @@ impl Model {
         h: usize,
         w: usize,
     ) -> Result<Activations<B>> {
+        let (dims, plan) = self.plan(n, h, w)?;
+        Activations::alloc(be, dims, plan, false)
+    }
+    fn plan(&self, n: usize, h: usize, w: usize) -> Result<(Dims, Plan)> {
         self.check_input(h, w)?;
         let dims = Dims::new(n, h, w);
         let plan = match &self.net {
             Net::Unet(u) => u.plan(dims),
             Net::Topaz(t) => t.plan(dims),
         };
-        Activations::alloc(be, dims, plan, false)
+        Ok((dims, plan))
     }
     /// Forward pass: reads the input uploaded with [`Activations::upload_input`], leaves the output in
     /// [`Activations::output`] and keeps every intermediate for [`Model::backward`].
