@@ -2,9 +2,10 @@
 # Runs on the GPU machine (device tool) from the repository root: doctor, GPU tests, per-op and training-step
 # benchmarks of cryoden and of PyTorch in the same call. Binaries are built here and carried in targets/cuda/carry
 # (see docs/CUDA.md, "Running on the GPU machine"). Everything is also written under $OUT (at most 8 files).
-#   bash crates/cuda/bench/device_run.sh [tests] [ops] [torchops] [train]      (default: all four)
+#   bash crates/cuda/bench/device_run.sh [tests] [ops] [torchops] [train] [ourtrain]   (default: the first four)
+# `ourtrain` times cryoden's training step alone (no PyTorch), to save device time between full calls.
 set -uo pipefail
-B=targets/cuda/carry
+B=${CARRY:-targets/cuda/carry}  # where the carried binaries are (CARRY=.gpucarry/NAME)
 OUT=${OUT:-/tmp/cryoden-out}
 mkdir -p "$OUT"
 what="${*:-tests ops torchops train}"
@@ -19,7 +20,8 @@ case "$what" in *tests*)
 esac
 case " $what " in *" ops "*) $B/cudabench ops 2>&1 | tee "$OUT/ops.txt" ;; esac
 case "$what" in *torchops*) python3 crates/cuda/bench/torch_bench.py ops 2>&1 | tee "$OUT/torch_ops.txt" ;; esac
-case "$what" in *train*)
+case " $what " in *" ourtrain "*) $B/cudabench train 2>&1 | tee "$OUT/train.txt" ;; esac
+case " $what " in *" train "*)
   $B/cudabench train 2>&1 | tee "$OUT/train.txt"
   python3 crates/cuda/bench/torch_bench.py train 2>&1 | tee "$OUT/torch_train.txt" ;;
 esac

@@ -2,7 +2,7 @@
 //! precision — output, loss, every parameter gradient, and the parameters after three Adam steps.
 //! Tolerances (relative L2): f32 1e-5, tf32 1e-3, bf16 1e-2 (DESIGN). Needs a GPU: run with `--ignored`.
 
-use cryoden_cuda::{CudaBackend, DType, Precision};
+use cryoden_cuda::{CudaBackend, Precision};
 use cryoden_nn::cpu::Cpu;
 use cryoden_nn::train::loss_and_gradients;
 use cryoden_nn::{train_step, AdamParams, Arch, Backend, LossKind, Model, TrainState};
@@ -91,52 +91,6 @@ fn run<B: Backend>(
     }
 }
 
-/// `run` with the activations allocated as bf16 buffers (parameters, gradients and moments stay f32).
-#[allow(clippy::too_many_arguments)]
-fn run_bf16_storage(
-    be: &CudaBackend,
-    model: &Model,
-    init: &[f32],
-    x: &[f32],
-    t: &[f32],
-    n: usize,
-    h: usize,
-    w: usize,
-) -> Run {
-    let mut state = TrainState::new(be, model, init).unwrap();
-    be.set_alloc_dtype(DType::Bf16);
-    let mut acts = model.activations(be, n, h, w).unwrap();
-    be.set_alloc_dtype(DType::F32);
-    acts.upload_input(be, x).unwrap();
-    acts.upload_target(be, t).unwrap();
-    let loss = loss_and_gradients(
-        be,
-        model,
-        &state.params,
-        &mut state.grads,
-        &mut acts,
-        LossKind::Mse,
-    )
-    .unwrap();
-    let mut out = vec![0f32; n * h * w];
-    acts.download_output(be, &mut out).unwrap();
-    let grads = TrainState::download(be, &state.grads).unwrap();
-    let adam = AdamParams {
-        lr: 1e-3,
-        ..AdamParams::default()
-    };
-    for _ in 0..3 {
-        train_step(be, model, &mut state, &mut acts, x, t, LossKind::Mse, &adam).unwrap();
-    }
-    let params_after = TrainState::download(be, &state.params).unwrap();
-    Run {
-        out,
-        loss,
-        grads,
-        params_after,
-    }
-}
-
 fn check(arch: Arch, n: usize, h: usize, w: usize) {
     let model = Model::new(arch.clone()).unwrap();
     let init = model.init_params(7);
@@ -149,25 +103,11 @@ fn check(arch: Arch, n: usize, h: usize, w: usize) {
     let cpu = Cpu::new(0).unwrap();
     let want = run(&cpu, &model, &init, &x, &t, n, h, w);
     let mut failures = Vec::new();
-    // The three precisions with f32 storage, then bf16 with activations stored in bf16.
-    let variants = [
-        (Precision::F32, false),
-        (Precision::Tf32, false),
-        (Precision::Bf16, false),
-        (Precision::Bf16, true),
-    ];
-    for (p, bf16_storage) in variants {
+    // bf16 stores activations in bf16 (Model::activations allocates them as BufKind::Activation).
+    for p in [Precision::F32, Precision::Tf32, Precision::Bf16] {
         let be = CudaBackend::new(0, p).unwrap();
-        let got = if bf16_storage {
-            run_bf16_storage(&be, &model, &init, &x, &t, n, h, w)
-        } else {
-            run(&be, &model, &init, &x, &t, n, h, w)
-        };
-        let p_name = if bf16_storage {
-            "bf16 (bf16 activations)".to_string()
-        } else {
-            p.to_string()
-        };
+        let got = run(&be, &model, &init, &x, &t, n, h, w);
+        let p_name = p.to_string();
         let e_out = rel_l2(&got.out, &want.out);
         let e_loss = ((got.loss - want.loss) / want.loss).abs() as f64;
         let e_grad = rel_l2(&got.grads, &want.grads);
