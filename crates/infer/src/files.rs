@@ -5,17 +5,9 @@ use crate::Error;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Extensions taken from a directory (a file named explicitly is taken whatever its name).
-pub const MICROGRAPH_EXTENSIONS: &[&str] =
-    &[".mrc", ".mrcs", ".map", ".mrc.gz", ".mrcs.gz", ".map.gz"];
-
-fn has_micrograph_ext(p: &Path) -> bool {
-    let name = p
-        .file_name()
-        .map(|n| n.to_string_lossy().to_lowercase())
-        .unwrap_or_default();
-    MICROGRAPH_EXTENSIONS.iter().any(|e| name.ends_with(e))
-}
+/// Extensions taken from a directory, without the leading dot (a file named explicitly, or matched by a pattern,
+/// is taken whatever its name).
+pub const MICROGRAPH_EXTENSIONS: &[&str] = &["mrc", "mrcs", "map", "mrc.gz", "mrcs.gz", "map.gz"];
 
 /// The file name without its micrograph extension (`a/b.mrc.gz` → `b`).
 pub fn stem(p: &Path) -> String {
@@ -24,73 +16,24 @@ pub fn stem(p: &Path) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let lower = name.to_lowercase();
+    // Compound extensions (`.mrc.gz`) are tried before their last part.
     for e in MICROGRAPH_EXTENSIONS
         .iter()
         .rev()
-        .chain([".tiff", ".tif"].iter())
+        .chain(["tiff", "tif"].iter())
     {
-        if lower.ends_with(e) && name.len() > e.len() {
-            return name[..name.len() - e.len()].to_string();
+        if lower.ends_with(&format!(".{e}")) && name.len() > e.len() + 1 {
+            return name[..name.len() - e.len() - 1].to_string();
         }
     }
     name
 }
 
-/// Expands `inputs` in order: an existing file as is; a directory to its micrograph files (sorted, not
-/// recursive); anything else as a glob pattern (sorted matches). Duplicates are kept once. An input that matches
-/// nothing is an error naming it.
+/// Expands `inputs` with [`cryoden_io::paths::expand`]: a file as is, a directory to its micrograph files
+/// ([`MICROGRAPH_EXTENSIONS`], not recursive), a quoted glob pattern to its matching files. Sorted, each file once.
+/// An input that matches nothing is an error naming it.
 pub fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>, Error> {
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut push = |p: PathBuf, out: &mut Vec<PathBuf>| {
-        if seen.insert(p.clone()) {
-            out.push(p);
-        }
-    };
-    for inp in inputs {
-        let p = Path::new(inp);
-        if p.is_dir() {
-            let rd = std::fs::read_dir(p).map_err(|e| Error::Input {
-                path: p.to_path_buf(),
-                problem: format!("cannot list the directory ({e})"),
-            })?;
-            let mut files: Vec<PathBuf> = rd
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.is_file() && has_micrograph_ext(f))
-                .collect();
-            if files.is_empty() {
-                return Err(Error::Input {
-                    path: p.to_path_buf(),
-                    problem: format!(
-                        "directory holds no micrographs ({})",
-                        MICROGRAPH_EXTENSIONS.join(", ")
-                    ),
-                });
-            }
-            files.sort();
-            files.into_iter().for_each(|f| push(f, &mut out));
-        } else if p.exists() {
-            push(p.to_path_buf(), &mut out);
-        } else {
-            let paths = glob::glob(inp).map_err(|e| Error::Input {
-                path: p.to_path_buf(),
-                problem: format!("no such file, and not a valid glob pattern ({e})"),
-            })?;
-            let mut files: Vec<PathBuf> = paths
-                .filter_map(|r| r.ok())
-                .filter(|f| f.is_file())
-                .collect();
-            if files.is_empty() {
-                return Err(Error::Input {
-                    path: p.to_path_buf(),
-                    problem: "no such file, and no file matches it as a pattern".into(),
-                });
-            }
-            files.sort();
-            files.into_iter().for_each(|f| push(f, &mut out));
-        }
-    }
-    Ok(out)
+    Ok(cryoden_io::paths::expand(inputs, MICROGRAPH_EXTENSIONS)?)
 }
 
 /// `--shard i/n`: this job takes every file whose position `k` in the sorted, expanded list has `k mod n = i`

@@ -38,6 +38,7 @@ pub mod frames;
 pub mod header;
 pub mod info;
 pub mod mrc;
+pub mod paths;
 pub mod preview;
 pub mod stats;
 pub mod tiff;

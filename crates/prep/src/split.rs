@@ -333,81 +333,15 @@ fn sum_halves(
     })
 }
 
-/// Movie extensions picked up from directories (case-insensitive; `.gz` accepted after MRC extensions).
-pub const MOVIE_EXTENSIONS: &[&str] = &["mrc", "mrcs", "tif", "tiff"];
+/// Movie extensions picked up from directories (case-insensitive; MRC files may be gzipped).
+pub const MOVIE_EXTENSIONS: &[&str] = &["mrc", "mrcs", "mrc.gz", "mrcs.gz", "tif", "tiff"];
 
-/// Expands movie arguments: a directory → the movies directly inside it (by extension), a pattern with `*`, `?`
-/// or `[` → its glob matches (for shells that did not expand it, or lists too long for the command line), a
-/// file → itself. Sorted within each argument, duplicates removed. Two movies with the same stem are refused
-/// (their halves would overwrite each other).
+/// Expands movie arguments with [`cryoden_io::paths::expand`]: a file → itself, a directory → the movies
+/// directly inside it (by [`MOVIE_EXTENSIONS`], not recursive), a quoted pattern with `*`, `?` or `[` → its
+/// matching files (for shells that did not expand it, or lists too long for the command line). Sorted, duplicates
+/// removed. Two movies with the same stem are refused (their halves would overwrite each other).
 pub fn expand_inputs(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = vec![];
-    let is_movie = |p: &Path| {
-        let n = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let n = n.strip_suffix(".gz").unwrap_or(&n);
-        MOVIE_EXTENSIONS
-            .iter()
-            .any(|e| n.ends_with(&format!(".{e}")))
-    };
-    for a in args {
-        let s = a.to_string_lossy();
-        if a.is_dir() {
-            let rd =
-                std::fs::read_dir(a).map_err(|e| Error::fs(a, "cannot list the directory", e))?;
-            let mut v = vec![];
-            for ent in rd {
-                let p = ent
-                    .map_err(|e| Error::fs(a, "cannot list the directory", e))?
-                    .path();
-                if p.is_file() && is_movie(&p) {
-                    v.push(p);
-                }
-            }
-            if v.is_empty() {
-                return Err(Error::input(
-                    a,
-                    "no movies (.mrc, .mrcs, .tif, .tiff) in this directory; give the movie files or their folder",
-                ));
-            }
-            v.sort();
-            out.extend(v);
-        } else if !a.exists() && s.contains(['*', '?', '[']) {
-            let paths =
-                glob::glob(&s).map_err(|e| Error::Usage(format!("bad pattern {s:?}: {e}")))?;
-            let mut v = vec![];
-            for p in paths {
-                let p = p.map_err(|e| {
-                    Error::fs(
-                        e.path(),
-                        "cannot read",
-                        std::io::Error::other(e.to_string()),
-                    )
-                })?;
-                if p.is_file() {
-                    v.push(p);
-                }
-            }
-            if v.is_empty() {
-                return Err(Error::Usage(format!("the pattern {s:?} matches no file")));
-            }
-            v.sort();
-            out.extend(v);
-        } else if a.is_file() {
-            out.push(a.clone());
-        } else {
-            return Err(Error::fs(
-                a,
-                "no such movie",
-                std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
-            ));
-        }
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    out.retain(|p| seen.insert(p.clone()));
+    let out = cryoden_io::paths::expand(args, MOVIE_EXTENSIONS)?;
     let mut names = std::collections::BTreeMap::new();
     for p in &out {
         if let Some(prev) = names.insert(pairing::stem(p), p.clone()) {

@@ -16,7 +16,9 @@ pub struct Args {
     /// Weights file written by `cryoden train` (RUN/best.safetensors) or `cryoden import-topaz`.
     #[arg(long, short = 'm', value_name = "CKPT")]
     pub model: PathBuf,
-    /// Micrographs: MRC files, directories (their .mrc/.mrcs/.map[.gz] files) or quoted glob patterns.
+    /// Micrographs: MRC files (any extension), directories (the .mrc/.mrcs/.map files directly inside them,
+    /// optionally .gz; sub-directories are not searched) or quoted glob patterns ('mics/*_EVN.mrc'). The list is
+    /// sorted and each file taken once. A stack (nz > 1) is denoised section by section.
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<String>,
     /// Output directory (created if missing). Each output is `<stem><suffix>.<ext>`.
@@ -44,13 +46,15 @@ pub struct Args {
     /// CPU threads (0 = one per logical CPU).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// mrc (float32), mrc16 (float16, half the size) or png (8-bit preview).
+    /// mrc (float32), mrc16 (float16, half the size) or png (8-bit preview, 0.5–99.5 % contrast). png takes
+    /// single images only: stacks (nz > 1) are refused before anything is denoised (use mrc, or split the stack).
     #[arg(long, default_value = "mrc")]
     pub format: Format,
-    /// Leave outputs that already exist (they are complete: outputs are written atomically).
+    /// Leave outputs that already exist untouched and say so (they are complete: outputs are written atomically).
     #[arg(long)]
     pub skip_existing: bool,
-    /// Take only files k with k mod n = i of the sorted list (i from 0), for cluster job arrays.
+    /// Take only files k with k mod n = i of the sorted, expanded list (i from 0, as SLURM's
+    /// --array=0-(n-1)), for cluster job arrays: the n shards are disjoint and together hold every input.
     #[arg(long, value_name = "i/n")]
     pub shard: Option<Shard>,
     /// Print a JSON summary (and every failure) on stdout at the end.
@@ -66,6 +70,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("shard {}/{}: no files for this shard", s.index, s.count);
             return Ok(());
         }
+    }
+    if args.format == Format::Png {
+        refuse_stacks_as_png(&files)?;
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create the output directory {}", args.out.display()))?;
@@ -93,6 +100,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
              --features cuda`, or use --device cpu"
         ),
     }
+}
+
+/// `--format png` writes one 8-bit image per input: a stack would lose all but one section, so it is refused up
+/// front (before any work). Files whose header cannot be read are left to the run, which reports them.
+fn refuse_stacks_as_png(files: &[PathBuf]) -> anyhow::Result<()> {
+    let stacks: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let s = cryoden_io::MrcStack::open(f).ok()?;
+            (s.nz() > 1).then(|| format!("{} ({} sections)", f.display(), s.nz()))
+        })
+        .collect();
+    if !stacks.is_empty() {
+        let shown = stacks.len().min(10);
+        bail!(
+            "--format png writes one image per input, but {} input(s) are stacks: {}{}; use --format mrc or mrc16 \
+             (then `cryoden info` or an MRC viewer), or give single-section files",
+            stacks.len(),
+            stacks[..shown].join(", "),
+            if stacks.len() > shown { ", …" } else { "" }
+        );
+    }
+    Ok(())
 }
 
 fn go<B: Backend>(
@@ -126,6 +156,7 @@ fn go<B: Backend>(
         label: header_label(&format!("{model_name} {}", dn.arch().describe())),
     };
     let mut failures: Vec<(PathBuf, String)> = Vec::new();
+    let mut skipped: Vec<PathBuf> = Vec::new();
     let summary = cryoden_infer::run(&mut dn, jobs, &ropts, |o: &Outcome| {
         bar.inc(1);
         match &o.status {
@@ -136,7 +167,17 @@ fn go<B: Backend>(
             Status::Denoised {
                 nx, ny, seconds, ..
             } => bar.set_message(format!("{} ({nx}×{ny}, {seconds:.2} s)", o.input.display())),
-            Status::Skipped => {}
+            Status::Skipped => {
+                // Name the first few; a resumed batch of thousands would otherwise flood the terminal.
+                if skipped.len() < 10 {
+                    bar.println(format!(
+                        "skipped {}: {} exists (--skip-existing)",
+                        o.input.display(),
+                        o.output.display()
+                    ));
+                }
+                skipped.push(o.input.clone());
+            }
         }
     });
     bar.finish_and_clear();
@@ -156,7 +197,7 @@ fn go<B: Backend>(
             .iter()
             .map(|(p, e)| serde_json::json!({"file": p, "error": e}))
             .collect();
-        let v = serde_json::json!({"summary": summary, "failures": f, "context": dn.context(), "tile": args.tile,
+        let v = serde_json::json!({"summary": summary, "failures": f, "skipped": skipped, "context": dn.context(), "tile": args.tile,
             "batch": args.batch, "model": args.model, "arch": dn.arch()});
         println!("{}", serde_json::to_string_pretty(&v)?);
     }

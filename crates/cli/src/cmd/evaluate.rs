@@ -53,9 +53,13 @@ pub struct Args {
     pub context: Option<usize>,
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// cpu, or cuda[:N] (needs a build with --features cuda).
+    /// Where the models run: cpu, or cuda[:N] (needs a build with --features cuda). The baselines and metrics
+    /// always run on the CPU.
     #[arg(long, default_value = "cpu")]
     pub device: Device,
+    /// CUDA precision: f32, tf32 or bf16 (ignored on cpu).
+    #[arg(long, default_value = "tf32")]
+    pub precision: String,
     /// CPU threads (0 = one per logical CPU).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -167,9 +171,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let cpu = move || cryoden_nn::cpu::Cpu::new(threads).context("cannot start the CPU backend");
             evaluate_with(&cpu, &args.model, opts, &inputs, &args.out)?
         }
+        #[cfg(feature = "cuda")]
+        Device::Cuda { ordinal } => {
+            let precision: cryoden_cuda::Precision = args
+                .precision
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--precision: {e}"))?;
+            let cuda = move || {
+                cryoden_cuda::CudaBackend::new(ordinal, precision).context("cannot start the CUDA backend")
+            };
+            evaluate_with(&cuda, &args.model, opts, &inputs, &args.out)?
+        }
+        #[cfg(not(feature = "cuda"))]
         Device::Cuda { .. } => bail!(
-            "--device cuda: evaluate runs its models on cpu in this build; use `cryoden denoise --device cuda` to \
-             denoise on the GPU, then evaluate the outputs"
+            "--device cuda: this cryoden was built without CUDA support; rebuild with `cargo build --release \
+             --features cuda`, or use --device cpu"
         ),
     };
     print_table(&ev);
