@@ -62,7 +62,20 @@ pub struct Args {
     pub json: bool,
 }
 
+/// A missing weights file, said once and with the fix (before any input is read or output written).
+pub fn check_model(path: &std::path::Path) -> anyhow::Result<()> {
+    if let Err(e) = std::fs::metadata(path) {
+        bail!(
+            "--model {}: cannot read it ({e}); give a weights file written by `cryoden train` \
+             (RUN/best.safetensors) or `cryoden import-topaz`",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    check_model(&args.model)?;
     let mut files = expand_inputs(&args.inputs)?;
     if let Some(s) = args.shard {
         files = s.select(&files);
@@ -161,7 +174,16 @@ fn go<B: Backend>(
         bar.inc(1);
         match &o.status {
             Status::Failed(e) => {
-                bar.println(format!("error: {}: {e} (skipped)", o.input.display()));
+                // suspend + eprintln, not bar.println: the bar is hidden when stderr is not a terminal (cluster
+                // logs), and println on a hidden bar prints nothing.
+                let name = o.input.display().to_string();
+                // Errors of the I/O layer already start with the file's name; the others (too small, ...) do not.
+                let msg = if e.contains(&name) {
+                    e.clone()
+                } else {
+                    format!("{name}: {e}")
+                };
+                bar.suspend(|| eprintln!("error: {msg} (skipped)"));
                 failures.push((o.input.clone(), e.clone()));
             }
             Status::Denoised {
@@ -170,11 +192,13 @@ fn go<B: Backend>(
             Status::Skipped => {
                 // Name the first few; a resumed batch of thousands would otherwise flood the terminal.
                 if skipped.len() < 10 {
-                    bar.println(format!(
-                        "skipped {}: {} exists (--skip-existing)",
-                        o.input.display(),
-                        o.output.display()
-                    ));
+                    bar.suspend(|| {
+                        eprintln!(
+                            "skipped {}: {} exists (--skip-existing)",
+                            o.input.display(),
+                            o.output.display()
+                        )
+                    });
                 }
                 skipped.push(o.input.clone());
             }

@@ -159,6 +159,9 @@ pub fn print_table(ev: &Evaluation) {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    for m in &args.model {
+        super::denoise::check_model(m)?;
+    }
     let inputs = inputs(&args)?;
     let opts = Options {
         tile: args.tile,
