@@ -222,8 +222,9 @@ fn ops(args: &[String]) {
         let pooled = gpu.alloc(s0.len() / 4, dt).unwrap();
         let ps = Nhwc::new(batch, size / 2, size / 2, widths[0]);
         let mut rows: Vec<(String, f64, f64)> = Vec::new();
-        // Both kernel versions of bias+activation (v1: one element per thread; v2: 2-D blocks), then v2 stays.
-        for version in [1u32, 2, 3] {
+        // Every kernel version of bias+activation (v1: one element per thread; v2: 2-D blocks; v3: bf16 pairs;
+        // v4: 16-byte accesses), then the default (v4) stays.
+        for version in [1u32, 2, 3, 4] {
             gpu.bias_act_version = version;
             let t = time_ms(&mut gpu, reps, |gpu| {
                 gpu.bias_act(
@@ -240,8 +241,9 @@ fn ops(args: &[String]) {
                 2.0 * s0.len() as f64 * e,
             ));
         }
-        for pairs in [false, true] {
+        for (pairs, vec) in [(false, false), (true, false), (true, true)] {
             gpu.act_bwd_pairs = pairs;
+            gpu.act_bwd_vec = vec;
             let t = time_ms(&mut gpu, reps, |gpu| {
                 gpu.act_backward(
                     b.channels(cat, 0, widths[0]),
@@ -253,23 +255,32 @@ fn ops(args: &[String]) {
                 )
                 .unwrap()
             });
-            let v = if pairs { "v2 bf16 pairs" } else { "v1" };
+            let v = if vec {
+                "v3 16-byte"
+            } else if pairs {
+                "v2 bf16 pairs"
+            } else {
+                "v1"
+            };
             rows.push((
                 format!("ReLU backward + bias grad ({v})"),
                 t,
                 3.0 * s0.len() as f64 * e,
             ));
         }
-        let t = time_ms(&mut gpu, reps, |gpu| {
-            gpu.maxpool2_forward(b.channels(cat, widths[0], widths[0]), pooled.view(ps))
-                .unwrap()
-        });
-        rows.push((
-            "maxpool2 fwd (from concat slice)".into(),
-            t,
-            1.25 * s0.len() as f64 * e,
-        ));
         for version in [1u32, 2] {
+            gpu.maxpool_fwd_version = version;
+            let t = time_ms(&mut gpu, reps, |gpu| {
+                gpu.maxpool2_forward(b.channels(cat, widths[0], widths[0]), pooled.view(ps))
+                    .unwrap()
+            });
+            rows.push((
+                format!("maxpool2 fwd (from concat slice, v{version})"),
+                t,
+                1.25 * s0.len() as f64 * e,
+            ));
+        }
+        for version in [1u32, 2, 3] {
             gpu.maxpool_bwd_version = version;
             let t = time_ms(&mut gpu, reps, |gpu| {
                 gpu.maxpool2_backward(
@@ -365,10 +376,17 @@ fn train(args: &[String]) {
     let steps: usize = arg(args, "--steps", "10").parse().unwrap();
     let arch_name = arg(args, "--arch", "unet");
     // bf16 stores activations in bf16 (BufKind::Activation); "bf16s", the name of calls 3-6, is accepted for it.
-    let precisions: Vec<Precision> = arg(args, "--precision", "f32,tf32,bf16")
-        .split(',')
-        .map(|p| if p == "bf16s" { "bf16" } else { p }.parse().unwrap())
-        .collect();
+    // A trailing "e" (f32e, bf16e) runs every step eagerly (no CUDA graph), to measure what the graph saves.
+    let precisions: Vec<(Precision, bool, String)> =
+        arg(args, "--precision", "f32,tf32,bf16,bf16e")
+            .split(',')
+            .map(|p| {
+                let eager = p.len() > 3 && p.ends_with('e');
+                let base = if eager { &p[..p.len() - 1] } else { p };
+                let base = if base == "bf16s" { "bf16" } else { base };
+                (base.parse().unwrap(), !eager, p.to_string())
+            })
+            .collect();
     let arch = Arch::from_name(&arch_name, None).unwrap();
     let model = Model::new(arch.clone()).unwrap();
     let flops = 3.0 * model.forward_flops(batch, size, size);
@@ -376,10 +394,11 @@ fn train(args: &[String]) {
         "{:<6} {:<22} {:>10} {:>10} {:>9} {:>9} {:>10}",
         "prec", "arch", "ms/step", "img/s", "TFLOP/s", "GPU GiB", "setup s"
     );
-    for p in precisions {
-        let label = p.name();
+    for (p, graphs, label) in precisions {
+        let label = label.as_str();
         let t0 = Instant::now();
         let be = CudaBackend::new(0, p).unwrap();
+        be.set_step_graphs(graphs);
         let (free0, _) = be.gpu().ctx.mem_get_info().unwrap();
         let mut state = TrainState::new(&be, &model, &model.init_params(0)).unwrap();
         let mut acts = model.activations(&be, batch, size, size).unwrap();
@@ -404,9 +423,9 @@ fn train(args: &[String]) {
             lr: 1e-4,
             ..AdamParams::default()
         };
-        // Warm-up: finds algorithms, allocates staging.
+        // Warm-up: finds algorithms, allocates staging, captures the step's graph (steps 2-3).
         let mut first = f32::NAN;
-        for i in 0..2 {
+        for i in 0..4 {
             let l = cryoden_nn::train::train_step_uploaded(
                 &be,
                 &model,
@@ -438,6 +457,7 @@ fn train(args: &[String]) {
             be.synchronize().unwrap();
             times.push(t1.elapsed().as_secs_f64() * 1e3);
         }
+        let (captures, replays) = be.step_graph_stats();
         // One more step with per-op GPU timing (event pairs around each Backend call), for the breakdown.
         be.set_profiling(true);
         cryoden_nn::train::train_step_uploaded(
@@ -470,7 +490,7 @@ fn train(args: &[String]) {
         let ips = batch as f64 / (ms * 1e-3);
         let tflops = flops / (ms * 1e-3) / 1e12;
         println!(
-            "{:<6} {:<22} {:>10.2} {:>10.1} {:>9.1} {:>9.2} {:>10.1}",
+            "{:<6} {:<22} {:>10.2} {:>10.1} {:>9.1} {:>9.2} {:>10.1}   graph: {captures} captured, {replays} replayed",
             label,
             arch.describe(),
             ms,
@@ -483,7 +503,8 @@ fn train(args: &[String]) {
             "JSON {}",
             serde_json::json!({"kind": "train", "precision": label, "arch": arch.describe(), "batch": batch, "size": size,
                 "ms_per_step_median": ms, "ms_per_step_all": times, "images_per_s": ips, "tflops": tflops,
-                "gpu_mem_gib_after_setup": used_gib, "first_loss": first, "last_loss": last, "backend": be.name()})
+                "gpu_mem_gib_after_setup": used_gib, "first_loss": first, "last_loss": last, "backend": be.name(),
+                "graph_captures": captures, "graph_replays": replays})
         );
     }
 }

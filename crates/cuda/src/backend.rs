@@ -21,6 +21,8 @@ use cryoden_nn::{
     UpsampleGeom, View,
 };
 use cudarc::driver::CudaEvent;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -56,6 +58,66 @@ pub struct CudaBackend {
     // MutexGuard temporary may still be alive).
     stream: std::sync::Arc<cudarc::driver::CudaStream>,
     ctx: std::sync::Arc<cudarc::driver::CudaContext>,
+    /// What the ops of the current `run_step` pass do (see [`CudaBackend::run_step`]).
+    pass: Mutex<Pass>,
+    /// The captured training step, if any.
+    graphs: Mutex<StepGraphs>,
+    /// Pinned host copy of a captured step's Adam bias corrections and its device twin (see `run_step`).
+    step_hp: Mutex<Option<(PinnedHp, Buf)>>,
+}
+
+/// How ops behave inside `run_step`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PassMode {
+    /// Not inside `run_step`: run.
+    Off,
+    /// Run, and add the op to the step's signature.
+    Eager,
+    /// Add the op to the signature, do the host-side bookkeeping, launch nothing.
+    Record,
+    /// Run on the capturing stream (the launches become graph nodes), and add the op to the signature.
+    Capture,
+}
+
+struct Pass {
+    mode: PassMode,
+    sig: DefaultHasher,
+    /// An op that cannot be part of a graph (upload, download, synchronize, sum_squares) was called.
+    ungraphable: Option<&'static str>,
+}
+
+/// A captured graph; CudaGraph holds raw driver handles, used only under the backend's mutex.
+struct SendGraph(cudarc::driver::CudaGraph);
+// SAFETY: the graph is only touched (launched, dropped) while `CudaBackend::graphs` is locked.
+unsafe impl Send for SendGraph {}
+
+/// Two f32 in page-locked host memory: the Adam bias corrections of the step being replayed.
+struct PinnedHp(*mut f32);
+// SAFETY: written only by the thread holding `CudaBackend::graphs` (inside run_step), after the previous replay that
+// reads it has finished (run_step waits for it).
+unsafe impl Send for PinnedHp {}
+
+impl Drop for PinnedHp {
+    fn drop(&mut self) {
+        // SAFETY: allocated by cuMemHostAlloc in `run_step`; no queued copy reads it once the backend is dropped
+        // (run_step waits for every replay it launched before returning the next time, and the stream is synchronised
+        // by cudarc when the context goes).
+        let _ = unsafe { cudarc::driver::result::free_host(self.0 as _) };
+    }
+}
+
+#[derive(Default)]
+struct StepGraphs {
+    /// Signature of the captured step and its graph.
+    graph: Option<(u64, SendGraph)>,
+    /// Signature of the last step run eagerly: the next step with the same signature is captured.
+    last_eager: Option<u64>,
+    /// Graphs given up: turned off, profiling, or a step that cannot be captured.
+    disabled: bool,
+    /// Set once a replay is queued, cleared when it is known to be done.
+    replay_done: Option<CudaEvent>,
+    captures: u64,
+    replays: u64,
 }
 
 /// Records the end event of one op when dropped (profiling only).
@@ -110,6 +172,16 @@ fn slope(a: Activation) -> f32 {
     }
 }
 
+/// Adds an op and its arguments to the step signature (see `CudaBackend::note`); evaluates to true when the op must
+/// launch nothing (record pass).
+macro_rules! sig {
+    ($be:expr, $($v:expr),+ $(,)?) => {
+        $be.note(|h| {
+            $(Hash::hash(&$v, h);)+
+        })
+    };
+}
+
 fn shape_err(op: &'static str, msg: String) -> NnError {
     NnError::Shape { op, msg }
 }
@@ -132,11 +204,22 @@ impl CudaBackend {
             alloc_bf16: std::sync::atomic::AtomicBool::new(false),
             profiling: std::sync::atomic::AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
+            pass: Mutex::new(Pass {
+                mode: PassMode::Off,
+                sig: DefaultHasher::new(),
+                ungraphable: None,
+            }),
+            graphs: Mutex::new(StepGraphs {
+                disabled: std::env::var("CRYODEN_CUDA_GRAPHS").is_ok_and(|v| v == "0"),
+                ..StepGraphs::default()
+            }),
+            step_hp: Mutex::new(None),
         })
     }
 
     /// A zero-filled buffer of `len` elements stored as `dt`.
     fn alloc_dtype(&self, len: usize, dt: DType) -> cryoden_nn::Result<CudaBuf> {
+        self.graph_barrier("alloc")?;
         let mut gpu = self.gpu();
         let buf = gpu.alloc(len, dt).map_err(be_err)?;
         if len > 0 {
@@ -298,6 +381,328 @@ impl CudaBackend {
         Ok(sh.as_ref().unwrap().0.ptr_at(w_off))
     }
 
+    /// Turns the CUDA graph of the training step on (the default; `CRYODEN_CUDA_GRAPHS=0` turns it off) or off.
+    pub fn set_step_graphs(&self, on: bool) {
+        let mut g = self.graphs.lock().unwrap_or_else(|p| p.into_inner());
+        g.disabled = !on;
+        if !on {
+            g.graph = None;
+        }
+    }
+
+    /// (graphs captured, steps replayed from a graph) so far.
+    pub fn step_graph_stats(&self) -> (u64, u64) {
+        let g = self.graphs.lock().unwrap_or_else(|p| p.into_inner());
+        (g.captures, g.replays)
+    }
+
+    fn pass(&self) -> MutexGuard<'_, Pass> {
+        self.pass.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds an op to the signature of the step being run (inside `run_step`); true when the op must launch nothing
+    /// (record pass).
+    fn note(&self, f: impl FnOnce(&mut DefaultHasher)) -> bool {
+        let mut p = self.pass();
+        match p.mode {
+            PassMode::Off => false,
+            PassMode::Eager | PassMode::Capture => {
+                f(&mut p.sig);
+                false
+            }
+            PassMode::Record => {
+                f(&mut p.sig);
+                true
+            }
+        }
+    }
+
+    /// For ops that cannot be part of a graph: inside `run_step` they make the step ungraphable; in a record or
+    /// capture pass they fail (run_step then runs the step eagerly, and keeps doing so).
+    fn graph_barrier(&self, op: &'static str) -> cryoden_nn::Result<()> {
+        let mut p = self.pass();
+        if p.mode == PassMode::Off {
+            return Ok(());
+        }
+        p.ungraphable.get_or_insert(op);
+        if p.mode == PassMode::Eager {
+            return Ok(());
+        }
+        Err(shape_err(
+            op,
+            "not allowed inside a captured training step (run_step)".into(),
+        ))
+    }
+
+    fn begin_pass(&self, mode: PassMode) {
+        let mut p = self.pass();
+        p.mode = mode;
+        p.sig = DefaultHasher::new();
+        p.ungraphable = None;
+    }
+
+    /// Ends a pass: (signature, the op that made it ungraphable).
+    fn end_pass(&self) -> (u64, Option<&'static str>) {
+        let epoch = self.gpu().realloc_epoch;
+        let mut p = self.pass();
+        p.mode = PassMode::Off;
+        epoch.hash(&mut p.sig);
+        (p.sig.finish(), p.ungraphable.take())
+    }
+
+    fn run_pass(
+        &self,
+        mode: PassMode,
+        f: &mut dyn FnMut() -> cryoden_nn::Result<()>,
+    ) -> (cryoden_nn::Result<()>, u64, Option<&'static str>) {
+        self.begin_pass(mode);
+        let r = f();
+        let (sig, bad) = self.end_pass();
+        (r, sig, bad)
+    }
+
+    /// Whether the bf16 copy of `params` is current (part of a step's signature: a captured step never converts).
+    fn weights_fresh(&self, params: &CudaBuf) -> bool {
+        if self.precision.dtype() == DType::F32 {
+            return true;
+        }
+        let version = params.version.load(Ordering::Relaxed);
+        let sh = params.shadow.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(&*sh, Some((_, v)) if *v == version)
+    }
+
+    /// Adam over the flat buffers; with `loss`, skipped on the device when `loss[0]` is not finite. In a captured
+    /// step the bias corrections come from device memory that a copy node refreshes from pinned host memory, which
+    /// the record pass of every replay rewrites for the new `step`.
+    #[allow(clippy::too_many_arguments)]
+    fn adam(
+        &self,
+        hp: &AdamParams,
+        step: u64,
+        loss: Option<&CudaBuf>,
+        params: &mut CudaBuf,
+        grads: &CudaBuf,
+        m: &mut CudaBuf,
+        v: &mut CudaBuf,
+    ) -> cryoden_nn::Result<()> {
+        let _t = self.timer("adam_step");
+        let n = params.buf.len;
+        if grads.buf.len != n || m.buf.len != n || v.buf.len != n {
+            return Err(shape_err(
+                "adam_step",
+                "params, grads, m and v must have the same length".into(),
+            ));
+        }
+        if [&params.buf, &grads.buf, &m.buf, &v.buf]
+            .iter()
+            .any(|b| b.dtype != DType::F32)
+            || loss.is_some_and(|l| l.buf.dtype != DType::F32 || l.buf.len < 1)
+        {
+            return Err(shape_err(
+                "adam_step",
+                "parameters, gradients, moments and the loss must be f32 buffers (allocate them outside set_alloc_dtype(Bf16))".into(),
+            ));
+        }
+        params.touched();
+        m.touched();
+        v.touched();
+        let h = crate::device::AdamStep {
+            lr: hp.lr as f32,
+            beta1: hp.beta1 as f32,
+            beta2: hp.beta2 as f32,
+            eps: hp.eps as f32,
+            weight_decay: hp.weight_decay as f32,
+            step,
+            grad_scale: 1.0,
+        };
+        // The step is not part of the signature: a replay takes it from the pinned copy written here.
+        let mode = self.pass().mode;
+        sig!(
+            self,
+            "adam_step",
+            h.lr.to_bits(),
+            h.beta1.to_bits(),
+            h.beta2.to_bits(),
+            h.eps.to_bits(),
+            h.weight_decay.to_bits(),
+            params.ptr(),
+            grads.ptr(),
+            m.ptr(),
+            v.ptr(),
+            loss.map(|l| l.ptr())
+        );
+        // The bf16 copy (if one exists) is refreshed by the Adam kernel itself: no extra pass.
+        let version = *params.version.get_mut();
+        let sh = params.shadow.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut bc_dev = 0;
+        if matches!(mode, PassMode::Record | PassMode::Capture) {
+            let hp_slot = self.step_hp.lock().unwrap_or_else(|p| p.into_inner());
+            let Some((pinned, dev)) = hp_slot.as_ref() else {
+                return Err(shape_err(
+                    "adam_step",
+                    "internal: no pinned buffer for the captured step".into(),
+                ));
+            };
+            let (bc1, bc2) = h.bias_corrections();
+            // SAFETY: two f32 of pinned memory; run_step waited for the last replay that reads them.
+            unsafe {
+                *pinned.0 = bc1;
+                *pinned.0.add(1) = bc2;
+            }
+            if mode == PassMode::Record {
+                if let Some((_, ver)) = sh {
+                    *ver = version;
+                }
+                return Ok(());
+            }
+            // SAFETY: pinned host memory (captured as a copy node that reads it at each replay), 2 f32 on the device.
+            unsafe {
+                let src = std::slice::from_raw_parts(pinned.0 as *const f32, 2);
+                cudarc::driver::result::memcpy_htod_async(dev.ptr(), src, self.stream.cu_stream())
+            }
+            .map_err(|e| {
+                be_err(CudaError::Driver {
+                    call: "cuMemcpyHtoDAsync",
+                    source: e,
+                })
+            })?;
+            bc_dev = dev.ptr();
+        }
+        let lp = loss.map(|l| l.ptr()).unwrap_or(0);
+        let mut gpu = self.gpu();
+        match sh {
+            Some((copy, ver)) => {
+                gpu.adam_ex(
+                    &params.buf,
+                    Some(copy),
+                    &grads.buf,
+                    &m.buf,
+                    &v.buf,
+                    &h,
+                    bc_dev,
+                    lp,
+                )
+                .map_err(be_err)?;
+                *ver = version;
+            }
+            None => gpu
+                .adam_ex(
+                    &params.buf,
+                    None,
+                    &grads.buf,
+                    &m.buf,
+                    &v.buf,
+                    &h,
+                    bc_dev,
+                    lp,
+                )
+                .map_err(be_err)?,
+        }
+        Ok(())
+    }
+
+    /// One training step's device work `f`, as a CUDA graph where possible. Every call first runs `f` as a
+    /// *record* pass: the ops only hash their arguments (buffers, views, shapes, flags; not Adam's step) into a
+    /// signature and do their host-side bookkeeping, launching nothing (a few µs per op). Then:
+    /// - the signature equals the captured graph's: replay the graph (Adam's bias corrections for the new step
+    ///   were written to pinned memory by the record pass and are copied in by the graph's first node before Adam);
+    /// - it equals the last eager step's: capture `f` on the stream, instantiate, launch (the eager step found
+    ///   every cuDNN algorithm and allocated every buffer, so nothing is allocated during capture);
+    /// - otherwise run `f` eagerly and remember its signature.
+    ///
+    /// A step that calls upload, download, synchronize, alloc or sum_squares, or whose capture fails, turns graphs
+    /// off for this backend (it then runs every step eagerly). Profiling runs eagerly too.
+    pub fn run_step(
+        &self,
+        f: &mut dyn FnMut() -> cryoden_nn::Result<()>,
+    ) -> cryoden_nn::Result<()> {
+        let mut g = self.graphs.lock().unwrap_or_else(|p| p.into_inner());
+        if g.disabled || self.profiling.load(Ordering::Relaxed) {
+            return f();
+        }
+        let drv_err = |call: &'static str| move |e| be_err(CudaError::Driver { call, source: e });
+        // The record pass rewrites the pinned Adam values: the last replay must have read them.
+        if let Some(ev) = g.replay_done.take() {
+            ev.synchronize().map_err(drv_err("cuEventSynchronize"))?;
+        }
+        {
+            let mut hp = self.step_hp.lock().unwrap_or_else(|p| p.into_inner());
+            if hp.is_none() {
+                // SAFETY: 8 bytes of page-locked host memory, freed by PinnedHp's Drop.
+                let host = unsafe { cudarc::driver::result::malloc_host(8, 0) }
+                    .map_err(drv_err("cuMemHostAlloc"))?;
+                let dev = self.gpu().alloc(2, DType::F32).map_err(be_err)?;
+                *hp = Some((PinnedHp(host as *mut f32), dev));
+            }
+        }
+        let (r, sig, bad) = self.run_pass(PassMode::Record, f);
+        if bad.is_some() {
+            g.disabled = true;
+            g.graph = None;
+            return f();
+        }
+        r?;
+        let launch = |g: &mut StepGraphs, graph: &cudarc::driver::CudaGraph| {
+            graph.launch().map_err(drv_err("cuGraphLaunch"))?;
+            let ev = self
+                .ctx
+                .new_event(Some(
+                    cudarc::driver::sys::CUevent_flags::CU_EVENT_DISABLE_TIMING,
+                ))
+                .map_err(drv_err("cuEventCreate"))?;
+            ev.record(&self.stream).map_err(drv_err("cuEventRecord"))?;
+            g.replay_done = Some(ev);
+            Ok::<(), NnError>(())
+        };
+        if let Some((s, graph)) = g.graph.take() {
+            if s == sig {
+                let res = launch(&mut g, &graph.0);
+                g.graph = Some((s, graph));
+                g.replays += 1;
+                return res;
+            }
+            g.graph = Some((s, graph));
+        }
+        if g.last_eager == Some(sig) {
+            self.gpu().sync().map_err(be_err)?;
+            self.gpu().capturing = true;
+            let begun = self.stream.begin_capture(
+                cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            );
+            let (r, sig2, bad) = if begun.is_ok() {
+                self.run_pass(PassMode::Capture, f)
+            } else {
+                (Ok(()), 0, Some("cuStreamBeginCapture"))
+            };
+            let captured = if begun.is_ok() {
+                self.stream
+                    .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+            } else {
+                Ok(None)
+            };
+            self.gpu().capturing = false;
+            if let (Ok(()), None, Ok(Some(graph))) = (&r, bad, captured) {
+                if sig2 == sig {
+                    let res = launch(&mut g, &graph);
+                    g.graph = Some((sig, SendGraph(graph)));
+                    g.captures += 1;
+                    return res;
+                }
+            }
+            // Nothing ran during the failed capture: give graphs up and run this step eagerly.
+            g.disabled = true;
+            g.graph = None;
+            return f();
+        }
+        let (r, sig, bad) = self.run_pass(PassMode::Eager, f);
+        if bad.is_some() {
+            g.disabled = true;
+        } else if r.is_ok() {
+            g.last_eager = Some(sig);
+        }
+        r
+    }
+
     fn geom(g: &ConvGeom) -> CGeom {
         CGeom {
             n: g.dims.n,
@@ -364,6 +769,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&self, src: &[f32], dst: &mut CudaBuf, offset: usize) -> cryoden_nn::Result<()> {
+        self.graph_barrier("upload")?;
         if offset + src.len() > dst.buf.len {
             return Err(shape_err(
                 "upload",
@@ -421,6 +827,7 @@ impl Backend for CudaBackend {
     }
 
     fn download(&self, src: &CudaBuf, offset: usize, dst: &mut [f32]) -> cryoden_nn::Result<()> {
+        self.graph_barrier("download")?;
         if offset + dst.len() > src.buf.len {
             return Err(shape_err(
                 "download",
@@ -494,7 +901,7 @@ impl Backend for CudaBackend {
             ));
         }
         buf.touched();
-        if len == 0 {
+        if len == 0 || sig!(self, "fill", buf.ptr(), offset, len, value.to_bits()) {
             return Ok(());
         }
         self.gpu()
@@ -503,6 +910,7 @@ impl Backend for CudaBackend {
     }
 
     fn synchronize(&self) -> cryoden_nn::Result<()> {
+        self.graph_barrier("synchronize")?;
         self.gpu().sync().map_err(be_err)
     }
 
@@ -521,6 +929,19 @@ impl Backend for CudaBackend {
         let s = self.view("copy_channels", src, sv, pixels, c, d)?;
         let t = self.view("copy_channels", dst, dv, pixels, c, d)?;
         dst.touched();
+        if sig!(
+            self,
+            "copy_channels",
+            src.ptr(),
+            sv,
+            dst.ptr(),
+            dv,
+            pixels,
+            c,
+            accumulate
+        ) {
+            return Ok(());
+        }
         self.gpu()
             .bias_act_acc(s, None, t, 1.0, accumulate)
             .map_err(be_err)
@@ -557,6 +978,22 @@ impl Backend for CudaBackend {
             g.cout,
         )?;
         y.touched();
+        if sig!(
+            self,
+            "conv2d_forward",
+            *g,
+            x.ptr(),
+            xv,
+            params.ptr(),
+            w_off,
+            bias,
+            slope(act).to_bits(),
+            y.ptr(),
+            yv,
+            self.weights_fresh(params)
+        ) {
+            return Ok(());
+        }
         let mut gpu = self.gpu();
         let xin = self.packed_in(&mut gpu, xg, S_X)?;
         let w = self.weights(&mut gpu, params, w_off)?;
@@ -596,6 +1033,21 @@ impl Backend for CudaBackend {
             0,
         )?;
         dx.touched();
+        if sig!(
+            self,
+            "conv2d_backward_data",
+            *g,
+            dy.ptr(),
+            dyv,
+            params.ptr(),
+            w_off,
+            dx.ptr(),
+            dxv,
+            accumulate,
+            self.weights_fresh(params)
+        ) {
+            return Ok(());
+        }
         let mut gpu = self.gpu();
         let dyin = self.packed_in(&mut gpu, dyg, S_X)?;
         let w = self.weights(&mut gpu, params, w_off)?;
@@ -636,6 +1088,19 @@ impl Backend for CudaBackend {
             0,
         )?;
         grads.touched();
+        if sig!(
+            self,
+            "conv2d_backward_filter",
+            *g,
+            x.ptr(),
+            xv,
+            dy.ptr(),
+            dyv,
+            grads.ptr(),
+            dw_off
+        ) {
+            return Ok(());
+        }
         let mut gpu = self.gpu();
         let xin = self.packed_in(&mut gpu, xg, S_X)?;
         let dyin = self.packed_in(&mut gpu, dyg, S_Y)?;
@@ -674,6 +1139,19 @@ impl Backend for CudaBackend {
         let yg = self.view("bias_act_forward", y, yv, pixels, c, d)?;
         check_param("bias_act_forward", params, 0, 0, b_off, c)?;
         y.touched();
+        if sig!(
+            self,
+            "bias_act_forward",
+            pixels,
+            c,
+            slope(act).to_bits(),
+            params.ptr(),
+            b_off,
+            y.ptr(),
+            yv
+        ) {
+            return Ok(());
+        }
         let b = b_off.map(|o| params.buf.ptr_at(o));
         self.gpu().bias_act(yg, b, yg, slope(act)).map_err(be_err)
     }
@@ -697,6 +1175,21 @@ impl Backend for CudaBackend {
         check_param("bias_act_backward", grads, 0, 0, db_off, c)?;
         dy.touched();
         grads.touched();
+        if sig!(
+            self,
+            "bias_act_backward",
+            pixels,
+            c,
+            slope(act).to_bits(),
+            y.ptr(),
+            yv,
+            dy.ptr(),
+            dyv,
+            grads.ptr(),
+            db_off
+        ) {
+            return Ok(());
+        }
         let ya = if act == Activation::Identity {
             None
         } else {
@@ -723,6 +1216,9 @@ impl Backend for CudaBackend {
         let xg = self.view("maxpool2_forward", x, xv, g.dims.pixels(), g.c, xd)?;
         let yg = self.view("maxpool2_forward", y, yv, od.pixels(), g.c, yd)?;
         y.touched();
+        if sig!(self, "maxpool2_forward", *g, x.ptr(), xv, y.ptr(), yv) {
+            return Ok(());
+        }
         self.gpu().maxpool2_forward(xg, yg).map_err(be_err)
     }
 
@@ -747,6 +1243,20 @@ impl Backend for CudaBackend {
         let dyg = self.view("maxpool2_backward", dy, dyv, od.pixels(), g.c, yd)?;
         let dxg = self.view("maxpool2_backward", dx, dxv, g.dims.pixels(), g.c, xd)?;
         dx.touched();
+        if sig!(
+            self,
+            "maxpool2_backward",
+            *g,
+            x.ptr(),
+            xv,
+            dy.ptr(),
+            dyv,
+            dx.ptr(),
+            dxv,
+            accumulate
+        ) {
+            return Ok(());
+        }
         self.gpu()
             .maxpool2_backward(xg, dyg, dxg, accumulate)
             .map_err(be_err)
@@ -773,6 +1283,17 @@ impl Backend for CudaBackend {
             yd,
         )?;
         y.touched();
+        if sig!(
+            self,
+            "upsample_nearest_forward",
+            *g,
+            x.ptr(),
+            xv,
+            y.ptr(),
+            yv
+        ) {
+            return Ok(());
+        }
         self.gpu().upsample_forward(xg, yg).map_err(be_err)
     }
 
@@ -805,6 +1326,18 @@ impl Backend for CudaBackend {
             xd,
         )?;
         dx.touched();
+        if sig!(
+            self,
+            "upsample_nearest_backward",
+            *g,
+            dy.ptr(),
+            dyv,
+            dx.ptr(),
+            dxv,
+            accumulate
+        ) {
+            return Ok(());
+        }
         self.gpu()
             .upsample_backward(dyg, dxg, accumulate)
             .map_err(be_err)
@@ -842,6 +1375,22 @@ impl Backend for CudaBackend {
             g.cout,
         )?;
         y.touched();
+        if sig!(
+            self,
+            "convt2x2_forward",
+            *g,
+            x.ptr(),
+            xv,
+            params.ptr(),
+            w_off,
+            bias,
+            slope(act).to_bits(),
+            y.ptr(),
+            yv,
+            self.weights_fresh(params)
+        ) {
+            return Ok(());
+        }
         let mut gpu = self.gpu();
         let xin = self.packed_in(&mut gpu, xg, S_X)?;
         let w = self.weights(&mut gpu, params, w_off)?;
@@ -889,6 +1438,21 @@ impl Backend for CudaBackend {
             0,
         )?;
         dx.touched();
+        if sig!(
+            self,
+            "convt2x2_backward_data",
+            *g,
+            dy.ptr(),
+            dyv,
+            params.ptr(),
+            w_off,
+            dx.ptr(),
+            dxv,
+            accumulate,
+            self.weights_fresh(params)
+        ) {
+            return Ok(());
+        }
         let mut gpu = self.gpu();
         let dyin = self.packed_in(&mut gpu, dyg, S_X)?;
         let w = self.weights(&mut gpu, params, w_off)?;
@@ -938,6 +1502,19 @@ impl Backend for CudaBackend {
         )?;
         grads.touched();
         debug_assert_eq!(transpose_geom(xd, g.cout).weight_len(), g.weight_len());
+        if sig!(
+            self,
+            "convt2x2_backward_filter",
+            *g,
+            x.ptr(),
+            xv,
+            dy.ptr(),
+            dyv,
+            grads.ptr(),
+            dw_off
+        ) {
+            return Ok(());
+        }
         let mut gpu = self.gpu();
         let xin = self.packed_in(&mut gpu, xg, S_X)?;
         let dyin = self.packed_in(&mut gpu, dyg, S_Y)?;
@@ -978,6 +1555,18 @@ impl Backend for CudaBackend {
         }
         dpred.touched();
         loss.touched();
+        if sig!(
+            self,
+            "loss_forward_backward",
+            kind as u8,
+            len,
+            pred.ptr(),
+            target.ptr(),
+            dpred.ptr(),
+            loss.ptr()
+        ) {
+            return Ok(());
+        }
         let s = Nhwc::new(1, 1, len, 1);
         let k = match kind {
             LossKind::Mse => GLoss::Mse,
@@ -1041,53 +1630,28 @@ impl Backend for CudaBackend {
         m: &mut CudaBuf,
         v: &mut CudaBuf,
     ) -> cryoden_nn::Result<()> {
-        let _t = self.timer("adam_step");
-        let n = params.buf.len;
-        if grads.buf.len != n || m.buf.len != n || v.buf.len != n {
-            return Err(shape_err(
-                "adam_step",
-                "params, grads, m and v must have the same length".into(),
-            ));
-        }
-        if [&params.buf, &grads.buf, &m.buf, &v.buf]
-            .iter()
-            .any(|b| b.dtype != DType::F32)
-        {
-            return Err(shape_err(
-                "adam_step",
-                "parameters, gradients and moments must be f32 buffers (allocate them outside set_alloc_dtype(Bf16))".into(),
-            ));
-        }
-        params.touched();
-        m.touched();
-        v.touched();
-        let h = crate::device::AdamStep {
-            lr: hp.lr as f32,
-            beta1: hp.beta1 as f32,
-            beta2: hp.beta2 as f32,
-            eps: hp.eps as f32,
-            weight_decay: hp.weight_decay as f32,
-            step,
-            grad_scale: 1.0,
-        };
-        let mut gpu = self.gpu();
-        // The bf16 copy (if one exists) is refreshed by the Adam kernel itself: no extra pass.
-        let version = *params.version.get_mut();
-        let sh = params.shadow.get_mut().unwrap_or_else(|p| p.into_inner());
-        match sh {
-            Some((copy, ver)) => {
-                gpu.adam(&params.buf, Some(copy), &grads.buf, &m.buf, &v.buf, &h)
-                    .map_err(be_err)?;
-                *ver = version;
-            }
-            None => gpu
-                .adam(&params.buf, None, &grads.buf, &m.buf, &v.buf, &h)
-                .map_err(be_err)?,
-        }
-        Ok(())
+        self.adam(hp, step, None, params, grads, m, v)
+    }
+
+    fn adam_step_if_finite(
+        &self,
+        hp: &AdamParams,
+        step: u64,
+        loss: &CudaBuf,
+        params: &mut CudaBuf,
+        grads: &CudaBuf,
+        m: &mut CudaBuf,
+        v: &mut CudaBuf,
+    ) -> cryoden_nn::Result<()> {
+        self.adam(hp, step, Some(loss), params, grads, m, v)
+    }
+
+    fn run_step(&self, f: &mut dyn FnMut() -> cryoden_nn::Result<()>) -> cryoden_nn::Result<()> {
+        CudaBackend::run_step(self, f)
     }
 
     fn sum_squares(&self, buf: &CudaBuf) -> cryoden_nn::Result<f64> {
+        self.graph_barrier("sum_squares")?;
         if buf.buf.dtype != DType::F32 {
             return Err(shape_err(
                 "sum_squares",
@@ -1121,6 +1685,9 @@ impl Backend for CudaBackend {
             ));
         }
         buf.touched();
+        if sig!(self, "scale", buf.ptr(), s.to_bits()) {
+            return Ok(());
+        }
         self.gpu().scale(buf.ptr(), buf.buf.len, s).map_err(be_err)
     }
 }

@@ -161,12 +161,24 @@ pub struct Gpu {
     pub workspace_limit: usize,
     scratch: Option<Buf>,
     staging: Vec<Option<Buf>>,
+    /// Set while a CUDA graph is being captured: internal buffers must not be (re)allocated then (a stream-ordered
+    /// allocation or free would become part of the graph).
+    pub(crate) capturing: bool,
+    /// Bumped whenever the cuDNN workspace, the scratch or a staging buffer is reallocated: a captured graph that
+    /// refers to the old one must not be replayed.
+    pub(crate) realloc_epoch: u64,
     /// Version of the bias/activation/copy kernel (1: one element per thread; 2: 2-D blocks; 3: 2 plus bf16
-    /// channel pairs, the default). Kept switchable so `cudabench ops` times each (llm.c's dev/cuda habit).
+    /// channel pairs; 4: 16-byte accesses, the default). Kept switchable so `cudabench ops` times each (llm.c's
+    /// dev/cuda habit). Each version falls back to the previous one where its alignment conditions fail.
     pub bias_act_version: u32,
     /// Use the bf16 channel-pair version of the activation backward where it applies (default on).
     pub act_bwd_pairs: bool,
-    /// Version of the max-pool gradient kernel (1: one thread per input; 2: one per window, the default).
+    /// Use the 16-byte version of the activation backward where it applies (default on; before the pair version).
+    pub act_bwd_vec: bool,
+    /// Version of the max-pool forward kernel (1: one element per thread; 2: 16-byte accesses, the default).
+    pub maxpool_fwd_version: u32,
+    /// Version of the max-pool gradient kernel (1: one thread per input; 2: one per window; 3: 2 with 16-byte
+    /// accesses, the default).
     pub maxpool_bwd_version: u32,
 }
 
@@ -229,9 +241,13 @@ impl Gpu {
             workspace_limit,
             scratch: None,
             staging: Vec::new(),
-            bias_act_version: 3,
-            maxpool_bwd_version: 2,
+            capturing: false,
+            realloc_epoch: 0,
+            bias_act_version: 4,
+            maxpool_fwd_version: 2,
+            maxpool_bwd_version: 3,
             act_bwd_pairs: true,
+            act_bwd_vec: true,
         })
     }
 
@@ -306,6 +322,7 @@ impl Gpu {
 
     /// Uninitialised device memory for `len` elements.
     pub fn alloc(&self, len: usize, dtype: DType) -> Result<Buf> {
+        self.not_capturing("allocation")?;
         let bytes = (len * dtype.size()).max(16);
         // SAFETY: the memory is uninitialised; every op writes before reading (tests poison it to check).
         let mem = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(drv("cuMemAllocAsync"))?;
@@ -397,6 +414,16 @@ impl Gpu {
         self.download(&out)
     }
 
+    /// Refuses `what` while a graph is being captured (the capture then fails and the step runs eagerly).
+    fn not_capturing(&self, what: &str) -> Result<()> {
+        if self.capturing {
+            return Err(CudaError::Shape(format!(
+                "internal: {what} while capturing a CUDA graph"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn sync(&self) -> Result<()> {
         self.stream
             .synchronize()
@@ -417,9 +444,27 @@ impl Gpu {
         }
     }
 
+    /// 2-D blocks for the 16-byte kernels: threadIdx.x over `groups` channel groups of a pixel, threadIdx.y over
+    /// pixels, 256 threads, grid-stride over pixels.
+    fn cfg_groups(&self, pixels: usize, groups: usize) -> LaunchConfig {
+        let g = groups.max(1);
+        let bx = if g >= 32 { 32 } else { g.next_power_of_two() };
+        let by = 256 / bx;
+        let blocks = pixels
+            .div_ceil(by)
+            .clamp(1, self.info.multiprocessors.max(1) as usize * 16);
+        LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (bx as u32, by as u32, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
     /// A reusable f32 scratch buffer of at least `len` elements (partial sums).
     fn scratch(&mut self, len: usize) -> Result<u64> {
         if self.scratch.as_ref().is_none_or(|s| s.len < len) {
+            self.not_capturing("scratch reallocation")?;
+            self.realloc_epoch += 1;
             self.scratch = Some(self.alloc(len.max(1 << 16), DType::F32)?);
         }
         Ok(self.scratch.as_ref().unwrap().ptr)
@@ -433,6 +478,8 @@ impl Gpu {
         // Held as 2-byte elements; only the byte size matters.
         let need = bytes.div_ceil(2);
         if self.workspace.as_ref().is_none_or(|w| w.len < need) {
+            self.not_capturing("cuDNN workspace reallocation")?;
+            self.realloc_epoch += 1;
             self.workspace = None; // free the old one first (stream-ordered)
             self.workspace = Some(self.alloc(need, DType::Bf16)?);
         }
@@ -459,23 +506,33 @@ impl Gpu {
         accumulate: bool,
     ) -> Result<()> {
         same_shape("bias_act", x.shape, y.shape)?;
-        // Version 3 (bf16 channel pairs) where it applies, else version 2 (or 1 when asked for).
+        // Version 4 (16-byte accesses) where it applies, else 3 (bf16 channel pairs), else 2 (or 1 when asked).
+        let vec = self.bias_act_version >= 4 && x.dtype == y.dtype && vec_ok(x.shape.c, &[&x, &y]);
         let aligned = |v: &View| v.cs.is_multiple_of(2) && v.ptr.is_multiple_of(4);
-        let pairs = self.bias_act_version >= 3
+        let pairs = !vec
+            && self.bias_act_version >= 3
             && x.dtype == DType::Bf16
             && y.dtype == DType::Bf16
             && x.shape.c.is_multiple_of(2)
             && aligned(&x)
             && aligned(&y);
         let v = if self.bias_act_version == 1 { "" } else { "2" };
-        let name = if pairs {
+        let name = if vec {
+            format!("bias_act_vec_{}", x.dtype.suffix())
+        } else if pairs {
             "bias_act_pairs_bf16".to_string()
         } else {
             format!("bias_act{v}_{}_{}", x.dtype.suffix(), y.dtype.suffix())
         };
         let (xp, xcs, yp, ycs) = (x.ptr, x.cs as i32, y.ptr, y.cs as i32);
         let bp = bias.unwrap_or(0);
-        let lanes = if pairs { x.shape.c / 2 } else { x.shape.c };
+        let lanes = if vec {
+            x.shape.c / x.dtype.vec_len()
+        } else if pairs {
+            x.shape.c / 2
+        } else {
+            x.shape.c
+        };
         let (np, c) = (x.shape.pixels() as i64, lanes as i32);
         let cfg = if self.bias_act_version == 1 {
             self.cfg1(x.shape.len())
@@ -539,14 +596,27 @@ impl Gpu {
         // Block shape as in elementwise.cu's act_bwd; enough partial rows to fill the GPU, few enough that the
         // final sum is cheap.
         // bf16 with even channels, strides and 4-byte alignment: the channel-pair kernel (4-byte accesses).
+        let mut views = vec![&dy, &dx];
+        if let Some(y) = y.as_ref() {
+            views.push(y);
+        }
+        let vec = self.act_bwd_vec && vec_ok(c, &views);
         let aligned = |v: &View| v.cs.is_multiple_of(2) && v.ptr.is_multiple_of(4);
-        let pairs = self.act_bwd_pairs
+        let pairs = !vec
+            && self.act_bwd_pairs
             && dy.dtype == DType::Bf16
             && c.is_multiple_of(2)
             && aligned(&dy)
             && aligned(&dx)
             && y.as_ref().is_none_or(aligned);
-        let lanes = if pairs { c / 2 } else { c }; // threads along x per pixel
+        // threads along x per pixel
+        let lanes = if vec {
+            c / dy.dtype.vec_len()
+        } else if pairs {
+            c / 2
+        } else {
+            c
+        };
         let bx = if lanes >= 32 {
             32
         } else {
@@ -559,7 +629,9 @@ impl Gpu {
         } else {
             0
         };
-        let name = if pairs {
+        let name = if vec {
+            format!("act_bwd_vec_{}", dy.dtype.suffix())
+        } else if pairs {
             "act_bwd_pairs_bf16".to_string()
         } else {
             format!("act_bwd_{}", dy.dtype.suffix())
@@ -567,7 +639,7 @@ impl Gpu {
         let (dyp, dycs) = (dy.ptr, dy.cs as i32);
         let (yp, ycs) = y.map(|y| (y.ptr, y.cs as i32)).unwrap_or((0, 0));
         let (dxp, dxcs) = (dx.ptr, dx.cs as i32);
-        // The pair kernel takes the number of pairs in place of C.
+        // The pair and 16-byte kernels take the number of channel groups in place of C.
         let (npi, ci) = (np as i64, lanes as i32);
         let cfg = LaunchConfig {
             grid_dim: (lanes.div_ceil(bx) as u32, parts as u32, 1),
@@ -615,10 +687,22 @@ impl Gpu {
             y.shape,
         )?;
         same_dtype("maxpool2_forward", x.dtype, y.dtype)?;
-        let name = format!("maxpool2_fwd_{}", x.dtype.suffix());
+        let vec = self.maxpool_fwd_version >= 2
+            && vec_ok(s.c, &[&x, &y])
+            && y.shape.pixels() < i32::MAX as usize;
+        let name = format!(
+            "maxpool2_fwd{}_{}",
+            if vec { "_vec" } else { "" },
+            x.dtype.suffix()
+        );
         let (xp, xcs, yp, ycs) = (x.ptr, x.cs as i32, y.ptr, y.cs as i32);
-        let (n, h, w, c) = (s.n as i32, s.h as i32, s.w as i32, s.c as i32);
-        let cfg = self.cfg1(y.shape.len());
+        let groups = if vec { s.c / x.dtype.vec_len() } else { s.c };
+        let (n, h, w, c) = (s.n as i32, s.h as i32, s.w as i32, groups as i32);
+        let cfg = if vec {
+            self.cfg_groups(y.shape.pixels(), groups)
+        } else {
+            self.cfg1(y.shape.len())
+        };
         let f = self.func(&name)?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&xp)
@@ -651,13 +735,24 @@ impl Gpu {
             Nhwc::new(s.n, s.h / 2, s.w / 2, s.c),
             dy.shape,
         )?;
-        // Version 2 (one thread per window) unless the pooled map is empty (then every dx is a dropped pixel).
-        let v2 = self.maxpool_bwd_version == 2 && s.h >= 2 && s.w >= 2;
+        // Version 2 or 3 (one thread per window) unless the pooled map is empty (then every dx is a dropped pixel).
+        let v2 = self.maxpool_bwd_version >= 2 && s.h >= 2 && s.w >= 2;
+        let vec = v2
+            && self.maxpool_bwd_version >= 3
+            && vec_ok(s.c, &[&x, &dy, &dx])
+            && dy.shape.pixels() < i32::MAX as usize;
         let name = format!(
             "maxpool2_bwd{}_{}",
-            if v2 { "2" } else { "" },
+            if vec {
+                "_vec"
+            } else if v2 {
+                "2"
+            } else {
+                ""
+            },
             x.dtype.suffix()
         );
+        let groups = if vec { s.c / x.dtype.vec_len() } else { s.c };
         let (xp, xcs, dyp, dycs, dxp, dxcs) = (
             x.ptr,
             x.cs as i32,
@@ -670,14 +765,18 @@ impl Gpu {
             s.n as i32,
             s.h as i32,
             s.w as i32,
-            s.c as i32,
+            groups as i32,
             accumulate as i32,
         );
-        let cfg = self.cfg1(if v2 {
-            s.n * (s.h / 2) * (s.w / 2) * s.c
+        let cfg = if vec {
+            self.cfg_groups(dy.shape.pixels(), groups)
         } else {
-            s.len()
-        });
+            self.cfg1(if v2 {
+                s.n * (s.h / 2) * (s.w / 2) * s.c
+            } else {
+                s.len()
+            })
+        };
         let f = self.func(&name)?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&xp)
@@ -811,15 +910,31 @@ impl Gpu {
         v: &Buf,
         h: &AdamStep,
     ) -> Result<()> {
+        self.adam_ex(p, copy, g, m, v, h, 0, 0)
+    }
+
+    /// [`Gpu::adam`] with the bias corrections read from the device (`bc`: 2 f32, `[bc1, bc2_sqrt]` as
+    /// [`AdamStep::bias_corrections`]; 0 = from `h`) and the update skipped when the f32 at `loss` is not finite
+    /// (0 = never skipped). For captured training steps.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adam_ex(
+        &mut self,
+        p: &Buf,
+        copy: Option<&Buf>,
+        g: &Buf,
+        m: &Buf,
+        v: &Buf,
+        h: &AdamStep,
+        bc: u64,
+        loss: u64,
+    ) -> Result<()> {
         assert!(p.dtype == DType::F32 && m.dtype == DType::F32 && v.dtype == DType::F32);
         assert!(p.len == g.len && p.len == m.len && p.len == v.len);
         if let Some(c) = copy {
             assert!(c.dtype == DType::Bf16 && c.len == p.len);
         }
         let name = format!("adam_{}", g.dtype.suffix());
-        let t = h.step as i32;
-        let bc1 = 1.0 - h.beta1.powi(t);
-        let bc2_sqrt = (1.0 - h.beta2.powi(t)).sqrt();
+        let (bc1, bc2_sqrt) = h.bias_corrections();
         let (pp, cp, gp, mp, vp, n) = (
             p.ptr,
             copy.map(|c| c.ptr).unwrap_or(0),
@@ -839,8 +954,8 @@ impl Gpu {
             .arg(&h.weight_decay)
             .arg(&bc1)
             .arg(&bc2_sqrt);
-        b.arg(&h.grad_scale);
-        // SAFETY: matches adam_*; all buffers hold n elements.
+        b.arg(&h.grad_scale).arg(&bc).arg(&loss);
+        // SAFETY: matches adam_*; all buffers hold n elements; bc (2 f32) and loss (1 f32) are 0 or device memory.
         unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(adam)"))?;
         Ok(())
     }
@@ -906,6 +1021,8 @@ impl Gpu {
             .as_ref()
             .is_none_or(|b: &Buf| b.len * b.dtype.size() < need)
         {
+            self.not_capturing("staging reallocation")?;
+            self.realloc_epoch += 1;
             self.staging[slot] = None;
             self.staging[slot] = Some(self.alloc(need.div_ceil(4), DType::F32)?);
         }
@@ -1008,6 +1125,14 @@ pub struct AdamStep {
     pub grad_scale: f32,
 }
 
+impl AdamStep {
+    /// `(1 - beta1^step, sqrt(1 - beta2^step))`, the two bias-correction factors the Adam kernel uses.
+    pub fn bias_corrections(&self) -> (f32, f32) {
+        let t = self.step.min(i32::MAX as u64) as i32;
+        (1.0 - self.beta1.powi(t), (1.0 - self.beta2.powi(t)).sqrt())
+    }
+}
+
 fn kernel_names() -> Vec<String> {
     let mut v = vec![
         "act_bwd_pairs_bf16".to_string(),
@@ -1023,6 +1148,10 @@ fn kernel_names() -> Vec<String> {
             "maxpool2_fwd",
             "maxpool2_bwd",
             "maxpool2_bwd2",
+            "bias_act_vec",
+            "act_bwd_vec",
+            "maxpool2_fwd_vec",
+            "maxpool2_bwd_vec",
             "upsample_fwd",
             "upsample_bwd",
             "conv1x1_to1_bwd_data",
@@ -1039,6 +1168,20 @@ fn kernel_names() -> Vec<String> {
         }
     }
     v
+}
+
+/// Whether `c` channels of every view can move in 16-byte accesses: same dtype, `c` and every channel stride
+/// multiples of the vector length, pointers 16-byte aligned.
+fn vec_ok(c: usize, views: &[&View]) -> bool {
+    let Some(first) = views.first() else {
+        return false;
+    };
+    let n = first.dtype.vec_len();
+    c > 0
+        && c.is_multiple_of(n)
+        && views
+            .iter()
+            .all(|v| v.dtype == first.dtype && v.cs.is_multiple_of(n) && v.ptr.is_multiple_of(16))
 }
 
 fn same_shape(op: &str, a: Nhwc, b: Nhwc) -> Result<()> {

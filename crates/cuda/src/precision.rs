@@ -18,6 +18,10 @@ impl DType {
             DType::Bf16 => 2,
         }
     }
+    /// Elements per 16-byte access (the `VN` of elementwise.cu's vector kernels).
+    pub fn vec_len(self) -> usize {
+        16 / self.size()
+    }
     /// Suffix of the kernel names in elementwise.cu (`bias_act_f32_bf16`, `fill_bf16`, ...).
     pub fn suffix(self) -> &'static str {
         match self {

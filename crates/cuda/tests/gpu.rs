@@ -280,12 +280,22 @@ fn bias_act_writes_only_its_channel_slice() {
     let mut gpu = gpu();
     let mut rng = Rng::new(4);
     for dt in [DType::F32, DType::Bf16] {
-        // Offset 3 (odd: bf16 takes the element kernel) and 2 (even: bf16 takes the channel-pair kernel).
-        for (slope, off) in [(0.0f32, 3usize), (0.1, 3), (1.0, 3), (0.0, 2), (0.1, 2)] {
-            let s = Nhwc::new(2, 5, 7, 6);
-            let whole = Nhwc::new(2, 5, 7, 10);
+        // (slope, slice offset, slice channels, buffer channels): offset 3 (odd: bf16 takes the element kernel),
+        // 2 (even: bf16 takes the channel-pair kernel), 8 or 16 with 8 or 16 channels (16-byte kernel).
+        for (slope, off, cc, wc) in [
+            (0.0f32, 3usize, 6usize, 10usize),
+            (0.1, 3, 6, 10),
+            (1.0, 3, 6, 10),
+            (0.0, 2, 6, 10),
+            (0.1, 2, 6, 10),
+            (0.0, 8, 16, 32),
+            (0.1, 16, 8, 24),
+            (1.0, 0, 16, 16),
+        ] {
+            let s = Nhwc::new(2, 5, 7, cc);
+            let whole = Nhwc::new(2, 5, 7, wc);
             let x = rng.vec(s.len(), 2.0);
-            let bias = rng.vec(6, 0.5);
+            let bias = rng.vec(cc, 0.5);
             let xb = gpu.upload(&x, dt).unwrap();
             let bb = gpu.upload(&bias, DType::F32).unwrap();
             let cat = gpu.alloc(whole.len(), dt).unwrap();
@@ -293,23 +303,23 @@ fn bias_act_writes_only_its_channel_slice() {
             gpu.bias_act(
                 xb.view(s),
                 Some(bb.ptr()),
-                cat.channels(whole, off, 6),
+                cat.channels(whole, off, cc),
                 slope,
             )
             .unwrap();
             let got = gpu.download(&cat).unwrap();
             let mut worst = 0f32;
             for p in 0..s.pixels() {
-                for c in 0..10 {
-                    let g = got[p * 10 + c];
-                    if !(off..off + 6).contains(&c) {
+                for c in 0..wc {
+                    let g = got[p * wc + c];
+                    if !(off..off + cc).contains(&c) {
                         assert_eq!(g, 7.0, "channel {c} outside the slice was touched");
                         continue;
                     }
                     let xin = if dt == DType::Bf16 {
-                        bf16_round(x[p * 6 + c - off])
+                        bf16_round(x[p * cc + c - off])
                     } else {
-                        x[p * 6 + c - off]
+                        x[p * cc + c - off]
                     };
                     let mut want = act(xin + bias[c - off], slope);
                     if dt == DType::Bf16 {
@@ -318,7 +328,10 @@ fn bias_act_writes_only_its_channel_slice() {
                     worst = worst.max((g - want).abs());
                 }
             }
-            assert!(worst <= 1e-6, "{dt:?} slope {slope}: max |diff| {worst}");
+            assert!(
+                worst <= 1e-6,
+                "{dt:?} slope {slope} slice {off}+{cc} of {wc}: max |diff| {worst}"
+            );
         }
     }
 }
@@ -328,17 +341,21 @@ fn bias_act_writes_only_its_channel_slice() {
 fn act_backward_and_bias_gradient() {
     let mut gpu = gpu();
     let mut rng = Rng::new(5);
-    // extra = channels the wider dy buffer has beyond c: odd (5) takes the general kernel, even (6) lets bf16 with
-    // even c take the channel-pair kernel.
+    // extra = channels the wider dy buffer has beyond c, off = the slice's first channel: odd extra (5) takes the
+    // general kernel, even (6) lets bf16 with even c take the channel-pair kernel, multiples of 8 with off 0 or 8
+    // the 16-byte kernel.
     let cases = [
-        (0.0f32, 32usize, 3000usize, 5usize),
-        (0.1, 1, 5000, 5),
-        (1.0, 48, 77, 5),
-        (0.0, 32, 3000, 6),
-        (0.1, 48, 999, 6),
+        (0.0f32, 32usize, 3000usize, 5usize, 2usize),
+        (0.1, 1, 5000, 5, 2),
+        (1.0, 48, 77, 5, 2),
+        (0.0, 32, 3000, 6, 2),
+        (0.1, 48, 999, 6, 2),
+        (0.0, 32, 3001, 32, 0),
+        (0.1, 16, 999, 8, 8),
+        (0.0, 256, 333, 0, 0),
     ];
     for dt in [DType::F32, DType::Bf16] {
-        for (slope, c, np, extra) in cases {
+        for (slope, c, np, extra, off) in cases {
             let s = Nhwc::new(1, 1, np, c);
             let whole = Nhwc::new(1, 1, np, c + extra);
             let dy = rng.vec(np * (c + extra), 1.0);
@@ -349,9 +366,9 @@ fn act_backward_and_bias_gradient() {
             let db = gpu.alloc(c, DType::F32).unwrap();
             gpu.fill(&dxb, f32::NAN).unwrap();
             gpu.fill(&db, f32::NAN).unwrap();
-            // dy is a channel slice (offset 2) of a wider buffer, as in the decoder's concat gradient.
+            // dy is a channel slice (offset `off`) of a wider buffer, as in the decoder's concat gradient.
             gpu.act_backward(
-                dyb.channels(whole, 2, c),
+                dyb.channels(whole, off, c),
                 Some(yb.view(s)),
                 dxb.view(s),
                 slope,
@@ -364,7 +381,7 @@ fn act_backward_and_bias_gradient() {
             let mut want_db = vec![0f64; c];
             for p in 0..np {
                 for k in 0..c {
-                    let g = r(dy[p * (c + extra) + 2 + k]);
+                    let g = r(dy[p * (c + extra) + off + k]);
                     let d = if r(y[p * c + k]) > 0.0 { g } else { g * slope };
                     want_dx[p * c + k] = r(d);
                     want_db[k] += d as f64;
@@ -375,7 +392,8 @@ fn act_backward_and_bias_gradient() {
             let e_db = rel_l2(&gpu.download(&db).unwrap(), &want_db);
             assert!(
                 e_dx <= 1e-7 && e_db <= 1e-5,
-                "{dt:?} slope {slope} C {c}: dx {e_dx:e} dbias {e_db:e}"
+                "{dt:?} slope {slope} C {c} slice {off} of {}: dx {e_dx:e} dbias {e_db:e}",
+                c + extra
             );
         }
     }
@@ -386,18 +404,24 @@ fn act_backward_and_bias_gradient() {
 fn maxpool_forward_backward_match_cpu() {
     let mut gpu = gpu();
     let mut rng = Rng::new(6);
+    // Version 3 (and forward version 2) use 16-byte accesses where c allows (8, 16, 32 channels).
     for (dt, version) in [
         (DType::F32, 1),
         (DType::Bf16, 1),
         (DType::F32, 2),
         (DType::Bf16, 2),
+        (DType::F32, 3),
+        (DType::Bf16, 3),
     ] {
         gpu.maxpool_bwd_version = version;
+        gpu.maxpool_fwd_version = if version == 3 { 2 } else { 1 };
         for (n, h, w, c) in [
             (2usize, 8usize, 10usize, 3usize),
             (1, 7, 9, 32),
             (3, 2, 2, 1),
             (1, 5, 3, 2),
+            (2, 6, 8, 16),
+            (1, 9, 4, 8),
         ] {
             let mut x = rng.vec(n * h * w * c, 1.0);
             if dt == DType::Bf16 {

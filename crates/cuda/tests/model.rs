@@ -200,3 +200,172 @@ fn topaz_unet_small_matches_cpu_per_precision() {
 fn topaz_unet_matches_cpu_per_precision() {
     check(Arch::from_name("topaz-unet", None).unwrap(), 1, 64, 64);
 }
+
+/// Losses and final (params, m, v) of `steps` training steps on alternating batches, from `init`.
+fn steps_on(
+    be: &CudaBackend,
+    model: &Model,
+    init: &[f32],
+    batches: &[(Vec<f32>, Vec<f32>)],
+    steps: usize,
+    dims: (usize, usize, usize),
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (n, h, w) = dims;
+    let mut state = TrainState::new(be, model, init).unwrap();
+    let mut acts = model.activations(be, n, h, w).unwrap();
+    let adam = AdamParams {
+        lr: 1e-3,
+        weight_decay: 1e-4,
+        ..AdamParams::default()
+    };
+    let mut losses = Vec::new();
+    for s in 0..steps {
+        let (x, t) = &batches[s % batches.len()];
+        losses.push(
+            train_step(be, model, &mut state, &mut acts, x, t, LossKind::Mse, &adam).unwrap(),
+        );
+    }
+    assert_eq!(state.step, steps as u64);
+    (
+        losses,
+        TrainState::download(be, &state.params).unwrap(),
+        TrainState::download(be, &state.m).unwrap(),
+        TrainState::download(be, &state.v).unwrap(),
+    )
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The whole training step captured as one CUDA graph and replayed (CudaBackend::run_step) gives what the same
+/// steps give eagerly on the same backend: bit for bit when two eager runs agree bit for bit (cuDNN may pick a
+/// non-deterministic algorithm; then the graph must differ from eager by no more than eager differs from itself).
+/// Batches alternate, so a replay that kept the captured batch or Adam step would differ. Then a NaN target:
+/// the replayed step reports NonFiniteLoss and leaves parameters, moments and the step count alone.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn graph_replay_matches_eager_steps() {
+    let arch = Arch::from_name("unet", Some(&[8, 16, 32])).unwrap();
+    let model = Model::new(arch).unwrap();
+    let init = model.init_params(3);
+    let (n, h, w) = (2, 32, 40);
+    let batches: Vec<(Vec<f32>, Vec<f32>)> = (0..2)
+        .map(|b| {
+            let x = images(n, h, w, 10 + b);
+            let t = x
+                .iter()
+                .zip(images(n, h, w, 20 + b))
+                .map(|(a, c)| a + 0.2 * c)
+                .collect();
+            (x, t)
+        })
+        .collect();
+    let steps = 7;
+    for p in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+        let be = CudaBackend::new(0, p).unwrap();
+        be.set_step_graphs(false);
+        let e1 = steps_on(&be, &model, &init, &batches, steps, (n, h, w));
+        let e2 = steps_on(&be, &model, &init, &batches, steps, (n, h, w));
+        be.set_step_graphs(true);
+        let (c0, r0) = be.step_graph_stats();
+        let g = steps_on(&be, &model, &init, &batches, steps, (n, h, w));
+        let (c1, r1) = be.step_graph_stats();
+        let deterministic = e1 == e2;
+        let noise = max_abs_diff(&e1.1, &e2.1);
+        let d_params = max_abs_diff(&g.1, &e1.1);
+        println!(
+            "{p}: graph captures {} replays {}; eager twice bit-identical: {deterministic} (params max |diff| \
+             {noise:e}); graph vs eager: losses {:?} vs {:?}, params max |diff| {d_params:e}, m {:e}, v {:e}",
+            c1 - c0,
+            r1 - r0,
+            g.0,
+            e1.0,
+            max_abs_diff(&g.2, &e1.2),
+            max_abs_diff(&g.3, &e1.3)
+        );
+        assert_eq!(c1 - c0, 1, "{p}: one capture expected");
+        // Step 1 runs eagerly (bf16 also step 2: the first forward makes the bf16 weight copy, so its signature
+        // differs); the next step with the same signature is captured, the rest are replayed.
+        assert!(
+            r1 - r0 >= steps as u64 - 3,
+            "{p}: only {} of {steps} steps replayed",
+            r1 - r0
+        );
+        if deterministic {
+            assert!(g == e1, "{p}: graph replay differs from eager steps");
+        } else {
+            assert!(
+                d_params <= 4.0 * noise,
+                "{p}: graph {d_params:e} vs eager noise {noise:e}"
+            );
+        }
+
+        // A NaN target in a replayed step: error, nothing updated.
+        let mut state = TrainState::new(&be, &model, &init).unwrap();
+        let mut acts = model.activations(&be, n, h, w).unwrap();
+        let adam = AdamParams::default();
+        let (x, t) = &batches[0];
+        for _ in 0..4 {
+            train_step(
+                &be,
+                &model,
+                &mut state,
+                &mut acts,
+                x,
+                t,
+                LossKind::Mse,
+                &adam,
+            )
+            .unwrap();
+        }
+        let before = TrainState::download(&be, &state.params).unwrap();
+        let m_before = TrainState::download(&be, &state.m).unwrap();
+        let replays = be.step_graph_stats().1;
+        let bad: Vec<f32> = t.iter().map(|_| f32::NAN).collect();
+        let r = train_step(
+            &be,
+            &model,
+            &mut state,
+            &mut acts,
+            x,
+            &bad,
+            LossKind::Mse,
+            &adam,
+        );
+        assert!(
+            matches!(r, Err(cryoden_nn::NnError::NonFiniteLoss(_))),
+            "{p}: {r:?}"
+        );
+        assert_eq!(
+            be.step_graph_stats().1,
+            replays + 1,
+            "{p}: the NaN step was a replay"
+        );
+        assert_eq!(state.step, 4);
+        assert!(
+            TrainState::download(&be, &state.params).unwrap() == before,
+            "{p}: params changed"
+        );
+        assert!(
+            TrainState::download(&be, &state.m).unwrap() == m_before,
+            "{p}: moments changed"
+        );
+        // And training goes on from there.
+        train_step(
+            &be,
+            &model,
+            &mut state,
+            &mut acts,
+            x,
+            t,
+            LossKind::Mse,
+            &adam,
+        )
+        .unwrap();
+        assert_eq!(state.step, 5);
+    }
+}

@@ -359,6 +359,37 @@ pub trait Backend: Send + Sync {
         m: &mut Self::Buf,
         v: &mut Self::Buf,
     ) -> Result<()>;
+    /// [`Backend::adam_step`], skipped (parameters and moments untouched) when `loss[0]` is not finite. A device
+    /// backend checks the loss on the device, so a training step needs no host round trip before the update.
+    /// Default: downloads the loss, then `adam_step` if it is finite.
+    #[allow(clippy::too_many_arguments)]
+    fn adam_step_if_finite(
+        &self,
+        hp: &AdamParams,
+        step: u64,
+        loss: &Self::Buf,
+        params: &mut Self::Buf,
+        grads: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+    ) -> Result<()> {
+        let mut l = [0.0f32];
+        self.download(loss, 0, &mut l)?;
+        if !l[0].is_finite() {
+            return Ok(());
+        }
+        self.adam_step(hp, step, params, grads, m, v)
+    }
+
+    /// Runs `f`, the device work of one whole training step (forward, loss, backward, optimizer; no upload,
+    /// download or synchronisation inside). A device backend may capture the work `f` enqueues as a graph and
+    /// replay it while later steps enqueue the same ops on the same buffers, which removes per-op launch cost; the
+    /// CUDA backend does (`CudaBackend::run_step`). The only value allowed to change between replays without
+    /// changing the ops is the `step` given to [`Backend::adam_step_if_finite`]. Default: runs `f`.
+    fn run_step(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        f()
+    }
+
     /// `Σ buf[i]²` over the whole buffer, in f64 (for gradient norms).
     fn sum_squares(&self, buf: &Self::Buf) -> Result<f64>;
     /// `buf *= s` over the whole buffer (gradient clipping, loss scaling).

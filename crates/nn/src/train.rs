@@ -87,6 +87,14 @@ pub fn eval_loss_of_output<B: Backend>(
 
 /// Loss of the current output against the uploaded target; also writes the output gradient.
 fn compute_loss<B: Backend>(be: &B, acts: &mut Activations<B>, loss: LossKind) -> Result<f32> {
+    loss_on_device(be, acts, loss)?;
+    let mut l = [0.0f32];
+    be.download(&acts.loss, 0, &mut l)?;
+    Ok(l[0])
+}
+
+/// Writes the loss of the current output into `acts.loss` and the output gradient, without reading it back.
+fn loss_on_device<B: Backend>(be: &B, acts: &mut Activations<B>, loss: LossKind) -> Result<()> {
     if !acts.trainable {
         return Err(crate::NnError::Shape {
             op: "loss",
@@ -104,10 +112,7 @@ fn compute_loss<B: Backend>(be: &B, acts: &mut Activations<B>, loss: LossKind) -
         output,
         ..
     } = acts;
-    be.loss_forward_backward(loss, len, &vals[*output], target, &mut grads[*output], lbuf)?;
-    let mut l = [0.0f32];
-    be.download(lbuf, 0, &mut l)?;
-    Ok(l[0])
+    be.loss_forward_backward(loss, len, &vals[*output], target, &mut grads[*output], lbuf)
 }
 
 /// Forward pass and loss only (validation). The batch must be uploaded in `acts`.
@@ -142,6 +147,10 @@ pub fn train_step<B: Backend>(
 }
 
 /// [`train_step`] on a batch already in `acts` (for loaders that fill device buffers themselves).
+///
+/// The whole step runs inside [`Backend::run_step`] (the CUDA backend replays it as one graph): the loss stays on
+/// the device until the update is queued, and the update is skipped on the device when the loss is not finite
+/// ([`Backend::adam_step_if_finite`]); the loss is read back once, at the end.
 pub fn train_step_uploaded<B: Backend>(
     be: &B,
     model: &Model,
@@ -150,18 +159,81 @@ pub fn train_step_uploaded<B: Backend>(
     loss: LossKind,
     adam: &AdamParams,
 ) -> Result<f32> {
-    let l = loss_and_gradients(be, model, &state.params, &mut state.grads, acts, loss)?;
-    if !l.is_finite() {
-        return Err(NnError::NonFiniteLoss(l));
+    let step = state.step + 1;
+    let TrainState {
+        params,
+        grads,
+        m,
+        v,
+        ..
+    } = state;
+    be.run_step(&mut || {
+        model.forward(be, params, acts)?;
+        loss_on_device(be, acts, loss)?;
+        be.fill(grads, 0, be.len(grads), 0.0)?;
+        model.backward(be, params, grads, acts)?;
+        be.adam_step_if_finite(adam, step, &acts.loss, params, grads, m, v)
+    })?;
+    let mut l = [0.0f32];
+    be.download(&acts.loss, 0, &mut l)?;
+    if !l[0].is_finite() {
+        return Err(NnError::NonFiniteLoss(l[0]));
     }
-    state.step += 1;
-    be.adam_step(
-        adam,
-        state.step,
-        &mut state.params,
-        &state.grads,
-        &mut state.m,
-        &mut state.v,
-    )?;
-    Ok(l)
+    state.step = step;
+    Ok(l[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::Cpu;
+    use crate::Arch;
+
+    /// A non-finite loss is reported and leaves parameters, moments and the step count as they were (the update
+    /// is skipped by `adam_step_if_finite` inside the step, before the loss is read back).
+    #[test]
+    fn non_finite_loss_updates_nothing() {
+        let be = Cpu::new(1).unwrap();
+        let model = Model::new(Arch::from_name("unet", Some(&[4, 8])).unwrap()).unwrap();
+        let init = model.init_params(1);
+        let mut state = TrainState::new(&be, &model, &init).unwrap();
+        let mut acts = model.activations(&be, 1, 16, 16).unwrap();
+        let x: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin()).collect();
+        let adam = AdamParams::default();
+        let l = train_step(
+            &be,
+            &model,
+            &mut state,
+            &mut acts,
+            &x,
+            &x,
+            LossKind::Mse,
+            &adam,
+        )
+        .unwrap();
+        assert!(l.is_finite());
+        let (p, m) = (
+            TrainState::download(&be, &state.params).unwrap(),
+            TrainState::download(&be, &state.m).unwrap(),
+        );
+        let mut bad = x.clone();
+        bad[17] = f32::NAN;
+        let r = train_step(
+            &be,
+            &model,
+            &mut state,
+            &mut acts,
+            &x,
+            &bad,
+            LossKind::Mse,
+            &adam,
+        );
+        assert!(
+            matches!(r, Err(NnError::NonFiniteLoss(v)) if v.is_nan()),
+            "{r:?}"
+        );
+        assert_eq!(state.step, 1);
+        assert_eq!(TrainState::download(&be, &state.params).unwrap(), p);
+        assert_eq!(TrainState::download(&be, &state.m).unwrap(), m);
+    }
 }
