@@ -8,7 +8,7 @@ py=${PYTHON:-python3}
 stamp=.venv/.requirements.sha256
 want=$(sha256sum python/requirements.txt scripts/setup-python.sh | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "setup-python: creating .venv (mrcfile, numpy, torch, scikit-image, topaz-em) ..." >&2
+  echo "setup-python: creating .venv (mrcfile, numpy, torch, scikit-image, topaz-em; matplotlib, nbclient, ipykernel for the notebook) ..." >&2
   "$py" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -r python/requirements.txt
