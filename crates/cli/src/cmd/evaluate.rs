@@ -14,10 +14,12 @@ pub struct Args {
     /// baselines are evaluated.
     #[arg(long, short = 'm', value_name = "CKPT")]
     pub model: Vec<PathBuf>,
-    /// Noisy micrographs to denoise and compare with --truth (files, directories or glob patterns).
+    /// Noisy micrographs to denoise and compare with --truth: files, directories (their .mrc/.mrcs/.map[.gz]
+    /// files, not sub-directories) or quoted glob patterns, expanded as `cryoden denoise` expands its inputs.
     #[arg(long, value_name = "INPUT", requires = "truth")]
     pub input: Vec<String>,
-    /// Noise-free micrographs, matched to --input by file name (e.g. the truth/ of `cryoden simulate`).
+    /// Noise-free micrographs, matched to --input by file name (e.g. the truth/ of `cryoden simulate`); a
+    /// directory, a file or a quoted glob pattern.
     #[arg(long, value_name = "DIR", requires = "input")]
     pub truth: Option<String>,
     /// Half set A (e.g. even/ of `cryoden split`): scored by MSE(f(A), B) and the FRC of f(A) with f(B).
