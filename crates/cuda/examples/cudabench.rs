@@ -166,6 +166,114 @@ fn ops(args: &[String]) {
                     "tensor_ops": [ch[0].tensor_ops, ch[1].tensor_ops, ch[2].tensor_ops]})
             );
         }
+        // Direct kernels of the one-channel layers against cuDNN's (the rows above): the 3x3 1 -> 32 input conv
+        // (forward with bias + ReLU fused, weight gradient) and the 1x1 32 -> 1 output conv's backward-data (v1:
+        // one element per thread; v2: 16-byte accesses).
+        {
+            let xs = Nhwc::new(batch, size, size, 1);
+            let ys = Nhwc::new(batch, size, size, widths[0]);
+            let x = random(&mut gpu, xs.len(), dt, 21);
+            let w = random(&mut gpu, 9 * widths[0], dt, 22);
+            let bias = random(&mut gpu, widths[0], DType::F32, 23);
+            let dy = random(&mut gpu, ys.len(), dt, 24);
+            let y = gpu.alloc(ys.len(), dt).unwrap();
+            let dw = gpu.alloc(9 * widths[0], DType::F32).unwrap();
+            if gpu.conv_in3_ok(widths[0], dt, &x.view(xs), &y.view(ys)) {
+                let f = time_ms(&mut gpu, reps, |gpu| {
+                    gpu.conv_in3_forward(x.view(xs), w.ptr(), Some(bias.ptr()), y.view(ys), 0.0)
+                        .unwrap()
+                });
+                let bf = time_ms(&mut gpu, reps, |gpu| {
+                    gpu.conv_in3_backward_filter(x.view(xs), dy.view(ys), dw.ptr())
+                        .unwrap()
+                });
+                let name = format!("conv3x3 1->{} direct (+bias+ReLU)", widths[0]);
+                println!(
+                    "{:<6} {:<44} {:>9.3} {:>9} {:>9.3}",
+                    p.name(),
+                    name,
+                    f,
+                    "",
+                    bf
+                );
+                println!(
+                    "JSON {}",
+                    serde_json::json!({"kind": "conv_direct", "precision": p.name(), "op": name, "fwd_ms": f, "bwd_filter_ms": bf})
+                );
+            }
+            let g1 = ConvGeom {
+                n: batch,
+                h: size,
+                w: size,
+                cin: widths[0],
+                cout: 1,
+                k: 1,
+                pad: 0,
+                stride: 1,
+            };
+            let d1 = random(&mut gpu, g1.out_shape().len(), dt, 25);
+            let w1 = random(&mut gpu, widths[0], dt, 26);
+            let x1 = random(&mut gpu, g1.in_shape().len(), dt, 27);
+            let y1 = gpu.alloc(g1.out_shape().len(), dt).unwrap();
+            let dw1 = gpu.alloc(widths[0], DType::F32).unwrap();
+            if gpu.conv1x1_to1_ok(dt, &x1.view(g1.in_shape()), &y1.view(g1.out_shape())) {
+                let f = time_ms(&mut gpu, reps, |gpu| {
+                    gpu.conv1x1_to1_forward(
+                        x1.view(g1.in_shape()),
+                        w1.ptr(),
+                        Some(bias.ptr()),
+                        y1.view(g1.out_shape()),
+                        1.0,
+                    )
+                    .unwrap()
+                });
+                let bf = time_ms(&mut gpu, reps, |gpu| {
+                    gpu.conv1x1_to1_backward_filter(
+                        x1.view(g1.in_shape()),
+                        d1.view(g1.out_shape()),
+                        dw1.ptr(),
+                    )
+                    .unwrap()
+                });
+                let name = format!("conv1x1 {}->1 direct (+bias)", widths[0]);
+                println!(
+                    "{:<6} {:<44} {:>9.3} {:>9} {:>9.3}",
+                    p.name(),
+                    name,
+                    f,
+                    "",
+                    bf
+                );
+                println!(
+                    "JSON {}",
+                    serde_json::json!({"kind": "conv_direct", "precision": p.name(), "op": name, "fwd_ms": f, "bwd_filter_ms": bf})
+                );
+            }
+            for version in [3u32, 4] {
+                gpu.bias_act_version = version;
+                let t = time_ms(&mut gpu, reps, |gpu| {
+                    gpu.conv_backward_data(
+                        p,
+                        &g1,
+                        d1.view(g1.out_shape()),
+                        w1.ptr(),
+                        y.view(ys),
+                        0.0,
+                    )
+                    .unwrap()
+                });
+                let name = format!(
+                    "conv1x1 {}->1 bwd-data own kernel v{}",
+                    widths[0],
+                    version - 2
+                );
+                println!("{:<6} {:<44} {:>9} {:>9.3}", p.name(), name, "", t);
+                println!(
+                    "JSON {}",
+                    serde_json::json!({"kind": "conv_direct", "precision": p.name(), "op": name, "bwd_data_ms": t})
+                );
+            }
+        }
         // Transposed conv 2x2 of the decoder's first level (64 -> 32 at size/2 -> size).
         {
             let xs = Nhwc::new(batch, size / 2, size / 2, widths[1]);

@@ -390,6 +390,17 @@ impl CudaBackend {
         }
     }
 
+    /// Restricts cuDNN to bit-reproducible algorithms (on) or lets `cudnnFind` pick the fastest (off, the default).
+    /// Forgets the algorithms found so far and any captured step, so it takes effect from the next op.
+    pub fn set_deterministic(&self, on: bool) {
+        let mut g = self.graphs.lock().unwrap_or_else(|p| p.into_inner());
+        g.graph = None;
+        g.last_eager = None;
+        let mut gpu = self.gpu();
+        gpu.deterministic = on;
+        gpu.conv_plans.clear();
+    }
+
     /// (graphs captured, steps replayed from a graph) so far.
     pub fn step_graph_stats(&self) -> (u64, u64) {
         let g = self.graphs.lock().unwrap_or_else(|p| p.into_inner());
@@ -995,6 +1006,23 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let mut gpu = self.gpu();
+        let dt = self.precision.dtype();
+        if cg.k == 3 && cg.cin == 1 && gpu.conv_in3_ok(cg.cout, dt, &xg, &yg) {
+            // The one-channel input layer: a direct kernel with the bias and activation fused.
+            let w = self.weights(&mut gpu, params, w_off)?;
+            let b = bias.map(|o| params.buf.ptr_at(o));
+            return gpu
+                .conv_in3_forward(xg, w, b, yg, slope(act))
+                .map_err(be_err);
+        }
+        if cg.k == 1 && cg.cout == 1 && gpu.conv1x1_to1_ok(dt, &xg, &yg) {
+            // The one-channel output layer: one pass over x, bias and activation fused.
+            let w = self.weights(&mut gpu, params, w_off)?;
+            let b = bias.map(|o| params.buf.ptr_at(o));
+            return gpu
+                .conv1x1_to1_forward(xg, w, b, yg, slope(act))
+                .map_err(be_err);
+        }
         let xin = self.packed_in(&mut gpu, xg, S_X)?;
         let w = self.weights(&mut gpu, params, w_off)?;
         let yout = self.packed_out(&mut gpu, yg, S_Y)?;
@@ -1102,6 +1130,16 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let mut gpu = self.gpu();
+        if cg.k == 3 && cg.cin == 1 && gpu.conv_in3_ok(cg.cout, self.precision.dtype(), &xg, &dyg) {
+            return gpu
+                .conv_in3_backward_filter(xg, dyg, grads.buf.ptr_at(dw_off))
+                .map_err(be_err);
+        }
+        if cg.k == 1 && cg.cout == 1 && gpu.conv1x1_to1_ok(self.precision.dtype(), &xg, &dyg) {
+            return gpu
+                .conv1x1_to1_backward_filter(xg, dyg, grads.buf.ptr_at(dw_off))
+                .map_err(be_err);
+        }
         let xin = self.packed_in(&mut gpu, xg, S_X)?;
         let dyin = self.packed_in(&mut gpu, dyg, S_Y)?;
         if self.precision.dtype() == DType::F32 {

@@ -192,15 +192,19 @@ fn is_tensor_op(m: sys::cudnnMathType_t) -> bool {
 
 /// Whether a found algorithm is acceptable: it ran, fits the workspace limit, and in f32 mode uses no tensor cores
 /// (cuDNN reports DEFAULT_MATH for plain FMA kernels too; only TENSOR_OP* are refused).
+/// With `deterministic`, only algorithms cuDNN reports as bit-reproducible (no atomics) are acceptable.
 fn acceptable(
     p: Precision,
     status: sys::cudnnStatus_t,
     memory: usize,
     math: sys::cudnnMathType_t,
     limit: usize,
+    determinism: sys::cudnnDeterminism_t,
+    deterministic: bool,
 ) -> bool {
     status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
         && memory <= limit
+        && (!deterministic || determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC)
         && !(p == Precision::F32
             && matches!(
                 math,
@@ -226,6 +230,7 @@ impl Gpu {
             e.insert(ConvPlan::new(g, p)?);
         }
         let limit = self.workspace_limit;
+        let det = self.deterministic;
         let handle = self.cudnn.0;
         let plan = self.conv_plans.get_mut(&key).unwrap();
         let shape = g.to_string();
@@ -257,7 +262,9 @@ impl Gpu {
                 // Results come sorted fastest first.
                 let r = res[..count as usize]
                     .iter()
-                    .find(|r| acceptable(p, r.status, r.memory, r.mathType, limit))
+                    .find(|r| {
+                        acceptable(p, r.status, r.memory, r.mathType, limit, r.determinism, det)
+                    })
                     .ok_or_else(|| none("forward"))?;
                 // cuDNN's advice is to run an algorithm with the math type it was timed with; in f32 mode the
                 // descriptor keeps FMA_MATH (DEFAULT_MATH would allow TF32).
@@ -294,7 +301,9 @@ impl Gpu {
                 .map_err(dnn("cudnnFindConvolutionBackwardDataAlgorithm"))?;
                 let r = res[..count as usize]
                     .iter()
-                    .find(|r| acceptable(p, r.status, r.memory, r.mathType, limit))
+                    .find(|r| {
+                        acceptable(p, r.status, r.memory, r.mathType, limit, r.determinism, det)
+                    })
                     .ok_or_else(|| none("backward-data"))?;
                 // cuDNN's advice is to run an algorithm with the math type it was timed with; in f32 mode the
                 // descriptor keeps FMA_MATH (DEFAULT_MATH would allow TF32).
@@ -331,7 +340,9 @@ impl Gpu {
                 .map_err(dnn("cudnnFindConvolutionBackwardFilterAlgorithm"))?;
                 let r = res[..count as usize]
                     .iter()
-                    .find(|r| acceptable(p, r.status, r.memory, r.mathType, limit))
+                    .find(|r| {
+                        acceptable(p, r.status, r.memory, r.mathType, limit, r.determinism, det)
+                    })
                     .ok_or_else(|| none("backward-filter"))?;
                 // cuDNN's advice is to run an algorithm with the math type it was timed with; in f32 mode the
                 // descriptor keeps FMA_MATH (DEFAULT_MATH would allow TF32).
@@ -680,14 +691,48 @@ mod tests {
 
     #[test]
     fn f32_mode_refuses_tensor_core_algorithms() {
+        use sys::cudnnDeterminism_t::*;
         use sys::cudnnMathType_t::*;
         let ok = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
-        assert!(acceptable(Precision::F32, ok, 0, CUDNN_FMA_MATH, 0));
-        assert!(acceptable(Precision::F32, ok, 0, CUDNN_DEFAULT_MATH, 0));
-        assert!(!acceptable(Precision::F32, ok, 0, CUDNN_TENSOR_OP_MATH, 0));
-        assert!(acceptable(Precision::Bf16, ok, 0, CUDNN_TENSOR_OP_MATH, 0));
+        let d = CUDNN_DETERMINISTIC;
+        assert!(acceptable(
+            Precision::F32,
+            ok,
+            0,
+            CUDNN_FMA_MATH,
+            0,
+            d,
+            false
+        ));
+        assert!(acceptable(
+            Precision::F32,
+            ok,
+            0,
+            CUDNN_DEFAULT_MATH,
+            0,
+            d,
+            false
+        ));
+        assert!(!acceptable(
+            Precision::F32,
+            ok,
+            0,
+            CUDNN_TENSOR_OP_MATH,
+            0,
+            d,
+            false
+        ));
+        assert!(acceptable(
+            Precision::Bf16,
+            ok,
+            0,
+            CUDNN_TENSOR_OP_MATH,
+            0,
+            d,
+            false
+        ));
         assert!(
-            !acceptable(Precision::Tf32, ok, 10, CUDNN_DEFAULT_MATH, 5),
+            !acceptable(Precision::Tf32, ok, 10, CUDNN_DEFAULT_MATH, 5, d, false),
             "workspace over the limit"
         );
         assert!(!acceptable(
@@ -695,7 +740,44 @@ mod tests {
             sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED,
             0,
             CUDNN_DEFAULT_MATH,
-            0
+            0,
+            d,
+            false
+        ));
+    }
+
+    #[test]
+    fn deterministic_mode_refuses_non_deterministic_algorithms() {
+        use sys::cudnnDeterminism_t::*;
+        use sys::cudnnMathType_t::*;
+        let ok = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+        let m = CUDNN_TENSOR_OP_MATH;
+        assert!(acceptable(
+            Precision::Bf16,
+            ok,
+            0,
+            m,
+            0,
+            CUDNN_NON_DETERMINISTIC,
+            false
+        ));
+        assert!(!acceptable(
+            Precision::Bf16,
+            ok,
+            0,
+            m,
+            0,
+            CUDNN_NON_DETERMINISTIC,
+            true
+        ));
+        assert!(acceptable(
+            Precision::Bf16,
+            ok,
+            0,
+            m,
+            0,
+            CUDNN_DETERMINISTIC,
+            true
         ));
     }
 }

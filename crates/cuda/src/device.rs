@@ -159,6 +159,9 @@ pub struct Gpu {
     pub(crate) workspace: Option<Buf>,
     /// Largest cuDNN workspace an algorithm may use (bytes).
     pub workspace_limit: usize,
+    /// Only bit-reproducible cuDNN algorithms (set before the first conv of a shape; see
+    /// `CudaBackend::set_deterministic`). Off by default: cudnnFind's fastest pick may use atomics.
+    pub deterministic: bool,
     scratch: Option<Buf>,
     staging: Vec<Option<Buf>>,
     /// Set while a CUDA graph is being captured: internal buffers must not be (re)allocated then (a stream-ordered
@@ -175,6 +178,10 @@ pub struct Gpu {
     pub act_bwd_pairs: bool,
     /// Use the 16-byte version of the activation backward where it applies (default on; before the pair version).
     pub act_bwd_vec: bool,
+    /// Use the direct kernels for 3x3 convs with one input channel (forward and weight gradient; default on).
+    pub direct_conv_in: bool,
+    /// Use the direct kernels for 1x1 convs with one output channel (forward and weight gradient; default on).
+    pub direct_conv_out: bool,
     /// Version of the max-pool forward kernel (1: one element per thread; 2: 16-byte accesses, the default).
     pub maxpool_fwd_version: u32,
     /// Version of the max-pool gradient kernel (1: one thread per input; 2: one per window; 3: 2 with 16-byte
@@ -239,6 +246,7 @@ impl Gpu {
             conv_plans: HashMap::new(),
             workspace: None,
             workspace_limit,
+            deterministic: false,
             scratch: None,
             staging: Vec::new(),
             capturing: false,
@@ -248,6 +256,8 @@ impl Gpu {
             maxpool_bwd_version: 3,
             act_bwd_pairs: true,
             act_bwd_vec: true,
+            direct_conv_in: true,
+            direct_conv_out: true,
         })
     }
 
@@ -1048,20 +1058,248 @@ impl Gpu {
                 dy.shape, dx.shape
             )));
         }
-        let name = format!("conv1x1_to1_bwd_data_{}", dy.dtype.suffix());
+        // 16-byte version where channels and alignment allow (the version-1 kernel divides by C per element).
+        let vec = self.bias_act_version >= 4 && vec_ok(dx.shape.c, &[&dx]);
+        let groups = if vec {
+            dx.shape.c / dx.dtype.vec_len()
+        } else {
+            dx.shape.c
+        };
+        let name = format!(
+            "conv1x1_to1_bwd_data{}_{}",
+            if vec { "_vec" } else { "" },
+            dy.dtype.suffix()
+        );
         let (dyp, dxp, np, c, acc) = (
             dy.ptr,
             dx.ptr,
             dx.shape.pixels() as i64,
-            dx.shape.c as i32,
+            groups as i32,
             accumulate as i32,
         );
-        let cfg = self.cfg1(dx.shape.len());
+        let cfg = if vec {
+            self.cfg_groups(dx.shape.pixels(), groups)
+        } else {
+            self.cfg1(dx.shape.len())
+        };
         let f = self.func(&name)?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&dyp).arg(&w).arg(&dxp).arg(&np).arg(&c).arg(&acc);
         // SAFETY: matches conv1x1_to1_bwd_data_*; w holds C elements of dy's dtype.
         unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv1x1_to1_bwd_data)"))?;
+        Ok(())
+    }
+
+    /// Whether the direct kernels for a 3x3 conv with one input channel apply: `cout` output channels in whole
+    /// 16-byte groups (a power of two of them, at most 64 channels), everything in `dt`, `out` (y or dy) 16-byte
+    /// aligned with a channel stride of whole groups.
+    pub fn conv_in3_ok(&self, cout: usize, dt: DType, x: &View, out: &View) -> bool {
+        let v = dt.vec_len();
+        let groups = cout / v;
+        self.direct_conv_in
+            && cout.is_multiple_of(v)
+            && cout <= 64
+            && groups.is_power_of_two()
+            && groups <= 32
+            && x.dtype == dt
+            && x.shape.c == 1
+            && x.shape.pixels() < i32::MAX as usize
+            && vec_ok(cout, &[out])
+            && out.dtype == dt
+    }
+
+    /// Whether the direct kernels for a 1x1 conv with one output channel apply: `x` (`cin` channels) in 16-byte
+    /// groups, a power of two of them, at most 32; x and `out` (y or dy, one channel) in `dt`.
+    pub fn conv1x1_to1_ok(&self, dt: DType, x: &View, out: &View) -> bool {
+        let cin = x.shape.c;
+        let groups = cin / dt.vec_len();
+        self.direct_conv_out
+            && groups.is_power_of_two()
+            && groups <= 32
+            && vec_ok(cin, &[x])
+            && x.dtype == dt
+            && out.dtype == dt
+            && out.shape.c == 1
+            && out.shape.pixels() == x.shape.pixels()
+    }
+
+    /// y = act(conv1x1(x, w) + bias) to one channel (`conv1x1_to1_ok` must hold): w `[cin]` in x's dtype.
+    pub fn conv1x1_to1_forward(
+        &mut self,
+        x: View,
+        w: u64,
+        bias: Option<u64>,
+        y: View,
+        slope: f32,
+    ) -> Result<()> {
+        if !self.conv1x1_to1_ok(x.dtype, &x, &y) {
+            return Err(CudaError::Shape(format!(
+                "conv1x1_to1_forward: {} -> {} not supported",
+                x.shape, y.shape
+            )));
+        }
+        let groups = x.shape.c / x.dtype.vec_len();
+        let name = format!("conv1x1_to1_fwd_vec_{}", x.dtype.suffix());
+        let (xp, xcs, bp, yp, ycs) = (x.ptr, x.cs as i32, bias.unwrap_or(0), y.ptr, y.cs as i32);
+        let (np, cv) = (x.shape.pixels() as i64, groups as i32);
+        let cfg = self.cfg1(x.shape.pixels());
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&xp)
+            .arg(&xcs)
+            .arg(&w)
+            .arg(&bp)
+            .arg(&yp)
+            .arg(&ycs)
+            .arg(&np)
+            .arg(&cv)
+            .arg(&slope);
+        // SAFETY: matches conv1x1_to1_fwd_vec_*; w holds cin elements, bias one f32.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv1x1_to1_fwd_vec)"))?;
+        Ok(())
+    }
+
+    /// dw += weight gradient of the 1x1 conv to one channel (`conv1x1_to1_ok` must hold); dw: `[cin]` f32.
+    pub fn conv1x1_to1_backward_filter(&mut self, x: View, dy: View, dw: u64) -> Result<()> {
+        if !self.conv1x1_to1_ok(x.dtype, &x, &dy) {
+            return Err(CudaError::Shape(format!(
+                "conv1x1_to1_backward_filter: {} -> {} not supported",
+                x.shape, dy.shape
+            )));
+        }
+        let c = x.shape.c;
+        let groups = c / x.dtype.vec_len();
+        let by = 256 / groups;
+        let np = x.shape.pixels();
+        let parts = np
+            .div_ceil(by)
+            .clamp(1, 2 * self.info.multiprocessors.max(1) as usize);
+        let partial = self.scratch(parts * c)?;
+        let name = format!("conv1x1_to1_bwd_filter_vec_{}", x.dtype.suffix());
+        let (xp, xcs, dyp, npi, cv) = (x.ptr, x.cs as i32, dy.ptr, np as i64, groups as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (parts as u32, 1, 1),
+            block_dim: (groups as u32, by as u32, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&xp)
+            .arg(&xcs)
+            .arg(&dyp)
+            .arg(&npi)
+            .arg(&cv)
+            .arg(&partial);
+        // SAFETY: matches conv1x1_to1_bwd_filter_vec_*; partial holds parts * cin floats.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv1x1_to1_bwd_filter_vec)"))?;
+        let (pi, ci, acc) = (parts as i32, c as i32, 1i32);
+        let cfg = LaunchConfig {
+            grid_dim: (c.div_ceil(128) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.func("sum_parts_f32")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&partial).arg(&pi).arg(&ci).arg(&dw).arg(&acc);
+        // SAFETY: matches sum_parts_f32; dw holds cin f32.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(sum_parts)"))?;
+        Ok(())
+    }
+
+    /// y = act(conv3x3(x, w) + bias) for one input channel (`conv_in3_ok` must hold): w `[cout, 3, 3]` in x's dtype.
+    pub fn conv_in3_forward(
+        &mut self,
+        x: View,
+        w: u64,
+        bias: Option<u64>,
+        y: View,
+        slope: f32,
+    ) -> Result<()> {
+        same_shape("conv_in3_forward", Nhwc { c: 1, ..y.shape }, x.shape)?;
+        if !self.conv_in3_ok(y.shape.c, x.dtype, &x, &y) {
+            return Err(CudaError::Shape(format!(
+                "conv_in3_forward: {} -> {} not supported",
+                x.shape, y.shape
+            )));
+        }
+        let s = y.shape;
+        let groups = s.c / x.dtype.vec_len();
+        let name = format!("conv_in3_fwd_{}", x.dtype.suffix());
+        let (xp, xcs, bp, yp, ycs) = (x.ptr, x.cs as i32, bias.unwrap_or(0), y.ptr, y.cs as i32);
+        let (n, h, wd, cv) = (s.n as i32, s.h as i32, s.w as i32, groups as i32);
+        let cfg = self.cfg_groups(s.pixels(), groups);
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&xp)
+            .arg(&xcs)
+            .arg(&w)
+            .arg(&bp)
+            .arg(&yp)
+            .arg(&ycs)
+            .arg(&n)
+            .arg(&h)
+            .arg(&wd)
+            .arg(&cv)
+            .arg(&slope);
+        // SAFETY: matches conv_in3_fwd_*; w holds 9 * cout elements, bias cout f32.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv_in3_fwd)"))?;
+        Ok(())
+    }
+
+    /// dw += weight gradient of the one-input-channel 3x3 conv (`conv_in3_ok` must hold); dw: `[cout, 3, 3]` f32.
+    pub fn conv_in3_backward_filter(&mut self, x: View, dy: View, dw: u64) -> Result<()> {
+        same_shape(
+            "conv_in3_backward_filter",
+            Nhwc { c: 1, ..dy.shape },
+            x.shape,
+        )?;
+        if !self.conv_in3_ok(dy.shape.c, x.dtype, &x, &dy) {
+            return Err(CudaError::Shape(format!(
+                "conv_in3_backward_filter: {} -> {} not supported",
+                x.shape, dy.shape
+            )));
+        }
+        let s = dy.shape;
+        let groups = s.c / x.dtype.vec_len();
+        let by = 256 / groups;
+        let parts = s
+            .pixels()
+            .div_ceil(by)
+            .clamp(1, 2 * self.info.multiprocessors.max(1) as usize);
+        let len = 9 * s.c;
+        let partial = self.scratch(parts * len)?;
+        let name = format!("conv_in3_bwd_filter_{}", x.dtype.suffix());
+        let (xp, xcs, dyp, dycs) = (x.ptr, x.cs as i32, dy.ptr, dy.cs as i32);
+        let (n, h, wd, cv) = (s.n as i32, s.h as i32, s.w as i32, groups as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (parts as u32, 1, 1),
+            block_dim: (groups as u32, by as u32, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&xp)
+            .arg(&xcs)
+            .arg(&dyp)
+            .arg(&dycs)
+            .arg(&n)
+            .arg(&h)
+            .arg(&wd)
+            .arg(&cv)
+            .arg(&partial);
+        // SAFETY: matches conv_in3_bwd_filter_*; partial holds parts * 9 * cout floats.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv_in3_bwd_filter)"))?;
+        let (pi, li, acc) = (parts as i32, len as i32, 1i32);
+        let cfg = LaunchConfig {
+            grid_dim: (len.div_ceil(128) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.func("sum_parts_f32")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&partial).arg(&pi).arg(&li).arg(&dw).arg(&acc);
+        // SAFETY: matches sum_parts_f32; dw holds 9 * cout f32.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(sum_parts)"))?;
         Ok(())
     }
 
@@ -1152,6 +1390,11 @@ fn kernel_names() -> Vec<String> {
             "act_bwd_vec",
             "maxpool2_fwd_vec",
             "maxpool2_bwd_vec",
+            "conv_in3_fwd",
+            "conv_in3_bwd_filter",
+            "conv1x1_to1_bwd_data_vec",
+            "conv1x1_to1_fwd_vec",
+            "conv1x1_to1_bwd_filter_vec",
             "upsample_fwd",
             "upsample_bwd",
             "conv1x1_to1_bwd_data",

@@ -725,3 +725,197 @@ fn ops_replay_in_a_cuda_graph() {
     graph.launch().unwrap();
     assert_eq!(gpu.download(&pb).unwrap(), eager);
 }
+
+/// The direct kernels of the one-input-channel 3x3 conv (the U-Net's first layer): forward with bias and
+/// activation fused, written into a channel slice of a wider buffer, and the weight gradient accumulated into an
+/// f32 buffer; against the f64 CPU reference on the storage-rounded inputs. f32 ≤ 1e-6, bf16 ≤ 1e-2 (output
+/// rounding) for the forward; the gradient is accumulated in f32 from rounded inputs: ≤ 1e-5.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn direct_one_channel_conv_matches_cpu() {
+    let mut gpu = gpu();
+    let mut rng = Rng::new(11);
+    for dt in [DType::F32, DType::Bf16] {
+        let r = |v: f32| if dt == DType::Bf16 { bf16_round(v) } else { v };
+        // (n, h, w, cout, buffer channels, slice offset, slope)
+        for (n, h, w, cout, wc, off, slope) in [
+            (2usize, 17usize, 19usize, 32usize, 32usize, 0usize, 0.0f32),
+            (1, 5, 3, 16, 48, 16, 0.1),
+            (3, 1, 9, 64, 64, 0, 1.0),
+            (1, 64, 40, 8, 16, 8, 0.0),
+        ] {
+            let v = dt.vec_len();
+            if cout % v != 0 || !(cout / v).is_power_of_two() || off % v != 0 || wc % v != 0 {
+                continue;
+            }
+            let g = G {
+                n,
+                h,
+                w,
+                cin: 1,
+                cout,
+                k: 3,
+                pad: 1,
+                stride: 1,
+            };
+            let xs = Nhwc::new(n, h, w, 1);
+            let ys = Nhwc::new(n, h, w, cout);
+            let whole = Nhwc::new(n, h, w, wc);
+            let x: Vec<f32> = rng.vec(xs.len(), 1.0).into_iter().map(r).collect();
+            let wt: Vec<f32> = rng.vec(cout * 9, 0.5).into_iter().map(r).collect();
+            let bias = rng.vec(cout, 0.3);
+            let dy: Vec<f32> = rng.vec(ys.len(), 1.0).into_iter().map(r).collect();
+            let xb = gpu.upload(&x, dt).unwrap();
+            let wb = gpu.upload(&wt, dt).unwrap();
+            let bb = gpu.upload(&bias, DType::F32).unwrap();
+            let dyb = gpu.upload(&dy, dt).unwrap();
+            let cat = gpu.alloc(whole.len(), dt).unwrap();
+            gpu.fill(&cat, 7.0).unwrap();
+            let yv = cat.channels(whole, off, cout);
+            assert!(gpu.conv_in3_ok(cout, dt, &xb.view(xs), &yv), "{dt:?} {ys}");
+            gpu.conv_in3_forward(xb.view(xs), wb.ptr(), Some(bb.ptr()), yv, slope)
+                .unwrap();
+            let conv = conv_fwd(&g, &x, &wt);
+            let got = gpu.download(&cat).unwrap();
+            let (mut got_y, mut want_y) = (Vec::new(), Vec::new());
+            for p in 0..ys.pixels() {
+                for c in 0..wc {
+                    let v = got[p * wc + c];
+                    if (off..off + cout).contains(&c) {
+                        got_y.push(v);
+                        want_y.push(act(conv[p * cout + c - off] + bias[c - off], slope));
+                    } else {
+                        assert_eq!(v, 7.0, "{dt:?}: channel {c} outside the slice was touched");
+                    }
+                }
+            }
+            let e_y = rel_l2(&got_y, &want_y);
+            // Weight gradient accumulated onto 1.0 (grads are accumulated, +=).
+            let dwb = gpu.upload(&vec![1.0; cout * 9], DType::F32).unwrap();
+            gpu.conv_in3_backward_filter(xb.view(xs), dyb.view(ys), dwb.ptr())
+                .unwrap();
+            let want_dw: Vec<f32> = conv_bwd_filter(&g, &x, &dy)
+                .into_iter()
+                .map(|v| v + 1.0)
+                .collect();
+            let e_dw = rel_l2(&gpu.download(&dwb).unwrap(), &want_dw);
+            let tol_y = if dt == DType::Bf16 { 1e-2 } else { 1e-6 };
+            println!("{dt:?} conv3x3 1->{cout} on {n}x{h}x{w}: y {e_y:.2e}, dw {e_dw:.2e}");
+            assert!(
+                e_y <= tol_y && e_dw <= 1e-5,
+                "{dt:?} {ys}: y {e_y:e}, dw {e_dw:e}"
+            );
+        }
+    }
+}
+
+/// The 1x1 conv with one output channel (the U-Net's output layer): backward-data (16-byte version, dx = dy ⊗ w,
+/// also accumulated), the direct forward with bias and activation fused, and the direct weight gradient accumulated
+/// into f32; against the f64 CPU reference on storage-rounded inputs.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn one_by_one_to_one_direct_kernels() {
+    let mut gpu = gpu();
+    let mut rng = Rng::new(12);
+    let g = G {
+        n: 2,
+        h: 13,
+        w: 11,
+        cin: 32,
+        cout: 1,
+        k: 1,
+        pad: 0,
+        stride: 1,
+    };
+    let cg = ConvGeom {
+        n: 2,
+        h: 13,
+        w: 11,
+        cin: 32,
+        cout: 1,
+        k: 1,
+        pad: 0,
+        stride: 1,
+    };
+    for (p, dt) in [(Precision::F32, DType::F32), (Precision::Bf16, DType::Bf16)] {
+        let r = |v: f32| if dt == DType::Bf16 { bf16_round(v) } else { v };
+        let dy: Vec<f32> = rng
+            .vec(cg.out_shape().len(), 1.0)
+            .into_iter()
+            .map(r)
+            .collect();
+        let w: Vec<f32> = rng.vec(32, 0.5).into_iter().map(r).collect();
+        let dyb = gpu.upload(&dy, dt).unwrap();
+        let wb = gpu.upload(&w, dt).unwrap();
+        let dxb = gpu.alloc(cg.in_shape().len(), dt).unwrap();
+        gpu.fill(&dxb, f32::NAN).unwrap();
+        gpu.conv_backward_data(
+            p,
+            &cg,
+            dyb.view(cg.out_shape()),
+            wb.ptr(),
+            dxb.view(cg.in_shape()),
+            0.0,
+        )
+        .unwrap();
+        let want: Vec<f32> = conv_bwd_data(&g, &dy, &w).into_iter().map(r).collect();
+        assert_eq!(gpu.download(&dxb).unwrap(), want, "{dt:?}");
+        gpu.conv_backward_data(
+            p,
+            &cg,
+            dyb.view(cg.out_shape()),
+            wb.ptr(),
+            dxb.view(cg.in_shape()),
+            1.0,
+        )
+        .unwrap();
+        let twice: Vec<f32> = want.iter().map(|v| r(2.0 * v)).collect();
+        let e = rel_l2(&gpu.download(&dxb).unwrap(), &twice);
+        assert!(e <= 1e-7, "{dt:?} accumulate: {e:e}");
+
+        // Forward: y = act(x · w + b), written into channel 1 of a 2-channel buffer.
+        let x: Vec<f32> = rng
+            .vec(cg.in_shape().len(), 1.0)
+            .into_iter()
+            .map(r)
+            .collect();
+        let xb = gpu.upload(&x, dt).unwrap();
+        let b = [0.25f32];
+        let bb = gpu.upload(&b, DType::F32).unwrap();
+        let two = Nhwc::new(2, 13, 11, 2);
+        let yb = gpu.alloc(two.len(), dt).unwrap();
+        gpu.fill(&yb, 7.0).unwrap();
+        let yv = yb.channels(two, 1, 1);
+        assert!(gpu.conv1x1_to1_ok(dt, &xb.view(cg.in_shape()), &yv));
+        gpu.conv1x1_to1_forward(xb.view(cg.in_shape()), wb.ptr(), Some(bb.ptr()), yv, 0.1)
+            .unwrap();
+        let conv = conv_fwd(&g, &x, &w);
+        let got = gpu.download(&yb).unwrap();
+        let got_y: Vec<f32> = got.iter().skip(1).step_by(2).copied().collect();
+        assert!(
+            got.iter().step_by(2).all(|&v| v == 7.0),
+            "{dt:?}: channel 0 touched"
+        );
+        let want_y: Vec<f32> = conv.iter().map(|&v| act(v + b[0], 0.1)).collect();
+        let e_y = rel_l2(&got_y, &want_y);
+        // Weight gradient, accumulated onto 1.0.
+        let dwb = gpu.upload(&[1.0f32; 32], DType::F32).unwrap();
+        gpu.conv1x1_to1_backward_filter(
+            xb.view(cg.in_shape()),
+            dyb.view(cg.out_shape()),
+            dwb.ptr(),
+        )
+        .unwrap();
+        let want_dw: Vec<f32> = conv_bwd_filter(&g, &x, &dy)
+            .into_iter()
+            .map(|v| v + 1.0)
+            .collect();
+        let e_dw = rel_l2(&gpu.download(&dwb).unwrap(), &want_dw);
+        let tol_y = if dt == DType::Bf16 { 1e-2 } else { 1e-6 };
+        println!("{dt:?} conv1x1 32->1: y {e_y:.2e}, dw {e_dw:.2e}");
+        assert!(
+            e_y <= tol_y && e_dw <= 1e-5,
+            "{dt:?}: y {e_y:e}, dw {e_dw:e}"
+        );
+    }
+}

@@ -134,10 +134,31 @@ fn check(arch: Arch, n: usize, h: usize, w: usize) {
             .map(|(a, b)| a - b)
             .collect();
         let e_upd = rel_l2(&du_got, &du_want);
+        // Adam's first steps move every parameter by about ±lr whatever its gradient's size, so an element whose
+        // gradient is at the rounding-noise level (|g| < 1e-4 · rms) can flip sign between two correct backends and
+        // move the other way: one such element in topaz-unet-small's 400 k gave a 1e-3 update difference (call 9).
+        // The asserted update figure leaves those elements out (their number is printed).
+        let rms = (want.grads.iter().map(|&g| (g as f64).powi(2)).sum::<f64>()
+            / want.grads.len().max(1) as f64)
+            .sqrt();
+        let keep: Vec<bool> = want
+            .grads
+            .iter()
+            .map(|&g| (g as f64).abs() > 1e-4 * rms)
+            .collect();
+        let pick = |v: &[f32]| -> Vec<f32> {
+            v.iter()
+                .zip(&keep)
+                .filter(|(_, &k)| k)
+                .map(|(&x, _)| x)
+                .collect()
+        };
+        let e_upd_kept = rel_l2(&pick(&du_got), &pick(&du_want));
+        let noise = keep.iter().filter(|&&k| !k).count();
         let tol = p.parity_tolerance();
         println!(
             "{} {n}x{h}x{w} {p_name}: output {e_out:.2e}, loss {e_loss:.2e}, grads {e_grad:.2e} (worst tensor {} {:.2e}), \
-             3-step Adam update {e_upd:.2e} (tol {tol:e})",
+             3-step Adam update {e_upd:.2e}, without the {noise} noise-level gradients {e_upd_kept:.2e} (tol {tol:e})",
             arch.describe(),
             worst.1,
             worst.0
@@ -153,7 +174,7 @@ fn check(arch: Arch, n: usize, h: usize, w: usize) {
         // more than the whole buffer does; those figures are printed and recorded, not asserted.
         if p == Precision::F32 {
             checks.push(("worst grad tensor", worst.0, tol));
-            checks.push(("adam update", e_upd, 10.0 * tol));
+            checks.push(("adam update", e_upd_kept, 10.0 * tol));
         }
         for (what, e, t) in checks {
             if e > t {
@@ -241,11 +262,11 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// The whole training step captured as one CUDA graph and replayed (CudaBackend::run_step) gives what the same
-/// steps give eagerly on the same backend: bit for bit when two eager runs agree bit for bit (cuDNN may pick a
-/// non-deterministic algorithm; then the graph must differ from eager by no more than eager differs from itself).
-/// Batches alternate, so a replay that kept the captured batch or Adam step would differ. Then a NaN target:
-/// the replayed step reports NonFiniteLoss and leaves parameters, moments and the step count alone.
+/// The whole training step captured as one CUDA graph and replayed (CudaBackend::run_step) gives bit for bit what
+/// the same steps give eagerly on the same backend, with cuDNN restricted to deterministic algorithms (two eager runs
+/// are checked to agree bit for bit first). Batches alternate and weight decay is on, so a replay that kept the
+/// captured batch or Adam step would differ. Then a NaN target: the replayed step reports NonFiniteLoss and leaves
+/// parameters, moments and the step count alone.
 #[test]
 #[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
 fn graph_replay_matches_eager_steps() {
@@ -267,6 +288,7 @@ fn graph_replay_matches_eager_steps() {
     let steps = 7;
     for p in [Precision::F32, Precision::Tf32, Precision::Bf16] {
         let be = CudaBackend::new(0, p).unwrap();
+        be.set_deterministic(true);
         be.set_step_graphs(false);
         let e1 = steps_on(&be, &model, &init, &batches, steps, (n, h, w));
         let e2 = steps_on(&be, &model, &init, &batches, steps, (n, h, w));
@@ -295,14 +317,14 @@ fn graph_replay_matches_eager_steps() {
             "{p}: only {} of {steps} steps replayed",
             r1 - r0
         );
-        if deterministic {
-            assert!(g == e1, "{p}: graph replay differs from eager steps");
-        } else {
-            assert!(
-                d_params <= 4.0 * noise,
-                "{p}: graph {d_params:e} vs eager noise {noise:e}"
-            );
-        }
+        assert!(
+            deterministic,
+            "{p}: two eager runs with deterministic cuDNN algorithms differ ({noise:e})"
+        );
+        assert!(
+            g == e1,
+            "{p}: graph replay differs from eager steps ({d_params:e})"
+        );
 
         // A NaN target in a replayed step: error, nothing updated.
         let mut state = TrainState::new(&be, &model, &init).unwrap();
