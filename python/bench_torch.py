@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""PyTorch side of `cryoden bench train`: the same U-Net, batch and step (forward, MSE/L1, backward, Adam).
+"""PyTorch side of `cryoden bench train` and `cryoden bench denoise`: the same U-Net, batch and step (forward,
+MSE/L1, backward, Adam), or (`--mode infer`) the same forward pass alone over batches of denoising windows.
 
 Architecture (cryoden `unet`): per level two 3x3 conv + ReLU, 2x2 max-pool between levels, ConvTranspose2d(2, 2)
 upsampling, concat [up, skip], two 3x3 conv + ReLU, 1x1 output conv. Parameter names equal cryoden's, so a
@@ -9,6 +10,11 @@ cryoden checkpoint loads with `model.load_state_dict(safetensors.torch.load_file
 Examples:
   python3 python/bench_torch.py --widths 16,32,64,128 --size 128 --batch 8 --steps 20 --threads 2 --json
   python3 python/bench_torch.py --device cuda --size 1024 --batch 8 --dtype bf16 --channels-last --compile --json
+  python3 python/bench_torch.py --mode infer --device cuda --size 1136 --batch 8 --dtype bf16 --channels-last --json
+
+`--mode infer` is PyTorch's best eager inference (model.eval(), torch.inference_mode(), bf16 autocast,
+channels_last, cudnn.benchmark; `--compile` adds torch.compile): Mpixel/s of network input windows, the batch already
+on the GPU (no file I/O, no tiling), so it is an upper bound for a PyTorch denoising pipeline.
 """
 import argparse
 import json
@@ -104,8 +110,12 @@ def main():
     ap.add_argument("--loss", default="mse", choices=["mse", "l1"])
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mode", default="train", choices=["train", "infer"],
+                    help="train: a training step; infer: forward only under torch.inference_mode")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    if a.mode == "infer":
+        return infer(a)
 
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -189,6 +199,73 @@ def main():
         print(f"pytorch {a.arch} {a.batch}x{a.size}x{a.size} on {res['device']} ({res['threads']} threads): "
               f"{mean:.1f} ms/step (median {res['ms_per_step_median']:.1f}), {res['images_per_s']:.1f} images/s, "
               f"{res['gflop_per_s']:.1f} GFLOP/s", file=sys.stdout)
+
+
+def infer(a):
+    """Forward passes only: batches of `size`² windows, as a denoiser runs them."""
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    dev = torch.device(a.device)
+    if a.device == "cuda":
+        tf32 = a.dtype == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True
+    widths = [int(v) for v in a.widths.split(",")]
+    model = build(a.arch, widths)
+    flops_fwd = conv_flops(model, 1, min(a.size, 256), min(a.size, 256)) * (a.batch * a.size * a.size) / (
+        min(a.size, 256) ** 2)
+    nparams = sum(p.numel() for p in model.parameters())
+    mf = torch.channels_last if a.channels_last else torch.contiguous_format
+    model = model.to(dev).to(memory_format=mf).eval()
+    run_model = torch.compile(model) if a.compile else model
+    g = torch.Generator().manual_seed(a.seed)
+    x = torch.randn(a.batch, 1, a.size, a.size, generator=g).to(dev).contiguous(memory_format=mf)
+
+    def sync():
+        if a.device == "cuda":
+            torch.cuda.synchronize()
+
+    times = []
+    with torch.inference_mode():
+        for s in range(a.warmup + a.steps):
+            sync()
+            t0 = time.perf_counter()
+            with torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
+                out = run_model(x)
+            out = out.float()
+            sync()
+            if s >= a.warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+    mean = sum(times) / len(times)
+    mpx = a.batch * a.size * a.size / 1e6
+    res = {
+        "impl": "pytorch",
+        "mode": "infer",
+        "torch": torch.__version__,
+        "device": a.device if a.device == "cpu" else torch.cuda.get_device_name(0),
+        "arch": a.arch,
+        "widths": widths if a.arch == "unet" else None,
+        "batch": a.batch,
+        "size": a.size,
+        "steps": a.steps,
+        "dtype": a.dtype,
+        "channels_last": a.channels_last,
+        "compile": a.compile,
+        "params": nparams,
+        "ms_per_batch": mean,
+        "ms_per_batch_median": statistics.median(times),
+        "mpixel_per_s": mpx / (mean / 1e3),
+        "tflop_per_s": flops_fwd / 1e12 / (mean / 1e3),
+    }
+    if a.device == "cuda":
+        res["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    if a.json:
+        print(json.dumps(res))
+    else:
+        print(f"pytorch infer {a.arch} {a.batch}x{a.size}x{a.size} on {res['device']} ({a.dtype}): "
+              f"{mean:.2f} ms/batch, {res['mpixel_per_s']:.1f} Mpixel/s, {res['tflop_per_s']:.1f} TFLOP/s")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,12 @@ PyTorch writes a fixture that cryoden must reproduce.
 
     python python/verify.py --all OUT_DIR [--device cpu|cuda]       # the three fixtures the Rust test uses
     python python/verify.py --arch unet --widths 8,16,32 --batch 2 --height 32 --width 48 --out F.safetensors
+    python python/verify.py --all DIR --device cuda --cryoden target/release/cryoden   # GPU vs PyTorch on GPU
+
+With `--cryoden BIN`, after writing the fixtures it runs `BIN bench parity --device DEVICE --precision P` on each
+(cryoden's backend on the same device: the CUDA backend for `--device cuda`) for P in f32, tf32, bf16 and checks
+issue 6's tolerances (relative L2 of the output and of every parameter gradient: f32 1e-5, tf32 1e-3, bf16 1e-2;
+the loss relative to the same bounds). PyTorch's side is always f32 with TF32 off. Exit status 1 if any fails.
 
 A fixture (safetensors, float32, PyTorch layouts) holds, from weights drawn with PyTorch's default
 initialisation under `--seed`:
@@ -27,8 +33,14 @@ import json
 import os
 import sys
 
+import subprocess
+
 import torch
-from safetensors.torch import save_file
+
+try:
+    from safetensors.torch import save_file
+except ImportError:  # e.g. a GPU machine's torch environment without the safetensors package
+    save_file = None
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from models import arch_json, build  # noqa: E402
@@ -118,6 +130,55 @@ def make_fixture(arch: str, widths, batch_size: int, height: int, width: int, se
     return out, meta
 
 
+def write_safetensors(tensors: dict, path: str, metadata: dict) -> None:
+    """The safetensors format (8-byte little-endian header length, JSON header, raw little-endian data), for
+    float32 tensors, when the package is not installed."""
+    header = {"__metadata__": metadata}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        # torch only (no numpy needed); x86-64 and aarch64 are little-endian like the format.
+        b = bytes(tensors[name].to(torch.float32).contiguous().reshape(-1).view(torch.uint8).tolist())
+        header[name] = {"dtype": "F32", "shape": list(tensors[name].shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little"))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+# Issue 6's tolerances for a backend against the f32 reference, per precision (relative L2).
+TOLERANCE = {"f32": 1e-5, "tf32": 1e-3, "bf16": 1e-2}
+
+
+def check_cryoden(binary: str, device: str, paths: list[str]) -> bool:
+    """Runs `binary bench parity` on every fixture in each precision; prints a table; True if all pass."""
+    ok = True
+    precisions = ["f32", "tf32", "bf16"] if device.startswith("cuda") else ["f32"]
+    print(f"{'arch':<18} {'precision':<9} {'output rel L2':>14} {'loss rel':>10} {'worst gradient':>28} "
+          f"{'rel L2':>9}  result")
+    for p in precisions:
+        cmd = [binary, "bench", "parity", "--device", device, "--precision", p, "--json", *paths]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            print(f"{' '.join(cmd)} failed:\n{run.stderr}", file=sys.stderr)
+            return False
+        for line in run.stdout.splitlines():
+            r = json.loads(line)
+            tol = TOLERANCE[p]
+            worst = r["grad_worst"]
+            good = r["output"]["rel_l2"] <= tol and r["loss_rel"] <= tol and worst["rel_l2"] <= tol
+            ok &= good
+            name = r["arch"]["name"] if isinstance(r["arch"], dict) and "name" in r["arch"] else str(r["arch"])
+            print(f"{name[:18]:<18} {p:<9} {r['output']['rel_l2']:>14.2e} {r['loss_rel']:>10.2e} "
+                  f"{worst['name'][:28]:>28} {worst['rel_l2']:>9.2e}  {'ok' if good else 'FAIL'} (≤ {tol:g}) "
+                  f"[{r['backend']} vs torch on {r['torch_device']}]")
+    return ok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--all", metavar="DIR", help="write <arch>.safetensors for the three standard configurations")
@@ -131,6 +192,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="training steps recorded (default 10)")
     ap.add_argument("--loss", choices=["mse", "l1"], default="mse")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (TF32 off either way)")
+    ap.add_argument("--cryoden", metavar="BIN",
+                    help="then compare BIN's backend on --device against the fixtures (bench parity)")
     args = ap.parse_args()
 
     jobs = []
@@ -152,9 +215,15 @@ def main() -> None:
         tensors, meta = make_fixture(c["arch"], c["widths"], c["batch"], c["height"], c["width"], args.seed,
                                      args.steps, args.loss, args.device)
         tmp = path + ".tmp"
-        save_file(tensors, tmp, metadata=meta)
+        if save_file is not None:
+            save_file(tensors, tmp, metadata=meta)
+        else:
+            write_safetensors(tensors, tmp, meta)
         os.replace(tmp, path)
         print(f"{path}: {c['arch']} {c['batch']}x{c['height']}x{c['width']} loss {tensors['loss'].item():.6f}")
+    if args.cryoden:
+        if not check_cryoden(args.cryoden, args.device, [p for _, p in jobs]):
+            sys.exit(1)
 
 
 if __name__ == "__main__":

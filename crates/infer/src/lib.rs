@@ -5,16 +5,18 @@
 //!   model's alignment.
 //! - [`Denoiser`]: a model on a backend; [`Denoiser::denoise`] normalises as in training, runs the tiles in
 //!   batches and restores the input's units. Memory is set by the window size and batch, not the image size.
+//! - [`bench`]: the pipeline on synthetic micrographs, timed in steady state (`cryoden bench denoise`).
 //! - [`files`] and [`pipeline`]: inputs as files, directories or globs, `--shard`, output names, and a run over
 //!   thousands of files with reading, compute and writing overlapped; a bad file is reported and skipped.
 
+pub mod bench;
 pub mod denoiser;
 pub mod files;
 pub mod pipeline;
 pub mod receptive;
 pub mod tiling;
 
-pub use denoiser::{Denoiser, Normalization, Options};
+pub use denoiser::{image_stats, Denoiser, Normalization, Options, Profile, Stats};
 pub use files::{expand_inputs, plan_outputs, Format, Job, Shard};
 pub use pipeline::{header_label, run, Outcome, RunOptions, Status, Summary};
 pub use receptive::{alignment, context_radius, default_context};

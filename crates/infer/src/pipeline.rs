@@ -1,9 +1,11 @@
 //! Denoising a list of files with reading, compute and writing overlapped: a reader thread loads the next
-//! micrographs while the network works on the current one and a writer thread saves the previous one. Bounded
-//! queues (two images each) keep memory fixed however many files there are. A file that cannot be read or
-//! written is reported and skipped; the others are still denoised.
+//! micrograph and computes its normalisation statistics while the network works on the current one, and a writer
+//! thread saves the previous one. The hand-overs are rendezvous channels, so at most two inputs (the one being
+//! denoised and the next) and two outputs (the one being written and the one being made) exist at any time,
+//! whatever the number of files; for one file the peak is its input plus its output. A file that cannot be read
+//! or written is reported and skipped; the others are still denoised.
 
-use crate::denoiser::Denoiser;
+use crate::denoiser::{image_stats, Denoiser, Profile, Stats};
 use crate::files::{Format, Job};
 use crate::Error;
 use cryoden_io::{Mode, WriteOptions};
@@ -48,12 +50,57 @@ pub struct Summary {
     pub skipped: usize,
     pub failed: usize,
     pub pixels: u64,
+    /// Wall time of the whole run.
     pub seconds: f64,
+    /// Busy seconds of each stage, summed over files (the stages run on three threads at once, so these add up
+    /// to more than `seconds` when they overlap): reading and decoding, normalisation statistics (reader thread),
+    /// the denoiser (compute thread) and writing (writer thread).
+    pub read_s: f64,
+    pub stats_s: f64,
+    pub compute_s: f64,
+    pub write_s: f64,
+    /// The compute thread's time by phase.
+    pub profile: Profile,
+}
+
+/// A micrograph read, with the normalisation statistics of each section.
+struct Input {
+    data: Vec<f32>,
+    dims: [usize; 3],
+    header: cryoden_io::Header,
+    stats: Vec<Stats>,
+    read_s: f64,
+    stats_s: f64,
 }
 
 struct Loaded {
     index: usize,
-    mrc: Result<cryoden_io::Mrc, String>,
+    input: Result<Input, String>,
+}
+
+fn load(job: &Job, method: cryoden_prep::normalize::Method) -> Result<Input, String> {
+    let t = Instant::now();
+    // The file's mapping is released inside `read`: what stays is the decoded f32 image.
+    let m = cryoden_io::read(&job.input).map_err(|e| e.to_string())?;
+    let (nx, ny, nz) = (m.nx(), m.ny(), m.nz());
+    if nz == 0 || nx * ny == 0 {
+        return Err(format!("no image in the file ({nx}×{ny}×{nz})"));
+    }
+    let read_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let stats = m
+        .data
+        .chunks(nx * ny)
+        .map(|sec| image_stats(sec, method).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Input {
+        data: m.data,
+        dims: [nx, ny, nz],
+        header: m.header,
+        stats,
+        read_s,
+        stats_s: t.elapsed().as_secs_f64(),
+    })
 }
 
 struct ToWrite {
@@ -117,10 +164,13 @@ pub fn run<B: Backend>(
     let todo: Vec<usize> = (0..jobs.len())
         .filter(|&i| !(opts.skip_existing && jobs[i].output.exists()))
         .collect();
-    let (read_tx, read_rx) = crossbeam_channel::bounded::<Loaded>(2);
-    let (write_tx, write_rx) = crossbeam_channel::bounded::<ToWrite>(2);
+    // Rendezvous: the reader holds at most one loaded file while the compute thread works on another; the
+    // compute thread waits with its output until the writer has finished the previous one.
+    let (read_tx, read_rx) = crossbeam_channel::bounded::<Loaded>(0);
+    let (write_tx, write_rx) = crossbeam_channel::bounded::<ToWrite>(0);
+    let method = denoiser.normalization().method;
     let (done_tx, done_rx) =
-        crossbeam_channel::unbounded::<(usize, Result<(usize, usize, usize, f64), String>)>();
+        crossbeam_channel::unbounded::<(usize, Result<(usize, usize, usize, f64), String>, f64)>();
     let mut report = |o: Outcome, summary: &mut Summary| {
         match &o.status {
             Status::Denoised { nx, ny, nz, .. } => {
@@ -150,8 +200,8 @@ pub fn run<B: Backend>(
         let todo_r = &todo;
         s.spawn(move || {
             for &i in todo_r {
-                let mrc = cryoden_io::read(&jobs[i].input).map_err(|e| e.to_string());
-                if read_tx.send(Loaded { index: i, mrc }).is_err() {
+                let input = load(&jobs[i], method);
+                if read_tx.send(Loaded { index: i, input }).is_err() {
                     break;
                 }
             }
@@ -159,10 +209,12 @@ pub fn run<B: Backend>(
         let done_w = done_tx.clone();
         s.spawn(move || {
             for w in write_rx {
+                let t = Instant::now();
                 let r = write_output(&jobs[w.index], &w, opts).map_err(|e| e.to_string());
                 let _ = done_w.send((
                     w.index,
                     r.map(|_| (w.dims[0], w.dims[1], w.dims[2], w.seconds)),
+                    t.elapsed().as_secs_f64(),
                 ));
             }
         });
@@ -175,7 +227,8 @@ pub fn run<B: Backend>(
                         done_rx.try_recv().ok()
                     }
                 };
-                while let Some((i, r)) = next() {
+                while let Some((i, r, write_s)) = next() {
+                    summary.write_s += write_s;
                     let status = match r {
                         Ok((nx, ny, nz, seconds)) => Status::Denoised {
                             nx,
@@ -198,30 +251,35 @@ pub fn run<B: Backend>(
         for loaded in read_rx {
             let i = loaded.index;
             let t0 = Instant::now();
-            let result = loaded.mrc.and_then(|m| {
-                let (nx, ny, nz) = (m.nx(), m.ny(), m.nz().max(1));
-                let mut data = Vec::with_capacity(m.data.len());
-                for z in 0..nz {
-                    let sec = &m.data[z * nx * ny..(z + 1) * nx * ny];
-                    data.extend(denoiser.denoise(sec, nx, ny).map_err(|e| e.to_string())?);
+            let result = loaded.input.and_then(|inp| {
+                summary.read_s += inp.read_s;
+                summary.stats_s += inp.stats_s;
+                let [nx, ny, nz] = inp.dims;
+                let mut data = vec![0.0f32; nx * ny * nz];
+                for (z, out) in data.chunks_mut(nx * ny).enumerate() {
+                    let sec = &inp.data[z * nx * ny..(z + 1) * nx * ny];
+                    denoiser
+                        .denoise_with_stats(sec, nx, ny, inp.stats[z], out)
+                        .map_err(|e| e.to_string())?;
                 }
                 Ok(ToWrite {
                     index: i,
                     data,
-                    dims: [nx, ny, nz],
-                    header: m.header,
+                    dims: inp.dims,
+                    header: inp.header,
                     seconds: 0.0,
                 })
             });
             match result {
                 Ok(mut w) => {
                     w.seconds = t0.elapsed().as_secs_f64();
+                    summary.compute_s += w.seconds;
                     if write_tx.send(w).is_err() {
                         break;
                     }
                 }
                 Err(e) => {
-                    let _ = done_tx.send((i, Err(e)));
+                    let _ = done_tx.send((i, Err(e), 0.0));
                 }
             }
             drain(&mut summary, &mut report, false);
@@ -231,5 +289,6 @@ pub fn run<B: Backend>(
         drain(&mut summary, &mut report, true);
     });
     summary.seconds = start.elapsed().as_secs_f64();
+    summary.profile = denoiser.take_profile();
     summary
 }

@@ -55,18 +55,21 @@ pub fn plan_axis(n: usize, tile: usize, context: usize, align: usize) -> AxisPla
     AxisPlan { len, segments }
 }
 
+/// Position in `0..n` that padded position `i` mirrors (`d c b a | a b c d`, numpy's `symmetric`).
+pub fn reflect_index(i: usize, n: usize) -> usize {
+    let p = 2 * n;
+    let i = i % p;
+    if i < n {
+        i
+    } else {
+        p - 1 - i
+    }
+}
+
 /// Pads a row-major `nx × ny` image to `px × py` (both ≥ the image) by mirroring (`d c b a | a b c d`, the
 /// same as numpy's `symmetric`), so the network sees image-like content rather than a step.
 pub fn pad_reflect(img: &[f32], nx: usize, ny: usize, px: usize, py: usize) -> Vec<f32> {
-    let m = |i: usize, n: usize| {
-        let p = 2 * n;
-        let i = i % p;
-        if i < n {
-            i
-        } else {
-            p - 1 - i
-        }
-    };
+    let m = reflect_index;
     let mut out = Vec::with_capacity(px * py);
     for j in 0..py {
         let row = &img[m(j, ny) * nx..(m(j, ny) + 1) * nx];

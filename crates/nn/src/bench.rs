@@ -1,4 +1,6 @@
-//! `cryoden bench train`: time training steps of a model on synthetic data.
+//! `cryoden bench train`: time training steps of a model on synthetic data; `cryoden bench parity`: a backend's
+//! forward, loss and gradients against a PyTorch fixture (`python/verify.py`), e.g. the CUDA backend against
+//! PyTorch on the same GPU.
 
 use std::time::Instant;
 
@@ -146,4 +148,146 @@ pub fn peak_rss_mib() -> Option<f64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// One tensor's agreement with the reference: ‖ours − ref‖₂ / ‖ref‖₂ and max |ours − ref|.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Agreement {
+    pub name: String,
+    pub rel_l2: f64,
+    pub max_abs: f64,
+}
+
+/// cryoden on a backend against a PyTorch fixture written by `python/verify.py`: the forward output, the loss and
+/// every parameter gradient from the fixture's weights and batch.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ParityResult {
+    pub fixture: String,
+    pub backend: String,
+    pub arch: Arch,
+    /// The fixture's `device` metadata (where PyTorch ran).
+    pub torch_device: String,
+    pub output: Agreement,
+    pub loss_ours: f32,
+    pub loss_torch: f32,
+    pub loss_rel: f64,
+    /// Every parameter gradient, and the worst of them.
+    pub grads: Vec<Agreement>,
+    pub grad_worst: Agreement,
+}
+
+fn agreement(name: &str, ours: &[f32], reference: &[f32]) -> Agreement {
+    let (mut num, mut den, mut max) = (0.0f64, 0.0f64, 0.0f64);
+    for (&a, &b) in ours.iter().zip(reference) {
+        let d = a as f64 - b as f64;
+        num += d * d;
+        den += b as f64 * b as f64;
+        max = max.max(d.abs());
+    }
+    Agreement {
+        name: name.to_string(),
+        rel_l2: (num / den.max(f64::MIN_POSITIVE)).sqrt(),
+        max_abs: max,
+    }
+}
+
+/// Runs forward, loss and backward of the fixture's model on `be` from the fixture's weights and batch and
+/// compares with PyTorch's output, loss and gradients (all in PyTorch layout).
+pub fn parity<B: Backend>(be: &B, fixture: &std::path::Path) -> Result<ParityResult> {
+    use crate::NnError;
+    let bad = |problem: String| NnError::Checkpoint {
+        path: fixture.to_path_buf(),
+        problem,
+    };
+    let bytes = std::fs::read(fixture).map_err(|e| bad(format!("cannot read ({e})")))?;
+    let (_, md) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let meta = md.metadata().clone().unwrap_or_default();
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for (name, t) in st.tensors() {
+        if t.dtype() != safetensors::Dtype::F32 {
+            return Err(bad(format!(
+                "tensor {name} is {:?}, expected F32",
+                t.dtype()
+            )));
+        }
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        tensors.push((name, t.shape().to_vec(), v));
+    }
+    let get = |name: &str| {
+        tensors.iter().find(|(n, _, _)| n == name).ok_or_else(|| {
+            bad(format!(
+                "no tensor {name}: write fixtures with python/verify.py"
+            ))
+        })
+    };
+    let field = |k: &str| {
+        meta.get(k).cloned().ok_or_else(|| {
+            bad(format!(
+                "no metadata field {k}: write fixtures with python/verify.py"
+            ))
+        })
+    };
+    let arch: Arch =
+        serde_json::from_str(&field("arch")?).map_err(|e| bad(format!("metadata arch: {e}")))?;
+    let loss: LossKind = serde_json::from_value(serde_json::Value::String(field("loss")?))
+        .map_err(|e| bad(format!("metadata loss: {e}")))?;
+    let model = Model::new(arch.clone())?;
+    let params = crate::checkpoint::params_from_torch(
+        fixture,
+        model.params(),
+        tensors.iter().filter_map(|(n, s, v)| {
+            n.strip_prefix("param.")
+                .map(|n| (n, s.as_slice(), v.as_slice()))
+        }),
+    )?;
+    let (_, shape, input) = get("input")?;
+    let (n, h, w) = (shape[0], shape[2], shape[3]);
+    let target = &get("target")?.2;
+    let mut state = TrainState::new(be, &model, &params)?;
+    let mut acts = model.activations(be, n, h, w)?;
+    acts.upload_input(be, input)?;
+    acts.upload_target(be, target)?;
+    let l = crate::train::loss_and_gradients(
+        be,
+        &model,
+        &state.params,
+        &mut state.grads,
+        &mut acts,
+        loss,
+    )?;
+    let mut out = vec![0.0f32; acts.image_len()];
+    acts.download_output(be, &mut out)?;
+    let grads = TrainState::download(be, &state.grads)?;
+    let mut agreements = Vec::new();
+    for (name, _, data) in model.params().export_torch(&grads)? {
+        let reference = &get(&format!("grad.{name}"))?.2;
+        agreements.push(agreement(&name, &data, reference));
+    }
+    let worst = agreements
+        .iter()
+        .max_by(|a, b| a.rel_l2.total_cmp(&b.rel_l2))
+        .cloned()
+        .ok_or_else(|| bad("the model has no parameters".into()))?;
+    let loss_torch = get("loss")?.2[0];
+    Ok(ParityResult {
+        fixture: fixture.display().to_string(),
+        backend: be.name(),
+        arch,
+        torch_device: meta.get("device").cloned().unwrap_or_default(),
+        output: agreement("output", &out, &get("output")?.2),
+        loss_ours: l,
+        loss_torch,
+        loss_rel: ((l as f64 - loss_torch as f64)
+            / (loss_torch as f64).abs().max(f64::MIN_POSITIVE))
+        .abs(),
+        grads: agreements,
+        grad_worst: worst,
+    })
 }

@@ -44,6 +44,37 @@ impl std::fmt::Display for Device {
     }
 }
 
+/// What `--device` asked for: a device, or `auto` (the first GPU when this build has CUDA and a usable GPU is
+/// found, else the CPU, said loudly). A run always records the resolved [`Device`], never `auto`: the CLI resolves
+/// the request once at start (`cryoden::cmd::doctor::resolve_device`), so the backend match stays exhaustive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceRequest {
+    Auto,
+    Device(Device),
+}
+
+impl std::str::FromStr for DeviceRequest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<DeviceRequest, String> {
+        match s {
+            "auto" => Ok(DeviceRequest::Auto),
+            _ => s
+                .parse()
+                .map(DeviceRequest::Device)
+                .map_err(|_| format!("unknown device {s:?}: use auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceRequest::Auto => write!(f, "auto"),
+            DeviceRequest::Device(d) => d.fmt(f),
+        }
+    }
+}
+
 /// Which loader the user asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -158,6 +189,21 @@ mod tests {
             .contains("use cpu, cuda or cuda:N"));
         assert!("cuda:x".parse::<Device>().is_err());
         assert_eq!(Device::Cuda { ordinal: 1 }.to_string(), "cuda:1");
+    }
+
+    #[test]
+    fn device_requests() {
+        assert_eq!("auto".parse::<DeviceRequest>(), Ok(DeviceRequest::Auto));
+        assert_eq!(
+            "cuda:2".parse::<DeviceRequest>(),
+            Ok(DeviceRequest::Device(Device::Cuda { ordinal: 2 }))
+        );
+        assert!("gpu"
+            .parse::<DeviceRequest>()
+            .unwrap_err()
+            .contains("use auto, cpu, cuda or cuda:N"));
+        assert_eq!(DeviceRequest::Auto.to_string(), "auto");
+        assert_eq!(DeviceRequest::Device(Device::Cpu).to_string(), "cpu");
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub mod plan;
 pub mod run;
 pub mod samples;
 
-pub use config::{Device, LoaderChoice, RunOptions, RunRecord, TrainConfig};
+pub use config::{Device, DeviceRequest, LoaderChoice, RunOptions, RunRecord, TrainConfig};
 pub use error::{Error, Result};
 pub use loader::{Batch, Batches, InMemoryPairs, LoaderKind, PairSource};
 pub use plan::{Aug, AugmentConfig, EpochPlan};

@@ -77,3 +77,41 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Resolves `--device`: an explicit device passes through (if its GPU is missing, starting the backend fails with
+/// the reason); `auto` becomes `cuda:0` when this build has CUDA and GPU 0 passes
+/// `cryoden_cuda::probe::check_all(0)` (driver, NVRTC, cuDNN, the GPU), otherwise `cpu`, with a loud line on
+/// stderr saying why and how to get the GPU. Call it once at the start of a command, before choosing a backend.
+pub fn resolve_device(req: cryoden_train::DeviceRequest) -> cryoden_train::Device {
+    use cryoden_train::{Device, DeviceRequest};
+    if let DeviceRequest::Device(d) = req {
+        return d;
+    }
+    #[cfg(feature = "cuda")]
+    {
+        match cryoden_cuda::probe::check_all(0) {
+            Ok(()) => {
+                eprintln!("device: auto -> cuda:0 (a usable GPU was found)");
+                Device::Cuda { ordinal: 0 }
+            }
+            Err(e) => {
+                eprintln!(
+                    "WARNING: --device auto: NO USABLE GPU, RUNNING ON THE CPU (much slower). Why: {e}. \
+                     `cryoden doctor` lists what was found; pass --device cuda to stop with an error instead of \
+                     falling back, or --device cpu to silence this."
+                );
+                Device::Cpu
+            }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        eprintln!(
+            "WARNING: --device auto: THIS CRYODEN WAS BUILT WITHOUT CUDA SUPPORT, RUNNING ON THE CPU (much slower). \
+             To use an NVIDIA GPU, rebuild with `cargo build --release --features cuda` (no CUDA toolkit is needed \
+             to build; the driver, CUDA 13 NVRTC and cuDNN 9 are loaded at run time). Pass --device cpu to \
+             silence this."
+        );
+        Device::Cpu
+    }
+}

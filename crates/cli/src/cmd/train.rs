@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use cryoden_nn::{Arch, LossKind};
 use cryoden_train::metrics::Record;
-use cryoden_train::{Device, LoaderChoice, Observer, RunOptions, TrainConfig};
+use cryoden_train::{Device, DeviceRequest, LoaderChoice, Observer, RunOptions, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -57,9 +57,11 @@ pub struct Args {
     /// [default: flip,rot90,swap]
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub augment: Option<Vec<String>>,
-    /// cpu, or cuda[:N] (needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: Device,
+    /// auto (the first GPU if this build has CUDA and a usable GPU is found, else the CPU, said loudly on
+    /// stderr), cpu, or cuda[:N] (needs a build with --features cuda; fails if the GPU is unusable). The device
+    /// actually used is recorded in config.json.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceRequest,
     /// Arithmetic on the GPU: f32 (TF32 off, matches the CPU to ~1e-6), tf32 (tensor cores for the convolutions,
     /// PyTorch's default) or bf16 (bf16 activations and weight copies, f32 master weights and Adam moments). The
     /// CPU computes in f32 only. Recorded in config.json as part of the backend's name.
@@ -84,13 +86,20 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (config, opts) = settings(&args)?;
+    let device = super::doctor::resolve_device(args.device);
+    let (config, opts) = settings(&args, device)?;
     let mut progress = Progress::new();
-    let summary = match args.device {
+    let summary = match device {
         Device::Cpu => {
             if args.precision != "f32" {
-                bail!(
-                    "--precision {}: the CPU backend computes in f32 only; use --device cuda for tf32/bf16",
+                if args.device != DeviceRequest::Auto {
+                    bail!(
+                        "--precision {}: the CPU backend computes in f32 only; use --device cuda for tf32/bf16",
+                        args.precision
+                    );
+                }
+                eprintln!(
+                    "note: --precision {} ignored: the CPU computes in f32",
                     args.precision
                 );
             }
@@ -130,7 +139,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// Flags → settings. A fresh run starts from the defaults; a resumed one from its config.json, and the library
 /// refuses any change but --epochs and --sample-every.
-fn settings(a: &Args) -> anyhow::Result<(TrainConfig, RunOptions)> {
+fn settings(a: &Args, device: Device) -> anyhow::Result<(TrainConfig, RunOptions)> {
     let (mut c, data, out, resume) = match &a.resume {
         Some(run) => {
             let rec = cryoden_train::read_run_record(run)?;
@@ -191,7 +200,7 @@ fn settings(a: &Args) -> anyhow::Result<(TrainConfig, RunOptions)> {
             out,
             loader,
             prefetch: a.prefetch.max(1),
-            device: a.device,
+            device,
             resume,
         },
     ))
