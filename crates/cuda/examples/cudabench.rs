@@ -158,6 +158,54 @@ fn ops(args: &[String]) {
                 bf,
                 tflops
             );
+            // Forward with bias + ReLU: cuDNN conv then our 16-byte epilogue, against cuDNN's fused call.
+            if g.cin > 1 && g.cout > 1 {
+                let b32 = random(&mut gpu, g.cout, DType::F32, 30);
+                let blp = random(&mut gpu, g.cout, dt, 31);
+                let sep = time_ms(&mut gpu, reps, |gpu| {
+                    gpu.conv_forward(p, &g, x.view(xs), w.ptr(), y.view(ys), 0.0)
+                        .unwrap();
+                    gpu.bias_act(y.view(ys), Some(b32.ptr()), y.view(ys), 0.0)
+                        .unwrap();
+                });
+                let lp = (dt != DType::F32).then(|| blp.ptr());
+                let fused_ok = gpu
+                    .conv_forward_bias_relu(p, &g, x.view(xs), w.ptr(), b32.ptr(), lp, y.view(ys))
+                    .unwrap();
+                let fused = if fused_ok {
+                    time_ms(&mut gpu, reps, |gpu| {
+                        gpu.conv_forward_bias_relu(
+                            p,
+                            &g,
+                            x.view(xs),
+                            w.ptr(),
+                            b32.ptr(),
+                            lp,
+                            y.view(ys),
+                        )
+                        .unwrap();
+                    })
+                } else {
+                    f64::NAN
+                };
+                let bias_dt = gpu
+                    .fused_choices()
+                    .into_iter()
+                    .find(|(gg, pp, _)| *gg == g && *pp == p)
+                    .and_then(|c| c.2);
+                println!(
+                    "{:<6}   fwd + bias + ReLU: separate {:.3} ms, cuDNN fused {:.3} ms (bias {:?})",
+                    p.name(),
+                    sep,
+                    fused,
+                    bias_dt
+                );
+                println!(
+                    "JSON {}",
+                    serde_json::json!({"kind": "conv_bias_relu", "precision": p.name(), "geom": g, "separate_ms": sep,
+                        "fused_ms": if fused.is_finite() { Some(fused) } else { None }, "bias_dtype": bias_dt.map(|d| d.suffix())})
+                );
+            }
             println!(
                 "JSON {}",
                 serde_json::json!({"kind": "conv", "precision": p.name(), "geom": g, "fwd_ms": f, "bwd_data_ms": bd,

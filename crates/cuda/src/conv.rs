@@ -123,6 +123,26 @@ pub(crate) struct ConvPlan {
     pub(crate) fwd: Option<(sys::cudnnConvolutionFwdAlgo_t, Choice)>,
     pub(crate) bwd_data: Option<(sys::cudnnConvolutionBwdDataAlgo_t, Choice)>,
     pub(crate) bwd_filter: Option<(sys::cudnnConvolutionBwdFilterAlgo_t, Choice)>,
+    /// Whether cudnnConvolutionBiasActivationForward ran for this shape, and with which bias dtype.
+    pub(crate) fused: Fused,
+}
+
+/// State of the fused conv + bias + ReLU forward for one plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fused {
+    Untried,
+    /// Ran with the bias in this dtype.
+    Works(DType),
+    /// cuDNN refused every bias dtype: use conv + the bias/activation kernel.
+    Unsupported,
+}
+
+struct ActDesc(sys::cudnnActivationDescriptor_t);
+impl Drop for ActDesc {
+    fn drop(&mut self) {
+        // SAFETY: created in conv_forward_bias_relu, destroyed once here.
+        let _ = unsafe { sys::cudnnDestroyActivationDescriptor(self.0) };
+    }
 }
 
 // SAFETY: cuDNN descriptors are host-side structs without thread affinity; a plan is only used through `&mut Gpu`.
@@ -182,6 +202,7 @@ impl ConvPlan {
             fwd: None,
             bwd_data: None,
             bwd_filter: None,
+            fused: Fused::Untried,
         })
     }
 }
@@ -460,6 +481,145 @@ impl Gpu {
             )
         }
         .map_err(dnn("cudnnConvolutionForward"))
+    }
+
+    /// y = relu(conv(x, w) + bias) in one cuDNN call (cudnnConvolutionBiasActivationForward, the forward algorithm
+    /// found for the plain conv), saving the separate bias/activation pass over y. `bias_f32`: the bias in f32;
+    /// `bias_lp`: the same bias in the storage dtype (the bf16 weight copy), if there is one. cuDNN's accepted bias
+    /// dtype is found on the first call per shape (storage dtype first, then f32). Returns false, having done
+    /// nothing, when cuDNN refuses (the caller then runs conv_forward and the bias/activation kernel) or when
+    /// `fused_conv_bias_act` is off.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_forward_bias_relu(
+        &mut self,
+        p: Precision,
+        g: &ConvGeom,
+        x: View,
+        w: u64,
+        bias_f32: u64,
+        bias_lp: Option<u64>,
+        y: View,
+    ) -> Result<bool> {
+        if !self.fused_conv_bias_act {
+            return Ok(false);
+        }
+        self.check_views(
+            "conv_forward_bias_relu",
+            p,
+            &[(x, g.in_shape()), (y, g.out_shape())],
+        )?;
+        let (algo, ws) = {
+            let plan = self.plan(g, p, Dir::Fwd)?;
+            let (a, c) = plan.fwd.unwrap();
+            (a, c.workspace)
+        };
+        let (wsp, wss) = self.workspace(ws)?;
+        let handle = self.cudnn.0;
+        let key = ConvKey {
+            geom: *g,
+            precision: p,
+        };
+        let plan = self.conv_plans.get_mut(&key).unwrap();
+        let mut candidates = match plan.fused {
+            Fused::Unsupported => return Ok(false),
+            Fused::Works(dt) => vec![dt],
+            Fused::Untried => vec![],
+        };
+        for dt in [p.dtype(), DType::F32] {
+            if !candidates.contains(&dt) {
+                candidates.push(dt);
+            }
+        }
+        let mut act = std::ptr::null_mut();
+        // SAFETY: fresh descriptor, destroyed by ActDesc.
+        unsafe { sys::cudnnCreateActivationDescriptor(&mut act) }
+            .result()
+            .map_err(dnn("cudnnCreateActivationDescriptor"))?;
+        let act = ActDesc(act);
+        // PROPAGATE_NAN: a NaN pre-activation stays NaN, as in our kernel (NaN > 0 is false, NaN * 0 is NaN).
+        unsafe {
+            sys::cudnnSetActivationDescriptor(
+                act.0,
+                sys::cudnnActivationMode_t::CUDNN_ACTIVATION_RELU,
+                sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
+                0.0,
+            )
+        }
+        .result()
+        .map_err(dnn("cudnnSetActivationDescriptor"))?;
+        let (alpha1, alpha2) = (1.0f32, 0.0f32);
+        for dt in candidates {
+            let bias = match dt {
+                DType::F32 => bias_f32,
+                DType::Bf16 => match bias_lp {
+                    Some(b) => b,
+                    None => continue,
+                },
+            };
+            let bd = TensorDesc(
+                cr::create_tensor_descriptor().map_err(dnn("cudnnCreateTensorDescriptor"))?,
+            );
+            // SAFETY: fresh descriptor.
+            unsafe {
+                cr::set_tensor4d_descriptor(
+                    bd.0,
+                    sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+                    dt.cudnn(),
+                    [1, g.cout as i32, 1, 1],
+                )
+            }
+            .map_err(dnn("cudnnSetTensor4dDescriptor"))?;
+            // SAFETY: descriptors match the checked views; z = y with alpha2 = 0 (not read); bias holds cout
+            // elements of `dt`; workspace holds what the algorithm asked for.
+            let status = unsafe {
+                sys::cudnnConvolutionBiasActivationForward(
+                    handle,
+                    &alpha1 as *const f32 as *const c_void,
+                    plan.x.0,
+                    x.ptr as *const c_void,
+                    plan.w.0,
+                    w as *const c_void,
+                    plan.conv[0].0,
+                    algo,
+                    wsp as *mut c_void,
+                    wss,
+                    &alpha2 as *const f32 as *const c_void,
+                    plan.y.0,
+                    y.ptr as *const c_void,
+                    bd.0,
+                    bias as *const c_void,
+                    act.0,
+                    plan.y.0,
+                    y.ptr as *mut c_void,
+                )
+            };
+            if status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+                plan.fused = Fused::Works(dt);
+                return Ok(true);
+            }
+        }
+        if plan.fused == Fused::Untried {
+            plan.fused = Fused::Unsupported;
+        }
+        Ok(false)
+    }
+
+    /// Which shapes run the fused conv + bias + ReLU (for bench output): (shape, precision, bias dtype or None).
+    pub fn fused_choices(&self) -> Vec<(ConvGeom, Precision, Option<DType>)> {
+        self.conv_plans
+            .iter()
+            .filter(|(_, p)| p.fused != Fused::Untried)
+            .map(|(k, p)| {
+                (
+                    k.geom,
+                    k.precision,
+                    match p.fused {
+                        Fused::Works(d) => Some(d),
+                        _ => None,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// dx = beta * dx + conv_backward_data(dy, w).

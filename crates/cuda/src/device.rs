@@ -182,6 +182,9 @@ pub struct Gpu {
     pub direct_conv_in: bool,
     /// Use the direct kernels for 1x1 convs with one output channel (forward and weight gradient; default on).
     pub direct_conv_out: bool,
+    /// Fuse bias + ReLU into cuDNN's conv forward (cudnnConvolutionBiasActivationForward) where the output is
+    /// written in place and cuDNN accepts it (default on).
+    pub fused_conv_bias_act: bool,
     /// Version of the max-pool forward kernel (1: one element per thread; 2: 16-byte accesses, the default).
     pub maxpool_fwd_version: u32,
     /// Version of the max-pool gradient kernel (1: one thread per input; 2: one per window; 3: 2 with 16-byte
@@ -258,6 +261,7 @@ impl Gpu {
             act_bwd_vec: true,
             direct_conv_in: true,
             direct_conv_out: true,
+            fused_conv_bias_act: true,
         })
     }
 

@@ -919,3 +919,70 @@ fn one_by_one_to_one_direct_kernels() {
         );
     }
 }
+
+/// cuDNN's fused conv + bias + ReLU forward (cudnnConvolutionBiasActivationForward) against the f64 CPU reference,
+/// per precision, with the bias given in f32 and in the storage dtype as the backend does. Shapes where cuDNN refuses
+/// the fused call are listed (the backend then uses conv + its own bias/activation kernel, tested above).
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn fused_conv_bias_relu_matches_cpu() {
+    let mut gpu = gpu();
+    let mut rng = Rng::new(13);
+    let mut ran = 0;
+    for p in Precision::ALL {
+        for g in geoms() {
+            if g.stride != 1 || g.cin == 1 {
+                continue;
+            }
+            let c = cg(&g);
+            let fan = (g.cin * g.k * g.k) as f32;
+            let dt = p.dtype();
+            let r = |v: f32| if dt == DType::Bf16 { bf16_round(v) } else { v };
+            let x: Vec<f32> = rng
+                .vec(c.in_shape().len(), 1.0)
+                .into_iter()
+                .map(r)
+                .collect();
+            let w: Vec<f32> = rng
+                .vec(c.weight_len(), 1.0 / fan.sqrt())
+                .into_iter()
+                .map(r)
+                .collect();
+            let bias: Vec<f32> = rng.vec(g.cout, 0.5).into_iter().map(r).collect();
+            let xb = gpu.upload(&x, dt).unwrap();
+            let wb = gpu.upload(&w, dt).unwrap();
+            let b32 = gpu.upload(&bias, DType::F32).unwrap();
+            let blp = gpu.upload(&bias, dt).unwrap();
+            let yb = gpu.alloc(c.out_shape().len(), dt).unwrap();
+            gpu.fill(&yb, f32::NAN).unwrap();
+            let lp = (dt != DType::F32).then(|| blp.ptr());
+            let ok = gpu
+                .conv_forward_bias_relu(
+                    p,
+                    &c,
+                    xb.view(c.in_shape()),
+                    wb.ptr(),
+                    b32.ptr(),
+                    lp,
+                    yb.view(c.out_shape()),
+                )
+                .unwrap();
+            if !ok {
+                println!("{p} {c}: cuDNN refuses the fused call");
+                continue;
+            }
+            ran += 1;
+            let want: Vec<f32> = conv_fwd(&g, &x, &w)
+                .chunks(g.cout)
+                .flat_map(|px| px.iter().zip(&bias).map(|(v, b)| act(v + b, 0.0)))
+                .collect();
+            let e = rel_l2(&gpu.download(&yb).unwrap(), &want);
+            println!("{p} {c}: fused conv + bias + ReLU rel L2 {e:.2e}");
+            assert!(e <= p.parity_tolerance(), "{p} {c}: {e:e}");
+        }
+    }
+    println!(
+        "fused conv + bias + ReLU ran on {ran} shapes: {:?}",
+        gpu.fused_choices()
+    );
+}
