@@ -344,6 +344,47 @@ fn ops(args: &[String]) {
                 gpu.conv_transpose_backward_filter(p, x.view(xs), dy.view(ys), dw.ptr(), 0.0)
                     .unwrap()
             });
+            // Forward with the bias, into a channel slice of the decoder's concatenation buffer: v1 = cuDNN
+            // stride-2 backward-data into packed staging + our bias pass into the slice; v2 = GEMM + a shuffle with
+            // the bias fused, writing the slice directly.
+            {
+                let cat = Nhwc::new(batch, size, size, 2 * widths[0]);
+                let cb = gpu.alloc(cat.len(), dt).unwrap();
+                let bias = random(&mut gpu, widths[0], DType::F32, 32);
+                let v1 = time_ms(&mut gpu, reps, |gpu| {
+                    gpu.conv_transpose_forward(p, x.view(xs), w.ptr(), y.view(ys), 0.0)
+                        .unwrap();
+                    gpu.bias_act(
+                        y.view(ys),
+                        Some(bias.ptr()),
+                        cb.channels(cat, widths[0], widths[0]),
+                        1.0,
+                    )
+                    .unwrap();
+                });
+                let v2 = time_ms(&mut gpu, reps, |gpu| {
+                    assert!(gpu
+                        .conv_transpose_forward_bias_act(
+                            p,
+                            x.view(xs),
+                            w.ptr(),
+                            Some(bias.ptr()),
+                            cb.channels(cat, widths[0], widths[0]),
+                            1.0,
+                        )
+                        .unwrap());
+                });
+                println!(
+                    "{:<6}   convT fwd + bias into concat slice: v1 {:.3} ms, v2 (GEMM + fused shuffle) {:.3} ms",
+                    p.name(),
+                    v1,
+                    v2
+                );
+                println!(
+                    "JSON {}",
+                    serde_json::json!({"kind": "convt_bias", "precision": p.name(), "v1_ms": v1, "v2_ms": v2})
+                );
+            }
             let macs = (xs.len() * 4 * widths[0]) as f64;
             let tflops = 3.0 * 2.0 * macs / ((f + bd + bf) * 1e-3) / 1e12;
             let name = format!(

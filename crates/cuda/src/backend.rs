@@ -1449,10 +1449,17 @@ impl Backend for CudaBackend {
         let mut gpu = self.gpu();
         let xin = self.packed_in(&mut gpu, xg, S_X)?;
         let w = self.weights(&mut gpu, params, w_off)?;
+        let b = bias.map(|o| params.buf.ptr_at(o));
+        // GEMM + a shuffle that adds the bias and writes y's channel window directly (no staging of y, no bias pass).
+        if gpu
+            .conv_transpose_forward_bias_act(self.precision, xin, w, b, yg, slope(act))
+            .map_err(be_err)?
+        {
+            return Ok(());
+        }
         let yout = self.packed_out(&mut gpu, yg, S_Y)?;
         gpu.conv_transpose_forward(self.precision, xin, w, yout, 0.0)
             .map_err(be_err)?;
-        let b = bias.map(|o| params.buf.ptr_at(o));
         if b.is_some() || act != Activation::Identity || yout != yg {
             gpu.bias_act(yout, b, yg, slope(act)).map_err(be_err)?;
         }

@@ -766,6 +766,54 @@ impl Gpu {
         self.conv_backward_data(p, &g, x, w, y, beta)
     }
 
+    /// y = act(conv_transpose(x, w) + bias) with y any channel window (version 2 of the transposed-conv forward):
+    /// the GEMM `x · W` (cuDNN backward-data of the 1x1 conv 4 cout -> cin) into staging, then one pass that
+    /// shuffles the 2x2 sub-pixels into y with the bias and activation fused. Returns false, having done nothing,
+    /// when the 16-byte shuffle does not apply to y (or `convt_gemm_fused` is off): the caller then uses
+    /// `conv_transpose_forward` and a bias pass.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_transpose_forward_bias_act(
+        &mut self,
+        p: Precision,
+        x: View,
+        w: u64,
+        bias: Option<u64>,
+        y: View,
+        slope: f32,
+    ) -> Result<bool> {
+        let v = p.dtype().vec_len();
+        let aligned = y.cs.is_multiple_of(v) && y.ptr.is_multiple_of(16);
+        if !self.convt_gemm_fused
+            || y.dtype != p.dtype()
+            || !y.shape.c.is_multiple_of(v)
+            || !aligned
+            || y.shape.pixels() >= i32::MAX as usize
+        {
+            return Ok(false);
+        }
+        let g1 = ConvGeom {
+            n: x.shape.n,
+            h: x.shape.h,
+            w: x.shape.w,
+            cin: 4 * y.shape.c,
+            cout: x.shape.c,
+            k: 1,
+            pad: 0,
+            stride: 1,
+        };
+        let len = g1.in_shape().len();
+        let tmp = self.staging(STAGE_CONVT, len, p.dtype())?;
+        let yp = View {
+            ptr: tmp,
+            dtype: p.dtype(),
+            shape: g1.in_shape(),
+            cs: g1.cin,
+        };
+        self.conv_backward_data(p, &g1, x, w, yp, 0.0)?;
+        self.pixel_shuffle2_bias_act(yp, y, bias, slope)?;
+        Ok(true)
+    }
+
     /// Gradient of the transposed convolution with respect to its input.
     pub fn conv_transpose_backward_data(
         &mut self,

@@ -182,6 +182,9 @@ pub struct Gpu {
     pub direct_conv_in: bool,
     /// Use the direct kernels for 1x1 convs with one output channel (forward and weight gradient; default on).
     pub direct_conv_out: bool,
+    /// Transposed conv forward as GEMM + pixel shuffle with the bias and activation fused, written straight into
+    /// the destination (version 2, default on); version 1 is cuDNN's stride-2 backward-data + a bias pass.
+    pub convt_gemm_fused: bool,
     /// Fuse bias + ReLU into cuDNN's conv forward (cudnnConvolutionBiasActivationForward) where the output is
     /// written in place and cuDNN accepts it (default on).
     pub fused_conv_bias_act: bool,
@@ -262,6 +265,7 @@ impl Gpu {
             direct_conv_in: true,
             direct_conv_out: true,
             fused_conv_bias_act: true,
+            convt_gemm_fused: true,
         })
     }
 
@@ -1332,6 +1336,51 @@ impl Gpu {
         Ok(())
     }
 
+    /// 2x2 pixel shuffle with bias + activation fused (16-byte version; `vec_ok` for `dst` and the channels): src
+    /// packed `[n, h, w, 4c]` -> dst `[n, 2h, 2w, c]` (may be a channel slice), `dst = act(shuffled + bias)`.
+    pub fn pixel_shuffle2_bias_act(
+        &mut self,
+        src: View,
+        dst: View,
+        bias: Option<u64>,
+        slope: f32,
+    ) -> Result<()> {
+        same_dtype("pixel_shuffle2_bias_act", src.dtype, dst.dtype)?;
+        let (s, d) = (src.shape, dst.shape);
+        if !src.is_packed()
+            || s.c != 4 * d.c
+            || d.h != 2 * s.h
+            || d.w != 2 * s.w
+            || d.n != s.n
+            || !vec_ok(d.c, &[&src, &dst])
+            || d.pixels() >= i32::MAX as usize
+        {
+            return Err(CudaError::Shape(format!(
+                "pixel_shuffle2_bias_act: {s} -> {d} (channel stride {}) not supported",
+                dst.cs
+            )));
+        }
+        let groups = d.c / dst.dtype.vec_len();
+        let name = format!("pixel_shuffle2_bias_act_vec_{}", src.dtype.suffix());
+        let (sp, dp, dcs, bp) = (src.ptr, dst.ptr, dst.cs as i32, bias.unwrap_or(0));
+        let (n, h, w, cv) = (s.n as i32, s.h as i32, s.w as i32, groups as i32);
+        let cfg = self.cfg_groups(d.pixels(), groups);
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&sp)
+            .arg(&dp)
+            .arg(&dcs)
+            .arg(&bp)
+            .arg(&n)
+            .arg(&h)
+            .arg(&w)
+            .arg(&cv)
+            .arg(&slope);
+        // SAFETY: matches pixel_shuffle2_bias_act_vec_*; shapes and alignment checked above; bias holds c f32.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(pixel_shuffle2_bias_act_vec)"))?;
+        Ok(())
+    }
+
     /// Fills a buffer with `value` (tests poison outputs with NaN before an op).
     pub fn fill(&mut self, b: &Buf, value: f32) -> Result<()> {
         let name = format!("fill_{}", b.dtype.suffix());
@@ -1399,6 +1448,7 @@ fn kernel_names() -> Vec<String> {
             "conv1x1_to1_bwd_data_vec",
             "conv1x1_to1_fwd_vec",
             "conv1x1_to1_bwd_filter_vec",
+            "pixel_shuffle2_bias_act_vec",
             "upsample_fwd",
             "upsample_bwd",
             "conv1x1_to1_bwd_data",

@@ -986,3 +986,66 @@ fn fused_conv_bias_relu_matches_cpu() {
         gpu.fused_choices()
     );
 }
+
+/// Transposed-conv forward version 2 (GEMM + pixel shuffle with bias and activation fused) written into a channel
+/// slice of a wider (concatenation) buffer, per precision, against the f64 CPU reference; channels outside the slice
+/// untouched.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn conv_transpose_gemm_shuffle_into_slice() {
+    let mut gpu = gpu();
+    let mut rng = Rng::new(14);
+    let (n, h, w, cin, cout) = (2, 7, 9, 32, 16);
+    for p in Precision::ALL {
+        for (off, wc, slope) in [(16usize, 32usize, 1.0f32), (0, 16, 0.0), (8, 40, 0.1)] {
+            let dt = p.dtype();
+            let r = |v: f32| if dt == DType::Bf16 { bf16_round(v) } else { v };
+            let x: Vec<f32> = rng.vec(n * h * w * cin, 1.0).into_iter().map(r).collect();
+            let wt: Vec<f32> = rng.vec(cin * 4 * cout, 0.25).into_iter().map(r).collect();
+            let bias = rng.vec(cout, 0.5);
+            let xs = Nhwc::new(n, h, w, cin);
+            let whole = Nhwc::new(n, 2 * h, 2 * w, wc);
+            let xb = gpu.upload(&x, dt).unwrap();
+            let wb = gpu.upload(&wt, dt).unwrap();
+            let bb = gpu.upload(&bias, DType::F32).unwrap();
+            let cat = gpu.alloc(whole.len(), dt).unwrap();
+            gpu.fill(&cat, 7.0).unwrap();
+            let ran = gpu
+                .conv_transpose_forward_bias_act(
+                    p,
+                    xb.view(xs),
+                    wb.ptr(),
+                    Some(bb.ptr()),
+                    cat.channels(whole, off, cout),
+                    slope,
+                )
+                .unwrap();
+            let v = dt.vec_len();
+            assert_eq!(
+                ran,
+                off % v == 0 && wc % v == 0,
+                "{p}: version 2 applies exactly when the slice is 16-byte aligned"
+            );
+            if !ran {
+                continue;
+            }
+            let conv = convt_fwd(n, h, w, cin, cout, &x, &wt);
+            let got = gpu.download(&cat).unwrap();
+            let (mut gy, mut wy) = (Vec::new(), Vec::new());
+            for px in 0..whole.pixels() {
+                for c in 0..wc {
+                    let g = got[px * wc + c];
+                    if (off..off + cout).contains(&c) {
+                        gy.push(g);
+                        wy.push(act(conv[px * cout + c - off] + bias[c - off], slope));
+                    } else {
+                        assert_eq!(g, 7.0, "{p}: channel {c} outside the slice was touched");
+                    }
+                }
+            }
+            let e = rel_l2(&gy, &wy);
+            println!("{p} convT2x2 {cin}->{cout} into channels {off}.. of {wc}: rel L2 {e:.2e}");
+            assert!(e <= p.parity_tolerance(), "{p}: {e:e}");
+        }
+    }
+}
