@@ -46,6 +46,36 @@ struct Run {
     loss: f32,
     grads: Vec<f32>,
     params_after: Vec<f32>,
+    /// The gradient of each of the 3 training steps (to replay Adam on the CPU with exactly these gradients).
+    step_grads: Vec<Vec<f32>>,
+}
+
+/// Adam hyper-parameters of the 3 training steps.
+const ADAM: AdamParams = AdamParams {
+    lr: 1e-3,
+    beta1: 0.9,
+    beta2: 0.999,
+    eps: 1e-8,
+    weight_decay: 0.0,
+};
+
+/// Parameters after applying the CPU backend's Adam, from `init`, to the given per-step gradients.
+fn adam_replay(model: &Model, init: &[f32], step_grads: &[Vec<f32>]) -> Vec<f32> {
+    let cpu = Cpu::new(1).unwrap();
+    let mut st = TrainState::new(&cpu, model, init).unwrap();
+    for (i, g) in step_grads.iter().enumerate() {
+        cpu.upload(g, &mut st.grads, 0).unwrap();
+        cpu.adam_step(
+            &ADAM,
+            i as u64 + 1,
+            &mut st.params,
+            &st.grads,
+            &mut st.m,
+            &mut st.v,
+        )
+        .unwrap();
+    }
+    TrainState::download(&cpu, &st.params).unwrap()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -75,12 +105,11 @@ fn run<B: Backend>(
     let mut out = vec![0f32; n * h * w];
     acts.download_output(be, &mut out).unwrap();
     let grads = TrainState::download(be, &state.grads).unwrap();
-    let adam = AdamParams {
-        lr: 1e-3,
-        ..AdamParams::default()
-    };
+    let mut step_grads = Vec::new();
     for _ in 0..3 {
-        train_step(be, model, &mut state, &mut acts, x, t, LossKind::Mse, &adam).unwrap();
+        train_step(be, model, &mut state, &mut acts, x, t, LossKind::Mse, &ADAM).unwrap();
+        // train_step leaves this step's gradient in state.grads.
+        step_grads.push(TrainState::download(be, &state.grads).unwrap());
     }
     let params_after = TrainState::download(be, &state.params).unwrap();
     Run {
@@ -88,7 +117,23 @@ fn run<B: Backend>(
         loss,
         grads,
         params_after,
+        step_grads,
     }
+}
+
+/// The CPU replay of Adam reproduces the CPU backend's own 3 training steps exactly (so the GPU check below
+/// compares Adam alone). Runs without a GPU.
+#[test]
+fn adam_replay_reproduces_cpu_training() {
+    let model = Model::new(Arch::from_name("unet", Some(&[4, 8])).unwrap()).unwrap();
+    let init = model.init_params(5);
+    let (n, h, w) = (1, 16, 12);
+    let x = images(n, h, w, 3);
+    let t: Vec<f32> = x.iter().map(|v| 0.5 * v).collect();
+    let cpu = Cpu::new(1).unwrap();
+    let r = run(&cpu, &model, &init, &x, &t, n, h, w);
+    assert_eq!(r.step_grads.len(), 3);
+    assert_eq!(adam_replay(&model, &init, &r.step_grads), r.params_after);
 }
 
 fn check(arch: Arch, n: usize, h: usize, w: usize) {
@@ -134,34 +179,18 @@ fn check(arch: Arch, n: usize, h: usize, w: usize) {
             .map(|(a, b)| a - b)
             .collect();
         let e_upd = rel_l2(&du_got, &du_want);
-        // Adam's first steps move every parameter by about ±lr whatever its gradient's size, so an element whose
-        // gradient is at the rounding-noise level of its tensor (|g| < 1e-4 · that tensor's rms) can flip sign
-        // between two correct backends and move the other way: one such element in topaz-unet-small's 400 k gave a
-        // 1e-3 update difference (call 9). The asserted update figure leaves those elements out (their number is
-        // printed).
-        let mut keep = vec![true; want.grads.len()];
-        for e in model.params().entries() {
-            let r = e.offset..e.offset + e.shape.iter().product::<usize>();
-            let g = &want.grads[r.clone()];
-            let rms =
-                (g.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / g.len().max(1) as f64).sqrt();
-            for (k, &v) in keep[r].iter_mut().zip(g) {
-                *k = (v as f64).abs() > 1e-4 * rms;
-            }
-        }
-        let pick = |v: &[f32]| -> Vec<f32> {
-            v.iter()
-                .zip(&keep)
-                .filter(|(_, &k)| k)
-                .map(|(&x, _)| x)
-                .collect()
-        };
-        let e_upd_kept = rel_l2(&pick(&du_got), &pick(&du_want));
-        let noise = keep.iter().filter(|&&k| !k).count();
+        // Adam on the GPU against the CPU's Adam fed the GPU's own gradients of the same 3 steps: checks the update
+        // itself. (The update after 3 steps of each backend's own training, e_upd, is printed only: Adam's
+        // normalised step amplifies tiny gradient differences, and a max-pool window whose maximum is a near-tie
+        // can route a gradient differently in step 2 or 3; topaz-unet-small's f32 figure is 1.0e-5 or 1.07e-3
+        // depending on which algorithm cudnnFind picked, PERFORMANCE.md calls 9-11.)
+        let replay = adam_replay(&model, &init, &got.step_grads);
+        let du_replay: Vec<f32> = replay.iter().zip(&init).map(|(a, b)| a - b).collect();
+        let e_adam = rel_l2(&du_got, &du_replay);
         let tol = p.parity_tolerance();
         println!(
             "{} {n}x{h}x{w} {p_name}: output {e_out:.2e}, loss {e_loss:.2e}, grads {e_grad:.2e} (worst tensor {} {:.2e}), \
-             3-step Adam update {e_upd:.2e}, without the {noise} noise-level gradients {e_upd_kept:.2e} (tol {tol:e})",
+             3-step Adam update {e_upd:.2e} (Adam on the same gradients {e_adam:.2e}) (tol {tol:e})",
             arch.describe(),
             worst.1,
             worst.0
@@ -171,13 +200,12 @@ fn check(arch: Arch, n: usize, h: usize, w: usize) {
             ("output", e_out, tol),
             ("loss", e_loss, tol),
             ("grads", e_grad, tol),
+            ("adam on the same gradients", e_adam, tol),
         ];
-        // In f32 also every single tensor, and the Adam update (Adam divides by sqrt(v), which amplifies relative
-        // differences of near-zero gradients: 10x). In tf32/bf16 small deep tensors (a 4x4-level bias) differ by
-        // more than the whole buffer does; those figures are printed and recorded, not asserted.
+        // In f32 also every single tensor. In tf32/bf16 small deep tensors (a 4x4-level bias) differ by more than
+        // the whole buffer does; those figures are printed and recorded, not asserted.
         if p == Precision::F32 {
             checks.push(("worst grad tensor", worst.0, tol));
-            checks.push(("adam update", e_upd_kept, 10.0 * tol));
         }
         for (what, e, t) in checks {
             if e > t {
