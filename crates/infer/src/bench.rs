@@ -5,7 +5,7 @@
 //! micrographs usually do); the first `warmup` files absorb one-time costs (cuDNN algorithm search, allocation of
 //! the tile buffers) and are left out of the steady-state figure.
 
-use crate::denoiser::Denoiser;
+use crate::denoiser::{sum_profiles, Denoiser, Profile};
 use crate::files::{plan_outputs, Format};
 use crate::pipeline::{header_label, run, RunOptions, Status, Summary};
 use crate::Error;
@@ -55,6 +55,8 @@ pub struct DenoiseBenchResult {
     pub workspace_mib: f64,
     /// Per-stage busy seconds of the whole run and the compute thread's phases.
     pub summary: Summary,
+    /// The compute thread's phases summed over the steady-state files only (per file: divide by `images`).
+    pub steady_profile: Profile,
     /// Where the files were (removed afterwards unless kept).
     pub dir: PathBuf,
 }
@@ -132,11 +134,17 @@ pub fn bench_denoise<B: Backend>(
     };
     let start = Instant::now();
     let mut done: Vec<f64> = Vec::with_capacity(cfg.files);
+    let mut profiles: Vec<Profile> = Vec::with_capacity(cfg.files);
     let mut failures = Vec::new();
     let mut device_peak: Option<f64> = None;
     let summary = run(denoiser, &jobs, &ropts, |o| {
         match &o.status {
-            Status::Denoised { .. } => done.push(start.elapsed().as_secs_f64()),
+            Status::Denoised {
+                profile, written, ..
+            } => {
+                done.push(written.duration_since(start).as_secs_f64());
+                profiles.push(*profile);
+            }
             Status::Failed(e) => failures.push(format!("{}: {e}", o.input.display())),
             Status::Skipped => {}
         }
@@ -151,6 +159,7 @@ pub fn bench_denoise<B: Backend>(
             cfg.files
         )));
     }
+    // Outcomes arrive in file order; their write times too (one writer thread).
     let w = cfg.warmup;
     let s_per_file = (done[cfg.files - 1] - done[w.max(1) - 1]) / (cfg.files - w.max(1)) as f64;
     let px = (cfg.size * cfg.size) as f64;
@@ -171,6 +180,7 @@ pub fn bench_denoise<B: Backend>(
         device_mib: device_peak,
         workspace_mib: denoiser.workspace_bytes() as f64 / (1 << 20) as f64,
         summary,
+        steady_profile: sum_profiles(&profiles[w.max(1)..]),
         dir: dir.to_path_buf(),
     })
 }

@@ -1,7 +1,7 @@
 //! A loaded model that denoises whole images of any size through fixed-size, batched tiles.
 //!
 //! Memory: besides the caller's input and output images there is only a fixed workspace, set by tile, context
-//! and batch: the network's forward-only buffers on the backend and three host batches. Padding and
+//! and batch: the network's forward-only buffers on the backend and two host batches. Padding and
 //! normalisation are applied while cutting each window, and the output's scratch space holds the statistics'
 //! work, so no other whole-image copy is made.
 
@@ -11,6 +11,7 @@ use crate::Error;
 use cryoden_nn::{checkpoint, Activations, Arch, Backend, Model};
 use cryoden_prep::normalize::{center_spread, Method};
 use rayon::prelude::*;
+use std::collections::VecDeque;
 use std::path::Path;
 use std::time::Instant;
 
@@ -56,8 +57,8 @@ pub struct Denoiser<B: Backend> {
     context: usize,
     /// Forward-only buffers for (batch, window height, window width): fixed by tile, context and batch.
     acts: Option<(usize, usize, usize, Activations<B>)>,
-    /// Host batches of the same shape: two inputs (double-buffered) and one output.
-    host: [Vec<f32>; 3],
+    /// Host batches: the input being cut and the output being placed.
+    host: [Vec<f32>; 2],
     profile: Profile,
 }
 
@@ -108,7 +109,7 @@ impl<B: Backend> Denoiser<B> {
             opts,
             context,
             acts: None,
-            host: [Vec::new(), Vec::new(), Vec::new()],
+            host: [Vec::new(), Vec::new()],
             profile: Profile::default(),
         })
     }
@@ -198,10 +199,197 @@ impl<B: Backend> Denoiser<B> {
             .map_or(0, |(_, _, _, a)| a.bytes(&self.be))
     }
 
-    /// Tiles of `src` (reflect-padded to the model's alignment and normalised by `stats` on the fly, so neither a
-    /// padded nor a normalised copy of the image exists) through the network in batches; the cores go to `out`
-    /// with the normalisation undone. While the device computes batch k, the host cuts batch k+1 and then places
-    /// batch k−1's output (on the CPU backend the same steps simply run in turn).
+    /// One image through [`Denoiser::run_stream`] (its windows planned, counted as they are cut and placed).
+    fn plan<I, O, T>(&self, item: Item<I, O, T>) -> Result<Work<I, O, T>, (T, Error)>
+    where
+        I: AsRef<[f32]>,
+        O: AsMut<[f32]>,
+    {
+        let mut item = item;
+        let (nx, ny) = (item.nx, item.ny);
+        let align = alignment(self.arch());
+        let (len_in, len_out) = (item.input.as_ref().len(), item.out.as_mut().len());
+        let problem = if len_in != nx * ny {
+            Some(Error::Usage(format!(
+                "{len_in} values for a {nx}×{ny} image"
+            )))
+        } else if len_out != nx * ny {
+            Some(Error::Usage(format!(
+                "an output of {len_out} values for a {nx}×{ny} image"
+            )))
+        } else if nx < align || ny < align {
+            Some(Error::TooSmall {
+                nx,
+                ny,
+                min: align,
+                arch: self.arch().describe(),
+            })
+        } else {
+            None
+        };
+        if let Some(e) = problem {
+            return Err((item.tag, e));
+        }
+        let (px, py) = (nx.div_ceil(align) * align, ny.div_ceil(align) * align);
+        let ctx = self.context();
+        let (ax, ay) = (
+            plan_axis(px, self.opts.tile, ctx, align),
+            plan_axis(py, self.opts.tile, ctx, align),
+        );
+        let windows: Vec<(Segment, Segment)> = ay
+            .segments
+            .iter()
+            .flat_map(|sy| ax.segments.iter().map(move |sx| (*sx, *sy)))
+            .collect();
+        Ok(Work {
+            n: self.opts.batch.min(windows.len()),
+            wx: ax.len,
+            wy: ay.len,
+            windows,
+            cut: 0,
+            placed: 0,
+            item,
+        })
+    }
+
+    /// Denoises a stream of images: `source` is asked for the next image when the device needs more work, `sink`
+    /// gets each result (in order) with the phase times so far. Windows of one image (reflect-padded to the
+    /// model's alignment and normalised on the fly, so neither a padded nor a normalised copy exists) go through
+    /// the network in batches; the cores go to the image's output with the normalisation undone.
+    ///
+    /// Host work is overlapped with the device across batches AND images: while the device computes batch k, the
+    /// host cuts batch k+1 (possibly the next image's first), then places batch k's output while the device
+    /// computes k+1. On the CPU backend the same steps simply run in turn. A failing image is passed to `sink` as
+    /// an error and the stream goes on.
+    pub fn run_stream<I, O, T>(
+        &mut self,
+        mut source: impl FnMut() -> Option<Item<I, O, T>>,
+        mut sink: impl FnMut(T, Result<O, Error>, &Profile),
+    ) where
+        I: AsRef<[f32]>,
+        O: AsMut<[f32]>,
+    {
+        let mut works: VecDeque<Work<I, O, T>> = VecDeque::new();
+        // The batch on the device: its image (a position in `works`) and its windows.
+        let mut in_flight: Option<(usize, std::ops::Range<usize>)> = None;
+        loop {
+            // 1. Cut the next batch while the device computes the one in flight.
+            let next = loop {
+                if let Some(i) = works.iter().position(|w| w.cut < w.windows.len()) {
+                    let w = &mut works[i];
+                    let r = w.cut..(w.cut + w.n).min(w.windows.len());
+                    w.cut = r.end;
+                    let t = Instant::now();
+                    let len = w.n * w.wx * w.wy;
+                    if self.host[0].len() < len {
+                        self.host[0].resize(len, 0.0);
+                    }
+                    Source {
+                        img: w.item.input.as_ref(),
+                        nx: w.item.nx,
+                        ny: w.item.ny,
+                        stats: w.item.stats,
+                    }
+                    .cut(&w.windows[r.clone()], w.wx, w.wy, &mut self.host[0]);
+                    self.profile.extract_s += t.elapsed().as_secs_f64();
+                    break Some((i, r));
+                }
+                match source() {
+                    None => break None,
+                    Some(item) => match self.plan(item) {
+                        Ok(w) => works.push_back(w),
+                        Err((tag, e)) => sink(tag, Err(e), &self.profile),
+                    },
+                }
+            };
+            if next.is_none() && in_flight.is_none() {
+                break;
+            }
+            // 2. Wait for the batch in flight; 3. start the next one; 4. place the finished one.
+            let step = self.device_step(&works, in_flight.as_ref(), next.as_ref());
+            if let Err(e) = step {
+                // A device failure fails every image that has a window in flight or cut.
+                let msg = e.to_string();
+                for w in works.drain(..) {
+                    sink(w.item.tag, Err(Error::Usage(msg.clone())), &self.profile);
+                }
+                in_flight = None;
+                continue;
+            }
+            if let Some((i, r)) = in_flight.take() {
+                let t = Instant::now();
+                let w = &mut works[i];
+                place(
+                    &w.windows[r.clone()],
+                    w.wx,
+                    w.wy,
+                    &self.host[1],
+                    w.item.nx,
+                    w.item.ny,
+                    w.item.stats,
+                    w.item.out.as_mut(),
+                );
+                w.placed += r.len();
+                self.profile.place_s += t.elapsed().as_secs_f64();
+                if w.placed == w.windows.len() {
+                    debug_assert_eq!(i, 0, "images complete in order");
+                    let w = works.pop_front().expect("the image just placed");
+                    self.profile.images += 1;
+                    self.profile.tiles += w.windows.len();
+                    sink(w.item.tag, Ok(w.item.out), &self.profile);
+                    // Positions in `works` moved down by one (the next batch is a later image's).
+                    in_flight = next.map(|(j, r)| (j - 1, r));
+                    continue;
+                }
+            }
+            in_flight = next;
+        }
+    }
+
+    /// Downloads the output of the batch in flight (into host buffer 1), then uploads the batch just cut (host
+    /// buffer 0) and starts its forward pass, reallocating the network's buffers if its shape differs.
+    fn device_step<I, O, T>(
+        &mut self,
+        works: &VecDeque<Work<I, O, T>>,
+        in_flight: Option<&(usize, std::ops::Range<usize>)>,
+        next: Option<&(usize, std::ops::Range<usize>)>,
+    ) -> Result<(), Error> {
+        if let Some((i, _)) = in_flight {
+            let w = &works[*i];
+            let len = w.n * w.wx * w.wy;
+            if self.host[1].len() < len {
+                self.host[1].resize(len, 0.0);
+            }
+            let t = Instant::now();
+            let Some((_, _, _, acts)) = self.acts.as_ref() else {
+                unreachable!("a batch in flight has buffers")
+            };
+            acts.download_output(&self.be, &mut self.host[1][..len])?;
+            self.profile.download_s += t.elapsed().as_secs_f64();
+        }
+        if let Some((i, _)) = next {
+            let w = &works[*i];
+            let (n, wy, wx) = (w.n, w.wy, w.wx);
+            if !matches!(&self.acts, Some((a, b, c, _)) if (*a, *b, *c) == (n, wy, wx)) {
+                self.acts = None; // free the old buffers before allocating new ones
+                let acts = self.model.inference_activations(&self.be, n, wy, wx)?;
+                self.acts = Some((n, wy, wx, acts));
+            }
+            let Some((_, _, _, acts)) = self.acts.as_mut() else {
+                unreachable!("allocated just above")
+            };
+            let t = Instant::now();
+            // A short last batch keeps the allocated shape; the unused slots hold earlier windows.
+            acts.upload_input(&self.be, &self.host[0][..n * wy * wx])?;
+            self.profile.upload_s += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            self.model.forward(&self.be, &self.params, acts)?;
+            self.profile.forward_s += t.elapsed().as_secs_f64();
+        }
+        Ok(())
+    }
+
+    /// One image, borrowed: see [`Denoiser::run_stream`].
     fn run_tiles(
         &mut self,
         src: &[f32],
@@ -210,89 +398,44 @@ impl<B: Backend> Denoiser<B> {
         stats: Option<Stats>,
         out: &mut [f32],
     ) -> Result<(), Error> {
-        let align = alignment(self.arch());
-        if nx < align || ny < align {
-            return Err(Error::TooSmall {
-                nx,
-                ny,
-                min: align,
-                arch: self.arch().describe(),
-            });
-        }
-        let (px, py) = (nx.div_ceil(align) * align, ny.div_ceil(align) * align);
-        let ctx = self.context();
-        let (ax, ay) = (
-            plan_axis(px, self.opts.tile, ctx, align),
-            plan_axis(py, self.opts.tile, ctx, align),
-        );
-        let (wx, wy) = (ax.len, ay.len);
-        let windows: Vec<(Segment, Segment)> = ay
-            .segments
-            .iter()
-            .flat_map(|sy| ax.segments.iter().map(move |sx| (*sx, *sy)))
-            .collect();
-        let n = self.opts.batch.min(windows.len());
-        if !matches!(&self.acts, Some((a, b, c, _)) if (*a, *b, *c) == (n, wy, wx)) {
-            self.acts = None; // free the old buffers before allocating new ones
-            self.host = [Vec::new(), Vec::new(), Vec::new()];
-            let acts = self.model.inference_activations(&self.be, n, wy, wx)?;
-            self.acts = Some((n, wy, wx, acts));
-            // Two input batches (one is cut while the other is on the device) and one output batch.
-            self.host = [
-                vec![0.0f32; n * wx * wy],
-                vec![0.0f32; n * wx * wy],
-                vec![0.0f32; n * wx * wy],
-            ];
-        }
-        let Some((_, _, _, acts)) = self.acts.as_mut() else {
-            unreachable!("allocated just above")
-        };
-        let [in_a, in_b, output] = &mut self.host;
-        let (mut cur, mut next) = (in_a, in_b);
-        let src = Source {
-            img: src,
+        let mut item = Some(Item {
+            input: src,
             nx,
             ny,
             stats,
-        };
-        let prof = &mut self.profile;
-        let chunks: Vec<&[(Segment, Segment)]> = windows.chunks(n).collect();
-        let t = Instant::now();
-        src.cut(chunks[0], wx, wy, cur);
-        prof.extract_s += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        // A short last batch keeps the allocated shape; the unused slots hold the previous tiles.
-        acts.upload_input(&self.be, cur)?;
-        prof.upload_s += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        self.model.forward(&self.be, &self.params, acts)?;
-        prof.forward_s += t.elapsed().as_secs_f64();
-        for k in 0..chunks.len() {
-            if let Some(c) = chunks.get(k + 1) {
-                let t = Instant::now();
-                src.cut(c, wx, wy, next);
-                prof.extract_s += t.elapsed().as_secs_f64();
-            }
-            let t = Instant::now();
-            acts.download_output(&self.be, output)?;
-            prof.download_s += t.elapsed().as_secs_f64();
-            if k + 1 < chunks.len() {
-                let t = Instant::now();
-                acts.upload_input(&self.be, next)?;
-                prof.upload_s += t.elapsed().as_secs_f64();
-                let t = Instant::now();
-                self.model.forward(&self.be, &self.params, acts)?;
-                prof.forward_s += t.elapsed().as_secs_f64();
-                std::mem::swap(&mut cur, &mut next);
-            }
-            let t = Instant::now();
-            place(chunks[k], wx, wy, output, nx, ny, stats, out);
-            prof.place_s += t.elapsed().as_secs_f64();
-        }
-        prof.images += 1;
-        prof.tiles += windows.len();
-        Ok(())
+            out,
+            tag: (),
+        });
+        let mut result = Ok(());
+        self.run_stream(|| item.take(), |_, r, _| result = r.map(|_| ()));
+        result
     }
+}
+
+/// An image for [`Denoiser::run_stream`].
+pub struct Item<I, O, T> {
+    /// Row-major `nx × ny` pixels.
+    pub input: I,
+    pub nx: usize,
+    pub ny: usize,
+    /// The normalisation to apply on the way in and undo on the way out; `None` = already normalised.
+    pub stats: Option<Stats>,
+    /// Where the `nx × ny` result goes (every pixel is written).
+    pub out: O,
+    /// The caller's label, handed back with the result.
+    pub tag: T,
+}
+
+/// An image in [`Denoiser::run_stream`]: its windows and how many are cut and placed.
+struct Work<I, O, T> {
+    item: Item<I, O, T>,
+    windows: Vec<(Segment, Segment)>,
+    /// Window size and batch.
+    wx: usize,
+    wy: usize,
+    n: usize,
+    cut: usize,
+    placed: usize,
 }
 
 /// Centre and spread of an image (the training normalisation: `(v − centre) / spread`).
@@ -322,7 +465,7 @@ fn check_len(len: usize, nx: usize, ny: usize) -> Result<(), Error> {
 }
 
 /// Seconds per phase of [`Denoiser`] on the calling thread, summed since the last [`Denoiser::take_profile`].
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Profile {
     pub images: usize,
     pub tiles: usize,
@@ -336,6 +479,37 @@ pub struct Profile {
     pub download_s: f64,
     /// Writing tile cores into the output (normalisation undone).
     pub place_s: f64,
+}
+
+impl Profile {
+    /// The phase times accumulated since `earlier` (an earlier snapshot of the same counters).
+    pub fn since(&self, earlier: &Profile) -> Profile {
+        Profile {
+            images: self.images - earlier.images,
+            tiles: self.tiles - earlier.tiles,
+            extract_s: self.extract_s - earlier.extract_s,
+            upload_s: self.upload_s - earlier.upload_s,
+            forward_s: self.forward_s - earlier.forward_s,
+            download_s: self.download_s - earlier.download_s,
+            place_s: self.place_s - earlier.place_s,
+        }
+    }
+    fn add(&mut self, o: &Profile) {
+        self.images += o.images;
+        self.tiles += o.tiles;
+        self.extract_s += o.extract_s;
+        self.upload_s += o.upload_s;
+        self.forward_s += o.forward_s;
+        self.download_s += o.download_s;
+        self.place_s += o.place_s;
+    }
+}
+
+/// Sums per-file profiles (e.g. the steady-state files of a benchmark).
+pub fn sum_profiles<'a>(ps: impl IntoIterator<Item = &'a Profile>) -> Profile {
+    let mut t = Profile::default();
+    ps.into_iter().for_each(|p| t.add(p));
+    t
 }
 
 /// An image as the network sees it: reflect-padded to the alignment, normalised by `stats` (if any).

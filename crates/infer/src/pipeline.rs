@@ -1,17 +1,25 @@
-//! Denoising a list of files with reading, compute and writing overlapped: a reader thread loads the next
-//! micrograph and computes its normalisation statistics while the network works on the current one, and a writer
-//! thread saves the previous one. The hand-overs are rendezvous channels, so at most two inputs (the one being
-//! denoised and the next) and two outputs (the one being written and the one being made) exist at any time,
-//! whatever the number of files; for one file the peak is its input plus its output. A file that cannot be read
+//! Denoising a list of files with reading, compute and writing overlapped: two reader threads load the next
+//! micrographs and compute their normalisation statistics while the network works on the current one, and a
+//! writer thread saves the previous one. The hand-overs are rendezvous channels, so a bounded number of images
+//! exists at any time whatever the number of files (up to four inputs: the one finishing on the device, the next
+//! one being cut, one ready per reader; and two outputs: the one being written and the one being made); for one
+//! file the peak is its input plus its output. A file that cannot be read
 //! or written is reported and skipped; the others are still denoised.
 
+use crate::denoiser::Item;
 use crate::denoiser::{image_stats, Denoiser, Profile, Stats};
 use crate::files::{Format, Job};
 use crate::Error;
 use cryoden_io::{Mode, WriteOptions};
 use cryoden_nn::Backend;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
+
+/// Reader threads (each decodes a whole file and its statistics; files are handed on in order).
+const READERS: usize = 2;
 
 /// Settings of a batch run.
 #[derive(Clone, Debug)]
@@ -30,7 +38,13 @@ pub enum Status {
         nx: usize,
         ny: usize,
         nz: usize,
+        /// Wall seconds from taking the file off the reader to its last window placed (overlapping the
+        /// neighbouring files' compute).
         seconds: f64,
+        /// The denoiser's phase times between the previous file's completion and this one's.
+        profile: Profile,
+        /// When the output was complete on disk (the writer's clock; reports reach `progress` later).
+        written: Instant,
     },
     Skipped,
     Failed(String),
@@ -109,7 +123,40 @@ struct ToWrite {
     dims: [usize; 3],
     header: cryoden_io::Header,
     seconds: f64,
+    profile: Profile,
 }
+
+/// One section of a file read, as the denoiser's input (the file's pixels are shared by its sections).
+struct Section {
+    data: Arc<Vec<f32>>,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[f32]> for Section {
+    fn as_ref(&self) -> &[f32] {
+        &self.data[self.start..self.start + self.len]
+    }
+}
+
+/// A file between its first section handed to the denoiser and its last one done.
+struct InProgress {
+    dims: [usize; 3],
+    header: cryoden_io::Header,
+    t0: Instant,
+    data: Vec<f32>,
+}
+
+/// The file whose sections are being handed to the denoiser: index, pixels, statistics per section, dims, next
+/// section.
+type Feeding = (usize, Arc<Vec<f32>>, Vec<Stats>, [usize; 3], usize);
+
+/// What the writer reports: file index, (nx, ny, nz, compute seconds, profile) or the error, write seconds.
+type Done = (
+    usize,
+    Result<(usize, usize, usize, f64, Profile, Instant), String>,
+    f64,
+);
 
 /// The label naming cryoden, its version and the model, for output headers.
 pub fn header_label(model: &str) -> String {
@@ -164,13 +211,16 @@ pub fn run<B: Backend>(
     let todo: Vec<usize> = (0..jobs.len())
         .filter(|&i| !(opts.skip_existing && jobs[i].output.exists()))
         .collect();
-    // Rendezvous: the reader holds at most one loaded file while the compute thread works on another; the
-    // compute thread waits with its output until the writer has finished the previous one.
-    let (read_tx, read_rx) = crossbeam_channel::bounded::<Loaded>(0);
+    // Rendezvous: each reader holds at most one loaded file while the compute thread works on another; the
+    // compute thread waits with its output until the writer has finished the previous one. Two readers take
+    // alternate files (decoding and the sequential f64 sums of the statistics take ~65 ms per 4096² image, more
+    // than a GPU needs for the network); the compute thread takes their files in order.
+    let (read_txs, read_rxs): (Vec<_>, Vec<_>) = (0..READERS)
+        .map(|_| crossbeam_channel::bounded::<Loaded>(0))
+        .unzip();
     let (write_tx, write_rx) = crossbeam_channel::bounded::<ToWrite>(0);
     let method = denoiser.normalization().method;
-    let (done_tx, done_rx) =
-        crossbeam_channel::unbounded::<(usize, Result<(usize, usize, usize, f64), String>, f64)>();
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
     let mut report = |o: Outcome, summary: &mut Summary| {
         match &o.status {
             Status::Denoised { nx, ny, nz, .. } => {
@@ -198,14 +248,17 @@ pub fn run<B: Backend>(
     }
     std::thread::scope(|s| {
         let todo_r = &todo;
-        s.spawn(move || {
-            for &i in todo_r {
-                let input = load(&jobs[i], method);
-                if read_tx.send(Loaded { index: i, input }).is_err() {
-                    break;
+        for (k, read_tx) in read_txs.into_iter().enumerate() {
+            s.spawn(move || {
+                for &i in todo_r.iter().skip(k).step_by(READERS) {
+                    let input = load(&jobs[i], method);
+                    if read_tx.send(Loaded { index: i, input }).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+        }
+        let mut taken = 0usize;
         let done_w = done_tx.clone();
         s.spawn(move || {
             for w in write_rx {
@@ -213,7 +266,10 @@ pub fn run<B: Backend>(
                 let r = write_output(&jobs[w.index], &w, opts).map_err(|e| e.to_string());
                 let _ = done_w.send((
                     w.index,
-                    r.map(|_| (w.dims[0], w.dims[1], w.dims[2], w.seconds)),
+                    r.map(|_| {
+                        let [nx, ny, nz] = w.dims;
+                        (nx, ny, nz, w.seconds, w.profile, Instant::now())
+                    }),
                     t.elapsed().as_secs_f64(),
                 ));
             }
@@ -230,12 +286,17 @@ pub fn run<B: Backend>(
                 while let Some((i, r, write_s)) = next() {
                     summary.write_s += write_s;
                     let status = match r {
-                        Ok((nx, ny, nz, seconds)) => Status::Denoised {
-                            nx,
-                            ny,
-                            nz,
-                            seconds,
-                        },
+                        Ok((nx, ny, nz, seconds, profile, written)) => {
+                            summary.compute_s += seconds;
+                            Status::Denoised {
+                                nx,
+                                ny,
+                                nz,
+                                seconds,
+                                profile,
+                                written,
+                            }
+                        }
                         Err(e) => Status::Failed(e),
                     };
                     report(
@@ -248,42 +309,88 @@ pub fn run<B: Backend>(
                     );
                 }
             };
-        for loaded in read_rx {
-            let i = loaded.index;
-            let t0 = Instant::now();
-            let result = loaded.input.and_then(|inp| {
-                summary.read_s += inp.read_s;
-                summary.stats_s += inp.stats_s;
-                let [nx, ny, nz] = inp.dims;
-                let mut data = vec![0.0f32; nx * ny * nz];
-                for (z, out) in data.chunks_mut(nx * ny).enumerate() {
-                    let sec = &inp.data[z * nx * ny..(z + 1) * nx * ny];
-                    denoiser
-                        .denoise_with_stats(sec, nx, ny, inp.stats[z], out)
-                        .map_err(|e| e.to_string())?;
+        // The denoiser pulls sections as it needs them (so the next file's first windows are cut while the
+        // device finishes the current one) and hands back each finished section in order.
+        let files: RefCell<HashMap<usize, InProgress>> = RefCell::new(HashMap::new());
+        let mut current: Option<Feeding> = None;
+        let source = || loop {
+            if let Some((i, data, stats, [nx, ny, nz], z)) = current.as_mut() {
+                if *z < *nz {
+                    let k = *z;
+                    *z += 1;
+                    let n = *nx * *ny;
+                    return Some(Item {
+                        input: Section {
+                            data: data.clone(),
+                            start: k * n,
+                            len: n,
+                        },
+                        nx: *nx,
+                        ny: *ny,
+                        stats: Some(stats[k]),
+                        out: vec![0.0f32; n],
+                        tag: (*i, k),
+                    });
                 }
-                Ok(ToWrite {
-                    index: i,
-                    data,
-                    dims: inp.dims,
-                    header: inp.header,
-                    seconds: 0.0,
-                })
-            });
-            match result {
-                Ok(mut w) => {
-                    w.seconds = t0.elapsed().as_secs_f64();
-                    summary.compute_s += w.seconds;
-                    if write_tx.send(w).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    let _ = done_tx.send((i, Err(e), 0.0));
-                }
+                current = None;
             }
             drain(&mut summary, &mut report, false);
-        }
+            let loaded = read_rxs[taken % READERS].recv().ok()?;
+            taken += 1;
+            match loaded.input {
+                Ok(inp) => {
+                    summary.read_s += inp.read_s;
+                    summary.stats_s += inp.stats_s;
+                    files.borrow_mut().insert(
+                        loaded.index,
+                        InProgress {
+                            dims: inp.dims,
+                            header: inp.header,
+                            t0: Instant::now(),
+                            data: Vec::new(),
+                        },
+                    );
+                    current = Some((loaded.index, Arc::new(inp.data), inp.stats, inp.dims, 0));
+                }
+                Err(e) => {
+                    let _ = done_tx.send((loaded.index, Err(e), 0.0));
+                }
+            }
+        };
+        let mut last = Profile::default();
+        let sink = |(i, z): (usize, usize), r: Result<Vec<f32>, Error>, p: &Profile| {
+            let mut files = files.borrow_mut();
+            // A file whose earlier section failed is already reported.
+            let Some(f) = files.get_mut(&i) else { return };
+            match r {
+                Err(e) => {
+                    files.remove(&i);
+                    let _ = done_tx.send((i, Err(e.to_string()), 0.0));
+                }
+                Ok(out) => {
+                    if f.dims[2] == 1 {
+                        f.data = out;
+                    } else {
+                        f.data.extend_from_slice(&out);
+                    }
+                    if z + 1 == f.dims[2] {
+                        let f = files.remove(&i).expect("present above");
+                        let profile = p.since(&last);
+                        last = *p;
+                        // Waits until the writer has finished the previous file (bounded memory).
+                        let _ = write_tx.send(ToWrite {
+                            index: i,
+                            data: f.data,
+                            dims: f.dims,
+                            header: f.header,
+                            seconds: f.t0.elapsed().as_secs_f64(),
+                            profile,
+                        });
+                    }
+                }
+            }
+        };
+        denoiser.run_stream(source, sink);
         drop(write_tx);
         drop(done_tx);
         drain(&mut summary, &mut report, true);

@@ -171,7 +171,9 @@ pub struct ParityResult {
     pub loss_ours: f32,
     pub loss_torch: f32,
     pub loss_rel: f64,
-    /// Every parameter gradient, and the worst of them.
+    /// All parameter gradients as one vector (the per-model figure of docs/CUDA.md), every one of them, and the
+    /// worst of them (small, deep tensors have the largest relative errors in reduced precision).
+    pub grad_all: Agreement,
     pub grads: Vec<Agreement>,
     pub grad_worst: Agreement,
 }
@@ -266,9 +268,12 @@ pub fn parity<B: Backend>(be: &B, fixture: &std::path::Path) -> Result<ParityRes
     acts.download_output(be, &mut out)?;
     let grads = TrainState::download(be, &state.grads)?;
     let mut agreements = Vec::new();
+    let (mut all_ours, mut all_ref) = (Vec::new(), Vec::new());
     for (name, _, data) in model.params().export_torch(&grads)? {
         let reference = &get(&format!("grad.{name}"))?.2;
         agreements.push(agreement(&name, &data, reference));
+        all_ours.extend_from_slice(&data);
+        all_ref.extend_from_slice(reference);
     }
     let worst = agreements
         .iter()
@@ -287,6 +292,7 @@ pub fn parity<B: Backend>(be: &B, fixture: &std::path::Path) -> Result<ParityRes
         loss_rel: ((l as f64 - loss_torch as f64)
             / (loss_torch as f64).abs().max(f64::MIN_POSITIVE))
         .abs(),
+        grad_all: agreement("all gradients", &all_ours, &all_ref),
         grads: agreements,
         grad_worst: worst,
     })

@@ -274,11 +274,12 @@ fn run_denoise(a: DenoiseArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         let s = &r.summary;
+        let per_file = |v: f64| 1e3 * v / r.steady_profile.images.max(1) as f64;
         println!(
             "{} {} files of {}² on {}: tile {} + context {}, batch {}; steady state {:.4} s/micrograph \
              ({:.1} Mpixel/s), first file {:.2} s; peak RSS {} (one input + output: {:.0} MiB), device {}; \
-             busy s: read {:.2} stats {:.2} compute {:.2} write {:.2}; compute phases: cut {:.2} upload {:.2} \
-             forward {:.2} download {:.2} place {:.2}",
+             busy s: read {:.2} stats {:.2} compute {:.2} write {:.2}; steady-state compute phases per file (ms): \
+             cut {:.1} upload {:.1} forward {:.1} download {:.1} place {:.1}",
             r.arch,
             r.config.files,
             r.config.size,
@@ -296,11 +297,11 @@ fn run_denoise(a: DenoiseArgs) -> anyhow::Result<()> {
             s.stats_s,
             s.compute_s,
             s.write_s,
-            s.profile.extract_s,
-            s.profile.upload_s,
-            s.profile.forward_s,
-            s.profile.download_s,
-            s.profile.place_s,
+            per_file(r.steady_profile.extract_s),
+            per_file(r.steady_profile.upload_s),
+            per_file(r.steady_profile.forward_s),
+            per_file(r.steady_profile.download_s),
+            per_file(r.steady_profile.place_s),
         );
     }
     Ok(())
@@ -423,14 +424,15 @@ fn run_parity(a: ParityArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         } else {
             println!(
-                "{} on {} vs PyTorch on {}: output rel L2 {:.2e} (max abs {:.2e}), loss rel {:.2e}, worst gradient \
-                 {} rel L2 {:.2e}",
+                "{} on {} vs PyTorch on {}: output rel L2 {:.2e} (max abs {:.2e}), loss rel {:.2e}, gradients rel \
+                 L2 {:.2e} (worst tensor {} {:.2e})",
                 r.arch.describe(),
                 r.backend,
                 r.torch_device,
                 r.output.rel_l2,
                 r.output.max_abs,
                 r.loss_rel,
+                r.grad_all.rel_l2,
                 r.grad_worst.name,
                 r.grad_worst.rel_l2
             );
