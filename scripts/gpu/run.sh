@@ -12,6 +12,7 @@
 #   accuracy  bf16 and tf32 outputs against f32 on the same micrographs (relative L2)
 #   unet      the plan's U-Net: cryoden bench denoise vs PyTorch bf16 inference (bench_torch.py --mode infer)
 #   stream    cryoden train --stream vs --in-memory on the GPU, same dataset (images/s)
+#   headline  only the two headline denoise settings (Topaz unet and the plan's U-Net, tile 4096, bf16)
 #   train     cryoden bench train --device cuda, 8 × 1024², bf16 (not in the default list)
 #
 # Everything goes to $OUT (the device tool's output folder; default ./gpu-out): one JSON line per measurement in
@@ -138,6 +139,12 @@ PY
         tail -n 1 "$RES"
     done
     rm -rf "$WORK/st"
+}
+
+part_headline() {
+    # The two headline settings only (a short call).
+    bench_dn topaz_t4096_b1_bf16 --arch topaz-unet --size 4096 --files 50 --precision bf16 --tile 4096 --batch 1
+    bench_dn unet_t4096_b1_bf16 --arch unet --size 4096 --files 30 --precision bf16 --tile 4096 --batch 1
 }
 
 part_train() {

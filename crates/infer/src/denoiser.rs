@@ -199,8 +199,9 @@ impl<B: Backend> Denoiser<B> {
             .map_or(0, |(_, _, _, a)| a.bytes(&self.be))
     }
 
-    /// One image through [`Denoiser::run_stream`] (its windows planned, counted as they are cut and placed).
-    fn plan<I, O, T>(&self, item: Item<I, O, T>) -> Result<Work<I, O, T>, (T, Error)>
+    /// One image through [`Denoiser::run_stream`] (its windows planned, counted as they are cut and placed); a
+    /// bad image becomes a work with no windows and its error, reported when its turn comes.
+    fn plan<I, O, T>(&self, item: Item<I, O, T>) -> Work<I, O, T>
     where
         I: AsRef<[f32]>,
         O: AsMut<[f32]>,
@@ -228,7 +229,16 @@ impl<B: Backend> Denoiser<B> {
             None
         };
         if let Some(e) = problem {
-            return Err((item.tag, e));
+            return Work {
+                item,
+                windows: Vec::new(),
+                wx: 0,
+                wy: 0,
+                n: 0,
+                cut: 0,
+                placed: 0,
+                error: Some(e),
+            };
         }
         let (px, py) = (nx.div_ceil(align) * align, ny.div_ceil(align) * align);
         let ctx = self.context();
@@ -241,7 +251,7 @@ impl<B: Backend> Denoiser<B> {
             .iter()
             .flat_map(|sy| ax.segments.iter().map(move |sx| (*sx, *sy)))
             .collect();
-        Ok(Work {
+        Work {
             n: self.opts.batch.min(windows.len()),
             wx: ax.len,
             wy: ay.len,
@@ -249,11 +259,12 @@ impl<B: Backend> Denoiser<B> {
             cut: 0,
             placed: 0,
             item,
-        })
+            error: None,
+        }
     }
 
     /// Denoises a stream of images: `source` is asked for the next image when the device needs more work, `sink`
-    /// gets each result (in order) with the phase times so far. Windows of one image (reflect-padded to the
+    /// gets each result, in the order of `source`, with the phase times so far. Windows of one image (reflect-padded to the
     /// model's alignment and normalised on the fly, so neither a padded nor a normalised copy exists) go through
     /// the network in batches; the cores go to the image's output with the normalisation undone.
     ///
@@ -296,13 +307,15 @@ impl<B: Backend> Denoiser<B> {
                 }
                 match source() {
                     None => break None,
-                    Some(item) => match self.plan(item) {
-                        Ok(w) => works.push_back(w),
-                        Err((tag, e)) => sink(tag, Err(e), &self.profile),
-                    },
+                    Some(item) => works.push_back(self.plan(item)),
                 }
             };
             if next.is_none() && in_flight.is_none() {
+                // Only images that failed before reaching the device can be left.
+                for w in works.drain(..) {
+                    let e = w.error.expect("every planned window was placed");
+                    sink(w.item.tag, Err(e), &self.profile);
+                }
                 break;
             }
             // 2. Wait for the batch in flight; 3. start the next one; 4. place the finished one.
@@ -331,18 +344,23 @@ impl<B: Backend> Denoiser<B> {
                 );
                 w.placed += r.len();
                 self.profile.place_s += t.elapsed().as_secs_f64();
-                if w.placed == w.windows.len() {
-                    debug_assert_eq!(i, 0, "images complete in order");
-                    let w = works.pop_front().expect("the image just placed");
-                    self.profile.images += 1;
-                    self.profile.tiles += w.windows.len();
-                    sink(w.item.tag, Ok(w.item.out), &self.profile);
-                    // Positions in `works` moved down by one (the next batch is a later image's).
-                    in_flight = next.map(|(j, r)| (j - 1, r));
-                    continue;
+            }
+            // Hand back, in order, every image at the front that is done (or failed before the device).
+            let mut retired = 0;
+            while works.front().is_some_and(|w| w.placed == w.windows.len()) {
+                let w = works.pop_front().expect("checked");
+                retired += 1;
+                match w.error {
+                    Some(e) => sink(w.item.tag, Err(e), &self.profile),
+                    None => {
+                        self.profile.images += 1;
+                        self.profile.tiles += w.windows.len();
+                        sink(w.item.tag, Ok(w.item.out), &self.profile);
+                    }
                 }
             }
-            in_flight = next;
+            // Positions in `works` moved down by the images retired (the next batch belongs to a later one).
+            in_flight = next.map(|(j, r)| (j - retired, r));
         }
     }
 
@@ -436,6 +454,8 @@ struct Work<I, O, T> {
     n: usize,
     cut: usize,
     placed: usize,
+    /// Why the image cannot be denoised (it has no windows then).
+    error: Option<Error>,
 }
 
 /// Centre and spread of an image (the training normalisation: `(v − centre) / spread`).
@@ -647,6 +667,56 @@ mod tests {
                 let p = d.take_profile();
                 assert_eq!(p.images, 2);
             }
+        }
+    }
+
+    /// A stream of images of different sizes (buffers reallocated between them), with a bad one in the middle,
+    /// gives each image exactly what denoising it alone gives, in order, and reports the bad one.
+    #[test]
+    fn a_stream_equals_images_one_by_one() {
+        let sizes = [(96, 80), (150, 118), (3, 3), (96, 80)];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let images: Vec<Vec<f32>> = sizes
+            .iter()
+            .map(|&(nx, ny)| (0..nx * ny).map(|_| rng.random::<f32>()).collect())
+            .collect();
+        let mut d = denoiser(Method::Zscore, 48, 3);
+        let mut queue: VecDeque<Item<&[f32], Vec<f32>, usize>> = images
+            .iter()
+            .zip(sizes)
+            .enumerate()
+            .map(|(k, (img, (nx, ny)))| Item {
+                input: img.as_slice(),
+                nx,
+                ny,
+                stats: Some(image_stats(img, Method::Zscore).unwrap()),
+                out: vec![0.0; nx * ny],
+                tag: k,
+            })
+            .collect();
+        let mut got = Vec::new();
+        d.run_stream(|| queue.pop_front(), |k, r, _| got.push((k, r)));
+        assert_eq!(
+            got.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        for (k, r) in got {
+            let (nx, ny) = sizes[k];
+            if k == 2 {
+                assert!(matches!(r, Err(Error::TooSmall { .. })), "image 2: {r:?}");
+                continue;
+            }
+            let alone = denoiser(Method::Zscore, 48, 3)
+                .denoise(&images[k], nx, ny)
+                .unwrap();
+            let streamed = r.unwrap();
+            assert!(
+                streamed
+                    .iter()
+                    .zip(&alone)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "image {k} differs"
+            );
         }
     }
 }

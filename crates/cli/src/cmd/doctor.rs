@@ -115,3 +115,23 @@ pub fn resolve_device(req: cryoden_train::DeviceRequest) -> cryoden_train::Devic
         Device::Cpu
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_device;
+    use cryoden_train::{Device, DeviceRequest};
+
+    #[test]
+    fn explicit_devices_pass_through_and_auto_resolves() {
+        for d in [Device::Cpu, Device::Cuda { ordinal: 3 }] {
+            assert_eq!(resolve_device(DeviceRequest::Device(d)), d);
+        }
+        let auto = resolve_device(DeviceRequest::Auto);
+        // Without the cuda feature there is nothing but the CPU; with it, the first GPU or the CPU.
+        if cfg!(feature = "cuda") {
+            assert!(matches!(auto, Device::Cpu | Device::Cuda { ordinal: 0 }));
+        } else {
+            assert_eq!(auto, Device::Cpu);
+        }
+    }
+}
