@@ -13,6 +13,7 @@
 #   unet      the plan's U-Net: cryoden bench denoise vs PyTorch bf16 inference (bench_torch.py --mode infer)
 #   stream    cryoden train --stream vs --in-memory on the GPU, same dataset (images/s)
 #   headline  only the two headline denoise settings (Topaz unet and the plan's U-Net, tile 4096, bf16)
+#   unet4096  only the plan's U-Net, tile 4096, bf16
 #   train     cryoden bench train --device cuda, 8 × 1024², bf16 (not in the default list)
 #
 # Everything goes to $OUT (the device tool's output folder; default ./gpu-out): one JSON line per measurement in
@@ -145,6 +146,10 @@ part_headline() {
     # The two headline settings only (a short call).
     bench_dn topaz_t4096_b1_bf16 --arch topaz-unet --size 4096 --files 50 --precision bf16 --tile 4096 --batch 1
     bench_dn unet_t4096_b1_bf16 --arch unet --size 4096 --files 30 --precision bf16 --tile 4096 --batch 1
+}
+
+part_unet4096() {
+    bench_dn unet_t4096_b1_bf16 --arch unet --size 4096 --files 25 --precision bf16 --tile 4096 --batch 1
 }
 
 part_train() {

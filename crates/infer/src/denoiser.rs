@@ -467,8 +467,19 @@ pub struct Stats {
 
 /// The normalisation statistics of `img` by `method` (uses a scratch copy of the image).
 pub fn image_stats(img: &[f32], method: Method) -> Result<Stats, Error> {
-    let mut scratch = img.to_vec();
-    stats_in_place(&mut scratch, method)
+    image_stats_with(img, method, &mut Vec::new())
+}
+
+/// [`image_stats`] with a caller's scratch buffer, reused across images: a fresh image-sized allocation costs a
+/// page fault per 4 KiB on first touch (~16 k faults for a 4096² image), more than the copy itself.
+pub fn image_stats_with(
+    img: &[f32],
+    method: Method,
+    scratch: &mut Vec<f32>,
+) -> Result<Stats, Error> {
+    scratch.clear();
+    scratch.extend_from_slice(img);
+    stats_in_place(scratch, method)
 }
 
 fn stats_in_place(scratch: &mut [f32], method: Method) -> Result<Stats, Error> {

@@ -16,7 +16,9 @@ pub mod pipeline;
 pub mod receptive;
 pub mod tiling;
 
-pub use denoiser::{image_stats, Denoiser, Normalization, Options, Profile, Stats};
+pub use denoiser::{
+    image_stats, image_stats_with, Denoiser, Normalization, Options, Profile, Stats,
+};
 pub use files::{expand_inputs, plan_outputs, Format, Job, Shard};
 pub use pipeline::{header_label, run, Outcome, RunOptions, Status, Summary};
 pub use receptive::{alignment, context_radius, default_context};

@@ -1,13 +1,13 @@
-//! Denoising a list of files with reading, compute and writing overlapped: two reader threads load the next
+//! Denoising a list of files with reading, compute and writing overlapped: reader threads (2 to 4) load the next
 //! micrographs and compute their normalisation statistics while the network works on the current one, and a
 //! writer thread saves the previous one. The hand-overs are rendezvous channels, so a bounded number of images
-//! exists at any time whatever the number of files (up to four inputs: the one finishing on the device, the next
-//! one being cut, one ready per reader; and two outputs: the one being written and the one being made); for one
-//! file the peak is its input plus its output. A file that cannot be read
+//! exists at any time whatever the number of files (inputs: the one finishing on the device, the next one being
+//! cut, one ready per reader; outputs: the one being written and the one being made); for one file the peak is
+//! its input plus its output. A file that cannot be read
 //! or written is reported and skipped; the others are still denoised.
 
 use crate::denoiser::Item;
-use crate::denoiser::{image_stats, Denoiser, Profile, Stats};
+use crate::denoiser::{image_stats_with, Denoiser, Profile, Stats};
 use crate::files::{Format, Job};
 use crate::Error;
 use cryoden_io::{Mode, WriteOptions};
@@ -18,8 +18,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Reader threads (each decodes a whole file and its statistics; files are handed on in order).
-const READERS: usize = 2;
+/// Reader threads: each decodes a whole file and computes its statistics (two sequential f64 passes, ~45–65 ms
+/// per 4096² image on a server core), and files are handed on in order. One per four logical CPUs, 2 to 4: enough
+/// to keep a GPU fed, each costing one more input image in memory.
+fn readers() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cpus / 4).clamp(2, 4)
+}
 
 /// Settings of a batch run.
 #[derive(Clone, Debug)]
@@ -92,7 +97,11 @@ struct Loaded {
     input: Result<Input, String>,
 }
 
-fn load(job: &Job, method: cryoden_prep::normalize::Method) -> Result<Input, String> {
+fn load(
+    job: &Job,
+    method: cryoden_prep::normalize::Method,
+    scratch: &mut Vec<f32>,
+) -> Result<Input, String> {
     let t = Instant::now();
     // The file's mapping is released inside `read`: what stays is the decoded f32 image.
     let m = cryoden_io::read(&job.input).map_err(|e| e.to_string())?;
@@ -105,7 +114,7 @@ fn load(job: &Job, method: cryoden_prep::normalize::Method) -> Result<Input, Str
     let stats = m
         .data
         .chunks(nx * ny)
-        .map(|sec| image_stats(sec, method).map_err(|e| e.to_string()))
+        .map(|sec| image_stats_with(sec, method, scratch).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Input {
         data: m.data,
@@ -212,10 +221,11 @@ pub fn run<B: Backend>(
         .filter(|&i| !(opts.skip_existing && jobs[i].output.exists()))
         .collect();
     // Rendezvous: each reader holds at most one loaded file while the compute thread works on another; the
-    // compute thread waits with its output until the writer has finished the previous one. Two readers take
-    // alternate files (decoding and the sequential f64 sums of the statistics take ~65 ms per 4096² image, more
-    // than a GPU needs for the network); the compute thread takes their files in order.
-    let (read_txs, read_rxs): (Vec<_>, Vec<_>) = (0..READERS)
+    // compute thread waits with its output until the writer has finished the previous one. The readers take
+    // files in turn (decoding and the statistics take longer than a GPU needs for the network); the compute thread
+    // takes their files in order.
+    let n_readers = readers();
+    let (read_txs, read_rxs): (Vec<_>, Vec<_>) = (0..n_readers)
         .map(|_| crossbeam_channel::bounded::<Loaded>(0))
         .unzip();
     let (write_tx, write_rx) = crossbeam_channel::bounded::<ToWrite>(0);
@@ -250,8 +260,10 @@ pub fn run<B: Backend>(
         let todo_r = &todo;
         for (k, read_tx) in read_txs.into_iter().enumerate() {
             s.spawn(move || {
-                for &i in todo_r.iter().skip(k).step_by(READERS) {
-                    let input = load(&jobs[i], method);
+                // The statistics' scratch space, reused (freed when this reader has handed on its last file).
+                let mut scratch = Vec::new();
+                for &i in todo_r.iter().skip(k).step_by(n_readers) {
+                    let input = load(&jobs[i], method, &mut scratch);
                     if read_tx.send(Loaded { index: i, input }).is_err() {
                         break;
                     }
@@ -335,7 +347,7 @@ pub fn run<B: Backend>(
                 current = None;
             }
             drain(&mut summary, &mut report, false);
-            let loaded = read_rxs[taken % READERS].recv().ok()?;
+            let loaded = read_rxs[taken % n_readers].recv().ok()?;
             taken += 1;
             match loaded.input {
                 Ok(inp) => {
