@@ -1,9 +1,13 @@
-//! The two training-data loaders. Both turn the same [`EpochPlan`]s into the same [`Batch`]es; they differ only
-//! in where the pixels live and which thread assembles the batch:
+//! The two training-data sources and the batch streams over them. Both sources turn the same [`EpochPlan`]s into
+//! the same [`Batch`]es; they differ only in where the pixels live:
 //!
-//! - in-memory: every pair is copied into RAM once, batches are assembled on the training thread;
-//! - streaming: pairs are read from the memory-mapped stacks by a background thread that keeps at most
-//!   `prefetch` batches queued (a bounded channel), so host memory stays bounded whatever the dataset size.
+//! - in-memory: every pair is copied into RAM once;
+//! - streaming: pairs are read from the memory-mapped stacks, so host memory stays bounded whatever the dataset
+//!   size.
+//!
+//! [`Batches::prefetch`] assembles batches on a background thread that keeps at most `prefetch` batches queued (a
+//! bounded channel), overlapped with the training step; the training loop uses it for both sources.
+//! [`Batches::sync`] assembles them on the caller's thread (tests, tools).
 
 use crate::plan::{Aug, AugmentConfig, EpochPlan};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};

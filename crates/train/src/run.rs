@@ -190,19 +190,17 @@ pub fn train<B: Backend>(
         crop,
         augment: config.augment,
     };
-    let mut batches = match data.kind {
-        LoaderKind::InMemory => {
-            Batches::sync(data.train.clone(), spec, es.epochs_done, 0, config.epochs)
-        }
-        LoaderKind::Streaming => Batches::prefetch(
-            data.train.clone(),
-            spec,
-            es.epochs_done,
-            0,
-            config.epochs,
-            opts.prefetch,
-        ),
-    };
+    // Both loaders assemble batches (crops, flips, rotations) on a prefetch thread, overlapped with the step:
+    // assembled on the training thread between steps, the in-memory loader ran at 75 % of the streaming one's
+    // images/s on an H200 (docs/perf/gpu-denoise.md §3). The batches are the same either way.
+    let mut batches = Batches::prefetch(
+        data.train.clone(),
+        spec,
+        es.epochs_done,
+        0,
+        config.epochs,
+        opts.prefetch,
+    );
     let mut acts = model.activations(be, config.batch, crop, crop)?;
     let mut val_rest: Option<Activations<B>> = None;
     let lr = config.adam.lr;

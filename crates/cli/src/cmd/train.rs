@@ -77,7 +77,7 @@ pub struct Args {
     /// Load the whole dataset into RAM first.
     #[arg(long)]
     pub in_memory: bool,
-    /// Batches the streaming loader prepares ahead.
+    /// Batches prepared ahead on the loader thread (both loaders; overlapped with the training step).
     #[arg(long, default_value_t = 4)]
     pub prefetch: usize,
     /// Every N epochs, write the output on a fixed validation patch to RUN/samples/ (0 = never). [default: 1]
