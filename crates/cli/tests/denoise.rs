@@ -358,3 +358,39 @@ fn broken_or_contradictory_checkpoints_are_clear_errors_and_nothing_is_written()
         assert!(names(&out).is_empty(), "{:?}", names(&out));
     }
 }
+
+/// The default `--device auto` runs on the CPU in a build without CUDA and says so loudly, with the way to the GPU;
+/// `--device cpu` is silent about it. (In a `--features cuda` build on a GPU machine auto picks cuda:0 instead.)
+#[test]
+#[cfg(not(feature = "cuda"))]
+fn default_device_falls_back_to_the_cpu_loudly_and_cpu_is_quiet() {
+    let t = tempfile::tempdir().unwrap();
+    let model = tiny_model(t.path());
+    let inp = micrograph(t.path(), "m.mrc", 32, 32, 5);
+    let out = t.path().join("out");
+    let (o, _, se) = run(&[&"denoise", &"-m", &model, &inp, &"-o", &out]);
+    assert!(o.status.success(), "{se}");
+    assert!(
+        se.contains("WARNING")
+            && se.contains("RUNNING ON THE CPU")
+            && se.contains("--features cuda"),
+        "{se}"
+    );
+    let out2 = t.path().join("out2");
+    let (o, _, se) = run(&[
+        &"denoise",
+        &"-m",
+        &model,
+        &inp,
+        &"-o",
+        &out2,
+        &"--device",
+        &"cpu",
+    ]);
+    assert!(o.status.success(), "{se}");
+    assert!(!se.contains("WARNING"), "{se}");
+    assert_eq!(
+        read(&out.join("m.mrc")).data,
+        read(&out2.join("m.mrc")).data
+    );
+}

@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use cryoden_eval::evaluate::{evaluate, match_by_stem, Evaluation, Inputs, ModelEntry};
 use cryoden_infer::{expand_inputs, Denoiser, Options};
 use cryoden_nn::Backend;
-use cryoden_train::Device;
+use cryoden_train::{Device, DeviceRequest};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -48,17 +48,19 @@ pub struct Args {
     /// Print every number of the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Tile, context and batch for the models (as `cryoden denoise`).
-    #[arg(long, default_value_t = 1024)]
-    pub tile: usize,
+    /// Tile, context and batch for the models (as `cryoden denoise`). [default: as `cryoden denoise`: 1024 on the
+    /// CPU, larger on a GPU with the memory for it]
+    #[arg(long)]
+    pub tile: Option<usize>,
     #[arg(long)]
     pub context: Option<usize>,
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Where the models run: cpu, or cuda[:N] (needs a build with --features cuda). The baselines and metrics
+    /// Where the models run: auto (the first GPU if this build has CUDA and a usable GPU is found, else the CPU,
+    /// said loudly on stderr), cpu, or cuda[:N] (needs a build with --features cuda). The baselines and metrics
     /// always run on the CPU.
-    #[arg(long, default_value = "cpu")]
-    pub device: Device,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceRequest,
     /// CUDA precision: f32, tf32 or bf16 (ignored on cpu).
     #[arg(long, default_value = "tf32")]
     pub precision: String,
@@ -165,12 +167,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         super::denoise::check_model(m)?;
     }
     let inputs = inputs(&args)?;
+    let device = super::doctor::resolve_device(args.device);
     let opts = Options {
-        tile: args.tile,
+        tile: args
+            .tile
+            .unwrap_or_else(|| super::denoise::default_tile(device)),
         context: args.context,
         batch: args.batch,
     };
-    let (ev, report) = match args.device {
+    let (ev, report) = match device {
         Device::Cpu => {
             let threads = args.threads;
             let cpu = move || cryoden_nn::cpu::Cpu::new(threads).context("cannot start the CPU backend");
