@@ -59,6 +59,15 @@ impl ConvGeom {
                 self.in_shape()
             )));
         }
+        // cuDNN's legacy descriptors index with 32-bit integers: larger tensors fail deep inside cuDNN with
+        // NOT_SUPPORTED, so say here what is too large and what to change.
+        let o = self.out_shape();
+        let largest = (self.n * self.cin * self.h * self.w).max(o.n * o.c * o.h * o.w);
+        if largest > i32::MAX as usize {
+            return Err(CudaError::Shape(format!(
+                "{self}: a tensor of {largest} elements exceeds cuDNN's limit of 2^31 - 1; lower --batch or --tile"
+            )));
+        }
         Ok(())
     }
 }
@@ -895,6 +904,23 @@ mod tests {
             stride: 1,
         };
         assert!(bad.check().is_err());
+        // Topaz's 5x5 conv over 97 channels on 4 tiles of 2432² (--tile 2048 --batch 4): 2.3e9 elements.
+        let huge = ConvGeom {
+            n: 4,
+            h: 2432,
+            w: 2432,
+            cin: 97,
+            cout: 48,
+            k: 5,
+            pad: 2,
+            stride: 1,
+        };
+        let e = huge.check().unwrap_err().to_string();
+        assert!(
+            e.contains("2^31") && e.contains("lower --batch or --tile"),
+            "{e}"
+        );
+        assert!(ConvGeom { n: 1, ..huge }.check().is_ok());
     }
 
     #[test]
