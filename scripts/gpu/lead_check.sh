@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# End-of-session check on the GPU machine (device tool), one call: GPU tests, the CLI with its defaults
+# (--device auto, default tile), a trained model's output per precision against the CPU, and the headline
+# benchmarks again. Carry (built here, see docs/CUDA.md): $CARRY/{cryoden,gpu_tests,model_tests} and
+# $CARRY/data/{best.safetensors, even/*.mrc, truth/*.mrc} (a `cryoden demo` run's model, held-out halves, truth).
+#
+#   CARRY=.gpucarry/lead bash scripts/gpu/lead_check.sh [tests] [cli] [bench]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+CARRY=${CARRY:-.gpucarry/lead}
+B=$PWD/$CARRY
+PY=${PY:-/opt/torch/.venv/bin/python3}
+OUT=${OUT:-$PWD/gpu-out}
+W=${WORK:-/tmp/lead}
+mkdir -p "$OUT" "$W"
+exec > >(tee -a "$OUT/lead_log.txt") 2>&1
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(tests cli bench)
+say() { echo "=== $(date -u +%H:%M:%S) $*"; }
+
+part_tests() {
+    say "gpu_tests"
+    "$B/gpu_tests" --ignored --test-threads=1 2>&1 | grep -E '^test |test result|panicked|FAILED' | tail -30
+    say "model_tests"
+    "$B/model_tests" --ignored --test-threads=1 --nocapture 2>&1 | grep -E '^(unet|topaz)|^test |test result|panicked|> ' | tail -40
+}
+
+part_cli() {
+    D=$B/data
+    say "doctor"
+    "$B/cryoden" doctor | head -8
+    say "denoise with every default (auto device, default tile and precision)"
+    /usr/bin/time -f "wall %e s, peak RSS %M kB" "$B/cryoden" denoise -m "$D/best.safetensors" "$D/even" -o "$W/dn_default" 2>&1 | tail -4
+    for p in f32 tf32 bf16; do
+        "$B/cryoden" denoise -m "$D/best.safetensors" "$D/even" -o "$W/dn_$p" --device cuda --precision "$p" 2>&1 | tail -1
+    done
+    "$B/cryoden" denoise -m "$D/best.safetensors" "$D/even" -o "$W/dn_cpu" --device cpu 2>&1 | tail -1
+    say "trained model: each GPU precision against the CPU (f32), relative L2 raw and with the reference's mean removed"
+    "$PY" - "$W" <<'PY'
+import json, os, struct, sys, torch
+def read(p):
+    b = open(p, "rb").read()
+    nx, ny, nz, mode = struct.unpack("<4i", b[:16]); off = 1024 + struct.unpack("<i", b[92:96])[0]
+    assert mode == 2, p
+    return torch.frombuffer(bytearray(b[off:off + 4 * nx * ny * nz]), dtype=torch.float32).double()
+w = sys.argv[1]
+for d in ["dn_default", "dn_f32", "dn_tf32", "dn_bf16"]:
+    for n in sorted(os.listdir(f"{w}/dn_cpu")):
+        r, a = read(f"{w}/dn_cpu/{n}"), read(f"{w}/{d}/{n}")
+        rc = r - r.mean()
+        print(json.dumps({"vs_cpu": d, "file": n, "rel_l2": float((a - r).norm() / r.norm()),
+                          "rel_l2_centered": float((a - r).norm() / rc.norm())}))
+PY
+    say "evaluate on the GPU (auto) against the truth"
+    "$B/cryoden" evaluate -m "$D/best.safetensors" --input "$D/even" --truth "$D/truth" --out "$W/eval" 2>&1 | tail -8
+}
+
+part_bench() {
+    say "bench denoise: Topaz unet, 4096², 50 files, bf16, tile 4096"
+    "$B/cryoden" bench denoise --device cuda --arch topaz-unet --size 4096 --files 50 --precision bf16 --tile 4096 \
+        --batch 1 --dir "$W/bd" --json | tail -1
+    rm -rf "$W/bd"
+    say "bench denoise: the plan's U-Net, 4096², 25 files, bf16, tile 4096"
+    "$B/cryoden" bench denoise --device cuda --arch unet --size 4096 --files 25 --precision bf16 --tile 4096 \
+        --batch 1 --dir "$W/bd" --json | tail -1
+    rm -rf "$W/bd"
+    say "bench train (the CLI's training step): unet, 8 x 1024², bf16"
+    "$B/cryoden" bench train --device cuda --precision bf16 --size 1024 --batch 8 --steps 20 --warmup 3 --json | tail -1
+}
+
+for p in "${parts[@]}"; do
+    "part_$p" || say "part $p failed (rc $?)"
+done
+say done
