@@ -795,46 +795,11 @@ impl Backend for CudaBackend {
         if src.is_empty() {
             return Ok(());
         }
-        if dst.buf.dtype != DType::F32 {
-            // Stage in f32, convert on the device.
-            let mut gpu = self.gpu();
-            let tmp = gpu.alloc(src.len(), DType::F32).map_err(be_err)?;
-            // SAFETY: `tmp` holds src.len() floats; the copy completes before the conversion kernel is queued.
-            unsafe {
-                cudarc::driver::result::memcpy_htod_async(tmp.ptr(), src, gpu.stream.cu_stream())
-            }
-            .map_err(|e| {
-                be_err(CudaError::Driver {
-                    call: "cuMemcpyHtoDAsync",
-                    source: e,
-                })
-            })?;
-            let s = Nhwc::new(1, 1, src.len(), 1);
-            let to = GView {
-                ptr: dst.buf.ptr_at(offset),
-                dtype: dst.buf.dtype,
-                shape: s,
-                cs: 1,
-            };
-            gpu.bias_act(tmp.view(s), None, to, 1.0).map_err(be_err)?;
-            return gpu.sync().map_err(be_err);
-        }
-        let gpu = self.gpu();
-        // SAFETY: destination range checked above; the copy from pageable memory completes before returning.
-        unsafe {
-            cudarc::driver::result::memcpy_htod_async(
-                dst.buf.ptr_at(offset),
-                src,
-                gpu.stream.cu_stream(),
-            )
-        }
-        .map_err(|e| {
-            be_err(CudaError::Driver {
-                call: "cuMemcpyHtoDAsync",
-                source: e,
-            })
-        })?;
-        gpu.sync().map_err(be_err)
+        // Page-locked staging + a copy stream; the destination is written in stream order (Gpu::upload_async).
+        let dt = dst.buf.dtype;
+        self.gpu()
+            .upload_async(src, dst.buf.ptr_at(offset), dt)
+            .map_err(be_err)
     }
 
     fn download(&self, src: &CudaBuf, offset: usize, dst: &mut [f32]) -> cryoden_nn::Result<()> {

@@ -432,3 +432,137 @@ fn graph_replay_matches_eager_steps() {
         assert_eq!(state.step, 5);
     }
 }
+
+/// Round to nearest even bf16, as the device's f32 → bf16 conversion (finite values).
+fn bf16_round(v: f32) -> f32 {
+    let b = v.to_bits();
+    f32::from_bits((b + 0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
+}
+
+/// `Backend::upload` (page-locked staging, copy stream, stream-ordered copy into the destination): exact contents
+/// for uploads of several 8 MiB chunks at an offset (elements outside the range untouched), f32 and bf16
+/// destinations; more uploads in a row than the staging ring has slots, each followed by an op that must see the
+/// new data; and the host slice overwritten right after `upload` returns does not leak into the device copy.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn upload_is_exact_and_stream_ordered() {
+    use cryoden_nn::BufKind;
+    for p in [Precision::F32, Precision::Bf16] {
+        let be = CudaBackend::new(0, p).unwrap();
+        let round = |v: f32| {
+            if p == Precision::Bf16 {
+                bf16_round(v)
+            } else {
+                v
+            }
+        };
+        // 2.5 chunks of 2^21 f32, at offset 7 of a buffer with 13 spare elements at the end.
+        let n = 5 * (1 << 20) + 123;
+        let mut host: Vec<f32> = (0..n).map(|i| ((i % 1000) as f32 - 500.0) * 0.25).collect();
+        let want_mid = host.clone();
+        let mut buf = be.alloc_kind(n + 20, BufKind::Activation).unwrap();
+        be.fill(&mut buf, 0, n + 20, -1.0).unwrap();
+        be.upload(&host, &mut buf, 7).unwrap();
+        // The staging holds its own copy: scribbling over the host slice now must not change the upload.
+        host.iter_mut().for_each(|v| *v = 12345.0);
+        let mut got = vec![0.0f32; n + 20];
+        be.download(&buf, 0, &mut got).unwrap();
+        assert!(got[..7].iter().all(|&v| v == -1.0), "{p}: head overwritten");
+        assert!(
+            got[n + 7..].iter().all(|&v| v == -1.0),
+            "{p}: tail overwritten"
+        );
+        let bad = got[7..n + 7]
+            .iter()
+            .zip(&want_mid)
+            .position(|(&g, &w)| g != round(w));
+        assert_eq!(bad, None, "{p}: first wrong element");
+
+        // 20 uploads in a row (the ring has 8 slots), each followed by an op on its buffer (f32: `scale` takes
+        // only f32): the op must see the uploaded data (x2 is exact).
+        let m = 300_001;
+        let mut bufs: Vec<_> = (0..20).map(|_| be.alloc(m).unwrap()).collect();
+        for (k, b) in bufs.iter_mut().enumerate() {
+            let x: Vec<f32> = (0..m).map(|i| (i % 97) as f32 + k as f32).collect();
+            be.upload(&x, b, 0).unwrap();
+            be.scale(b, 2.0).unwrap();
+        }
+        for (k, b) in bufs.iter().enumerate() {
+            let mut got = vec![0.0f32; m];
+            be.download(b, 0, &mut got).unwrap();
+            let bad = (0..m).position(|i| got[i] != 2.0 * ((i % 97) as f32 + k as f32));
+            assert_eq!(bad, None, "{p}: buffer {k}, first wrong element");
+        }
+    }
+}
+
+/// The training loop's overlap (crates/train): queue step k, upload batch k + 1 into the same activations while
+/// the step runs, read step k's loss, queue step k + 1. The step in flight must still compute on batch k: losses,
+/// parameters and moments bit-identical to plain `train_step` calls (deterministic cuDNN algorithms; graph
+/// replays in both runs). A step long enough (8 × 256², three levels) that an unordered copy would land mid-step.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn next_batch_upload_does_not_reach_the_step_in_flight() {
+    use cryoden_nn::train::enqueue_train_step;
+    let arch = Arch::from_name("unet", Some(&[16, 32, 64])).unwrap();
+    let model = Model::new(arch).unwrap();
+    let init = model.init_params(5);
+    let (n, h, w) = (8, 256, 256);
+    let batches: Vec<(Vec<f32>, Vec<f32>)> = (0..3)
+        .map(|b| {
+            let x = images(n, h, w, 30 + b);
+            let t = x
+                .iter()
+                .zip(images(n, h, w, 40 + b))
+                .map(|(a, c)| a + 0.3 * c)
+                .collect();
+            (x, t)
+        })
+        .collect();
+    let steps = 8;
+    for p in [Precision::F32, Precision::Bf16] {
+        let be = CudaBackend::new(0, p).unwrap();
+        be.set_deterministic(true);
+        let plain = steps_on(&be, &model, &init, &batches, steps, (n, h, w));
+        let (_, r0) = be.step_graph_stats();
+
+        let adam = AdamParams {
+            weight_decay: 1e-4,
+            ..AdamParams::default()
+        };
+        let mut state = TrainState::new(&be, &model, &init).unwrap();
+        let mut acts = model.activations(&be, n, h, w).unwrap();
+        acts.upload_input(&be, &batches[0].0).unwrap();
+        acts.upload_target(&be, &batches[0].1).unwrap();
+        let mut losses = Vec::new();
+        for s in 0..steps {
+            let pending =
+                enqueue_train_step(&be, &model, &mut state, &mut acts, LossKind::Mse, &adam)
+                    .unwrap();
+            if s + 1 < steps {
+                let (x, t) = &batches[(s + 1) % batches.len()];
+                acts.upload_input(&be, x).unwrap();
+                acts.upload_target(&be, t).unwrap();
+            }
+            losses.push(pending.finish(&be, &acts).unwrap());
+        }
+        assert_eq!(state.step, steps as u64);
+        let (_, r1) = be.step_graph_stats();
+        let overlapped = (
+            losses,
+            TrainState::download(&be, &state.params).unwrap(),
+            TrainState::download(&be, &state.m).unwrap(),
+            TrainState::download(&be, &state.v).unwrap(),
+        );
+        println!(
+            "{p}: overlapped losses {:?}, plain {:?}; params max |diff| {:e}; replays in the overlapped run {}",
+            overlapped.0,
+            plain.0,
+            max_abs_diff(&overlapped.1, &plain.1),
+            r1 - r0
+        );
+        assert!(r1 - r0 >= steps as u64 - 3, "{p}: steps were not replayed");
+        assert_eq!(overlapped.0, plain.0, "{p}: losses differ");
+        assert!(overlapped == plain, "{p}: parameters or moments differ");
+    }
+}

@@ -146,11 +146,8 @@ pub fn train_step<B: Backend>(
     train_step_uploaded(be, model, state, acts, loss, adam)
 }
 
-/// [`train_step`] on a batch already in `acts` (for loaders that fill device buffers themselves).
-///
-/// The whole step runs inside [`Backend::run_step`] (the CUDA backend replays it as one graph): the loss stays on
-/// the device until the update is queued, and the update is skipped on the device when the loss is not finite
-/// ([`Backend::adam_step_if_finite`]); the loss is read back once, at the end.
+/// [`train_step`] on a batch already in `acts` (for loaders that fill device buffers themselves):
+/// [`enqueue_train_step`] then [`PendingStep::finish`].
 pub fn train_step_uploaded<B: Backend>(
     be: &B,
     model: &Model,
@@ -159,6 +156,29 @@ pub fn train_step_uploaded<B: Backend>(
     loss: LossKind,
     adam: &AdamParams,
 ) -> Result<f32> {
+    enqueue_train_step(be, model, state, acts, loss, adam)?.finish(be, acts)
+}
+
+/// Queues one optimisation step (forward, loss, backward, Adam) on the batch already in `acts`, without waiting
+/// for it: a device backend returns as soon as the work is queued. Read its loss with [`PendingStep::finish`].
+///
+/// Between the two, the caller may upload the NEXT batch into the same `acts` (`Activations::upload_input` /
+/// `upload_target`): backends order uploads after the work already queued (the CPU backend runs the step here,
+/// synchronously), so the queued step still sees its own batch while the next one travels to the device. That
+/// is how the training loop (crates/train) overlaps the host → device copy with the step. Nothing else may use
+/// `acts` in between (the loss is read from it).
+///
+/// The whole step runs inside [`Backend::run_step`] (the CUDA backend replays it as one graph): the loss stays on
+/// the device until the update is queued, and the update is skipped on the device when the loss is not finite
+/// ([`Backend::adam_step_if_finite`]).
+pub fn enqueue_train_step<'s, B: Backend>(
+    be: &B,
+    model: &Model,
+    state: &'s mut TrainState<B>,
+    acts: &mut Activations<B>,
+    loss: LossKind,
+    adam: &AdamParams,
+) -> Result<PendingStep<'s, B>> {
     let step = state.step + 1;
     let TrainState {
         params,
@@ -166,7 +186,7 @@ pub fn train_step_uploaded<B: Backend>(
         m,
         v,
         ..
-    } = state;
+    } = &mut *state;
     be.run_step(&mut || {
         model.forward(be, params, acts)?;
         loss_on_device(be, acts, loss)?;
@@ -174,13 +194,31 @@ pub fn train_step_uploaded<B: Backend>(
         model.backward(be, params, grads, acts)?;
         be.adam_step_if_finite(adam, step, &acts.loss, params, grads, m, v)
     })?;
-    let mut l = [0.0f32];
-    be.download(&acts.loss, 0, &mut l)?;
-    if !l[0].is_finite() {
-        return Err(NnError::NonFiniteLoss(l[0]));
+    Ok(PendingStep { state, step })
+}
+
+/// A step queued by [`enqueue_train_step`] whose loss has not been read. It borrows the [`TrainState`], so no
+/// other step can be queued before this one is finished.
+#[must_use = "the step's loss (and whether it was finite) is only known after finish()"]
+pub struct PendingStep<'s, B: Backend> {
+    state: &'s mut TrainState<B>,
+    /// The step count once this step is accepted.
+    step: u64,
+}
+
+impl<B: Backend> PendingStep<'_, B> {
+    /// Waits for the step, reads its loss from `acts` (the activations it was queued with) and returns it. A
+    /// non-finite loss returns [`NnError::NonFiniteLoss`]: the update was skipped on the device and the step count
+    /// stays as it was.
+    pub fn finish(self, be: &B, acts: &Activations<B>) -> Result<f32> {
+        let mut l = [0.0f32];
+        be.download(&acts.loss, 0, &mut l)?;
+        if !l[0].is_finite() {
+            return Err(NnError::NonFiniteLoss(l[0]));
+        }
+        self.state.step = self.step;
+        Ok(l[0])
     }
-    state.step = step;
-    Ok(l[0])
 }
 
 #[cfg(test)]
@@ -188,6 +226,67 @@ mod tests {
     use super::*;
     use crate::cpu::Cpu;
     use crate::Arch;
+
+    /// Queue step k, upload batch k + 1 into the same activations, then read step k's loss (the training loop's
+    /// overlap): bit-identical losses and parameters to plain `train_step` calls, and a NaN batch still updates
+    /// nothing.
+    #[test]
+    fn enqueue_upload_finish_equals_train_step() {
+        let be = Cpu::new(1).unwrap();
+        let model = Model::new(Arch::from_name("unet", Some(&[4, 8])).unwrap()).unwrap();
+        let init = model.init_params(3);
+        let batch = |k: usize| -> (Vec<f32>, Vec<f32>) {
+            let x: Vec<f32> = (0..512)
+                .map(|i| ((i * (k + 3)) as f32 * 0.11).sin())
+                .collect();
+            let t: Vec<f32> = x.iter().map(|v| v * 0.9 + 0.05).collect();
+            (x, t)
+        };
+        let adam = AdamParams::default();
+        let mut s1 = TrainState::new(&be, &model, &init).unwrap();
+        let mut a1 = model.activations(&be, 2, 16, 16).unwrap();
+        let want: Vec<f32> = (0..4)
+            .map(|k| {
+                let (x, t) = batch(k);
+                train_step(&be, &model, &mut s1, &mut a1, &x, &t, LossKind::Mse, &adam).unwrap()
+            })
+            .collect();
+
+        let mut s2 = TrainState::new(&be, &model, &init).unwrap();
+        let mut a2 = model.activations(&be, 2, 16, 16).unwrap();
+        let (x, t) = batch(0);
+        a2.upload_input(&be, &x).unwrap();
+        a2.upload_target(&be, &t).unwrap();
+        let mut got = Vec::new();
+        for k in 0..4 {
+            let p =
+                enqueue_train_step(&be, &model, &mut s2, &mut a2, LossKind::Mse, &adam).unwrap();
+            if k + 1 < 4 {
+                let (x, t) = batch(k + 1);
+                a2.upload_input(&be, &x).unwrap();
+                a2.upload_target(&be, &t).unwrap();
+            }
+            got.push(p.finish(&be, &a2).unwrap());
+        }
+        assert_eq!(got, want);
+        assert_eq!(s2.step, 4);
+        let p1 = TrainState::download(&be, &s1.params).unwrap();
+        assert_eq!(TrainState::download(&be, &s2.params).unwrap(), p1);
+
+        // A NaN target: NonFiniteLoss from finish, nothing updated, step count unchanged.
+        let (x, mut t) = batch(9);
+        t[5] = f32::NAN;
+        a2.upload_input(&be, &x).unwrap();
+        a2.upload_target(&be, &t).unwrap();
+        let p = enqueue_train_step(&be, &model, &mut s2, &mut a2, LossKind::Mse, &adam).unwrap();
+        let r = p.finish(&be, &a2);
+        assert!(
+            matches!(r, Err(NnError::NonFiniteLoss(v)) if v.is_nan()),
+            "{r:?}"
+        );
+        assert_eq!(s2.step, 4);
+        assert_eq!(TrainState::download(&be, &s2.params).unwrap(), p1);
+    }
 
     /// A non-finite loss is reported and leaves parameters, moments and the step count as they were (the update
     /// is skipped by `adam_step_if_finite` inside the step, before the loss is read back).

@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use crate::loader::{validation_batches, BatchSpec, Batches, LoaderKind, PairSource};
 use crate::metrics::{Kind, MetricsLog, Record};
 use crate::samples;
-use cryoden_nn::train::eval_loss;
-use cryoden_nn::{train_step, Activations, Backend, Model, NnError, TrainState};
+use cryoden_nn::train::{enqueue_train_step, eval_loss};
+use cryoden_nn::{Activations, Backend, Model, NnError, TrainState};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -212,22 +212,28 @@ pub fn train<B: Backend>(
         let epoch_start = Instant::now();
         let mut loss_sum = 0.0f64;
         let mut last = Instant::now();
-        for _ in 0..steps_per_epoch {
+        // Step k is queued, batch k + 1 is uploaded while the device computes it (the backend orders the copy
+        // after the queued step: docs/CUDA.md, "Batch upload overlap"), then step k's loss is read. The first batch
+        // of an epoch is uploaded before its step, since validation reuses `acts` between epochs.
+        let mut upload_next = |acts: &mut Activations<B>| -> Result<()> {
             let b = batches
                 .next()
                 .expect("the loader yields steps_per_epoch batches per epoch");
             debug_assert_eq!(b.epoch, epoch);
-            let result = train_step(
-                be,
-                &model,
-                &mut state,
-                &mut acts,
-                &b.input,
-                &b.target,
-                config.loss,
-                &config.adam,
-            );
+            acts.upload_input(be, &b.input)?;
+            acts.upload_target(be, &b.target)?;
+            // The host copy is free once upload returns.
             batches.give_back(b);
+            Ok(())
+        };
+        upload_next(&mut acts)?;
+        for k in 0..steps_per_epoch {
+            let pending =
+                enqueue_train_step(be, &model, &mut state, &mut acts, config.loss, &config.adam)?;
+            if k + 1 < steps_per_epoch {
+                upload_next(&mut acts)?;
+            }
+            let result = pending.finish(be, &acts);
             let step = es.step + 1;
             let now = Instant::now();
             let mut rec = Record {
