@@ -795,7 +795,7 @@ impl Backend for CudaBackend {
         if src.is_empty() {
             return Ok(());
         }
-        // Page-locked staging + a copy stream; the destination is written in stream order (Gpu::upload_async).
+        // Copy stream + device staging; the destination is written in stream order (Gpu::upload_async).
         let dt = dst.buf.dtype;
         self.gpu()
             .upload_async(src, dst.buf.ptr_at(offset), dt)

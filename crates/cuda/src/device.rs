@@ -165,7 +165,7 @@ pub struct Gpu {
     pub deterministic: bool,
     scratch: Option<Buf>,
     staging: Vec<Option<Buf>>,
-    /// Copy stream and page-locked staging of `upload_async` (created on the first upload).
+    /// Copy stream and device staging of `upload_async` (created on the first upload).
     uploader: Option<Uploader>,
     /// Set while a CUDA graph is being captured: internal buffers must not be (re)allocated then (a stream-ordered
     /// allocation or free would become part of the graph).
@@ -200,35 +200,17 @@ pub struct Gpu {
 
 const THREADS: u32 = 256;
 
-/// `upload_async` moves host data in chunks of this many f32 (8 MiB) through a ring of `UPLOAD_SLOTS` staging
-/// slots (page-locked host + device memory, at most 64 MiB of each): a training batch of 8 × 1024² input + target
-/// (64 MiB) fits whole, so its transfer never waits for the step in flight; larger uploads still work, their later
-/// chunks waiting for the compute stream to consume the earlier ones. Chunking also overlaps the host copy into
-/// page-locked memory with the transfer of the previous chunk.
+/// `upload_async` moves host data in chunks of this many f32 (8 MiB) through a ring of `UPLOAD_SLOTS` device
+/// staging buffers (at most 64 MiB): a training batch of 8 × 1024² input + target (64 MiB) fits whole, so its
+/// transfer never waits for the step in flight; larger uploads still work, their later chunks waiting for the
+/// compute stream to consume the earlier ones.
 const UPLOAD_CHUNK: usize = 2 << 20;
 const UPLOAD_SLOTS: usize = 8;
 
-/// Page-locked host memory (cuMemHostAlloc), `len` f32.
-struct PinnedF32 {
-    ptr: *mut f32,
-    len: usize,
-}
-// SAFETY: plain host memory, written only by the thread holding the `Gpu` (`&mut self`), read by the copy engine
-// between the events that `upload_async` records around each transfer.
-unsafe impl Send for PinnedF32 {}
-
-impl Drop for PinnedF32 {
-    fn drop(&mut self) {
-        // SAFETY: from cuMemHostAlloc; `Uploader::drop` waited for every transfer that reads it.
-        let _ = unsafe { cudarc::driver::result::free_host(self.ptr as _) };
-    }
-}
-
 /// One staging slot: host chunk → (copy stream) → `dev` → (compute stream) → destination.
 struct UploadSlot {
-    host: PinnedF32,
     dev: Buf,
-    /// Recorded on the copy stream after the transfer out of `host` into `dev`.
+    /// Recorded on the copy stream after the transfer into `dev`.
     copied: CudaEvent,
     /// Recorded on the compute stream after the copy out of `dev` into the destination (and after `dev`'s
     /// stream-ordered allocation).
@@ -244,7 +226,7 @@ struct Uploader {
 
 impl Drop for Uploader {
     fn drop(&mut self) {
-        // The page-locked chunks are freed next: no transfer may still read them.
+        // No transfer may still write a staging buffer when it is freed.
         let _ = self.stream.synchronize();
     }
 }
@@ -445,10 +427,14 @@ impl Gpu {
 
     /// Copies f32 host data into `src.len()` elements of `dtype` (f32 or bf16, converted on the device) at device
     /// address `dst`, ordered on the compute stream like any op: work queued before (a training step in flight)
-    /// still sees the old contents, work queued after sees the new ones. Returns once `src` has been copied into
-    /// page-locked staging, so the caller may reuse it at once; the host → device transfer runs on a second
-    /// (copy) stream, overlapped with whatever the compute stream is doing, and only a short device-to-device copy
-    /// (or bf16 conversion) out of the staging lands on the compute stream, after an event wait for the transfer.
+    /// still sees the old contents, work queued after sees the new ones. The host → device transfer runs on a
+    /// second (copy) stream into device staging, overlapped with whatever the compute stream is doing; only a short
+    /// device-to-device copy (or bf16 conversion) out of the staging lands on the compute stream, after an event
+    /// wait for the transfer. Returns once the driver has taken a copy of `src` (pageable memory is staged by the
+    /// driver before `cuMemcpyHtoDAsync` returns), so the caller may reuse it at once.
+    ///
+    /// The host data is read straight from the caller's pageable memory: copying it into page-locked buffers first
+    /// (one thread or eight) was slower on the H200's host (docs/PERFORMANCE.md, "Batch upload overlap").
     pub fn upload_async(&mut self, src: &[f32], dst: u64, dtype: DType) -> Result<()> {
         self.not_capturing("upload")?;
         if self.uploader.is_none() {
@@ -463,19 +449,14 @@ impl Gpu {
             let n = chunk.len();
             let k = self.upload_slot(n)?;
             let u = self.uploader.as_mut().expect("created above");
-            let s = &mut u.slots[k];
-            // The slot's previous transfer has read its page-locked chunk; then overwrite it.
-            s.copied.synchronize().map_err(drv("cuEventSynchronize"))?;
-            // SAFETY: `host` holds at least n f32 (upload_slot) and no transfer reads it now.
-            unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), s.host.ptr, n) };
+            let s = &u.slots[k];
             // The device staging is free once the compute stream has copied its previous contents out.
             u.stream
                 .wait(&s.consumed)
                 .map_err(drv("cuStreamWaitEvent"))?;
-            // SAFETY: page-locked source of n f32, kept until `copied` completes; `dev` holds at least n f32.
+            // SAFETY: `dev` holds at least n f32 (upload_slot); the driver stages the pageable source before return.
             unsafe {
-                let host = std::slice::from_raw_parts(s.host.ptr as *const f32, n);
-                cudarc::driver::result::memcpy_htod_async(s.dev.ptr(), host, u.stream.cu_stream())
+                cudarc::driver::result::memcpy_htod_async(s.dev.ptr(), chunk, u.stream.cu_stream())
             }
             .map_err(drv("cuMemcpyHtoDAsync"))?;
             s.copied.record(&u.stream).map_err(drv("cuEventRecord"))?;
@@ -526,10 +507,10 @@ impl Gpu {
         // Slots are created in ring order (min: a slot whose creation failed is created next time).
         let k = u.next.min(u.slots.len());
         u.next = (k + 1) % UPLOAD_SLOTS;
-        if k < u.slots.len() && u.slots[k].host.len >= n {
+        if k < u.slots.len() && u.slots[k].dev.len >= n {
             return Ok(k);
         }
-        // Grow (or create) the slot: its old memory must be idle before it is freed.
+        // Growing a slot: its old buffer must be idle before it is freed.
         if let Some(old) = u.slots.get(k) {
             old.copied
                 .synchronize()
@@ -538,12 +519,7 @@ impl Gpu {
                 .synchronize()
                 .map_err(drv("cuEventSynchronize"))?;
         }
-        let len = n.max(1 << 10);
-        // SAFETY: len f32 of page-locked memory, owned by PinnedF32 (freed on drop).
-        let ptr = unsafe { cudarc::driver::result::malloc_host(len * 4, 0) }
-            .map_err(drv("cuMemHostAlloc"))? as *mut f32;
-        let host = PinnedF32 { ptr, len };
-        let dev = self.alloc(len, DType::F32)?;
+        let dev = self.alloc(n.max(1 << 10), DType::F32)?;
         let copied = self.ctx.new_event(None).map_err(drv("cuEventCreate"))?;
         let consumed = self.ctx.new_event(None).map_err(drv("cuEventCreate"))?;
         // The copy stream's first transfer into `dev` waits for its stream-ordered allocation.
@@ -551,7 +527,6 @@ impl Gpu {
             .record(&self.stream)
             .map_err(drv("cuEventRecord"))?;
         let slot = UploadSlot {
-            host,
             dev,
             copied,
             consumed,

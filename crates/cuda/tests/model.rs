@@ -439,7 +439,7 @@ fn bf16_round(v: f32) -> f32 {
     f32::from_bits((b + 0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
 }
 
-/// `Backend::upload` (page-locked staging, copy stream, stream-ordered copy into the destination): exact contents
+/// `Backend::upload` (copy stream, device staging, stream-ordered copy into the destination): exact contents
 /// for uploads of several 8 MiB chunks at an offset (elements outside the range untouched), f32 and bf16
 /// destinations; more uploads in a row than the staging ring has slots, each followed by an op that must see the
 /// new data; and the host slice overwritten right after `upload` returns does not leak into the device copy.
@@ -463,7 +463,7 @@ fn upload_is_exact_and_stream_ordered() {
         let mut buf = be.alloc_kind(n + 20, BufKind::Activation).unwrap();
         be.fill(&mut buf, 0, n + 20, -1.0).unwrap();
         be.upload(&host, &mut buf, 7).unwrap();
-        // The staging holds its own copy: scribbling over the host slice now must not change the upload.
+        // The driver has taken its copy when upload returns: scribbling over the host slice must change nothing.
         host.iter_mut().for_each(|v| *v = 12345.0);
         let mut got = vec![0.0f32; n + 20];
         be.download(&buf, 0, &mut got).unwrap();

@@ -148,13 +148,33 @@ pub fn fill_batch(
     out.size = c;
     out.input.resize(items.len() * m, 0.0);
     out.target.resize(items.len() * m, 0.0);
-    for (k, &(i, aug)) in items.iter().enumerate() {
+    let one = |k: usize, inp: &mut [f32], tgt: &mut [f32]| {
+        let (i, aug) = items[k];
         let (a, b) = (src.input(i as usize), src.target(i as usize));
         let (a, b) = if aug.swap { (b, a) } else { (a, b) };
-        aug.apply(a, p, c, &mut out.input[k * m..(k + 1) * m]);
-        aug.apply(b, p, c, &mut out.target[k * m..(k + 1) * m]);
+        aug.apply(a, p, c, inp);
+        aug.apply(b, p, c, tgt);
+    };
+    let pairs = out.input.chunks_mut(m).zip(out.target.chunks_mut(m));
+    // Large batches on several threads, one image pair each: one thread assembled 8 × 1024² pairs in ~35 ms on
+    // the H200's host, slower than the GPU's training step (docs/PERFORMANCE.md, "Batch upload overlap").
+    // Each pair is written by exactly one thread, so the batch is the same either way.
+    if items.len() > 1 && m >= PARALLEL_FILL_MIN {
+        std::thread::scope(|s| {
+            for (k, (inp, tgt)) in pairs.enumerate() {
+                s.spawn(move || one(k, inp, tgt));
+            }
+        });
+    } else {
+        for (k, (inp, tgt)) in pairs.enumerate() {
+            one(k, inp, tgt);
+        }
     }
 }
+
+/// Crop size (pixels) from which `fill_batch` assembles the pairs of a batch on one thread each (512²: below,
+/// a thread start costs more than a pair).
+const PARALLEL_FILL_MIN: usize = 512 * 512;
 
 /// A stream of batches from `(first_epoch, first_step)` up to the end of epoch `end_epoch - 1`.
 pub struct Batches {
