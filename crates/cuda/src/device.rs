@@ -3,7 +3,8 @@
 //!
 //! Buffers are plain device allocations addressed by raw pointers (`Buf`, `View`), so a channel slice of a
 //! concatenation buffer or a slice of the flat parameter buffer is just a pointer and a stride. cudarc's per-buffer
-//! event tracking is switched off: all work is ordered on one stream, and graph capture needs it off anyway.
+//! event tracking is switched off: all work is ordered on one compute stream (graph capture needs it off anyway),
+//! except the host → device transfers of `upload_async`, which run on a copy stream joined by explicit events.
 
 use crate::error::{dnn, drv, CudaError, Result};
 use crate::nvrtc::{arch_for, default_cache_dir, Compiler};

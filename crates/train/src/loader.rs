@@ -455,6 +455,28 @@ mod tests {
         }
     }
 
+    /// Crops of at least `PARALLEL_FILL_MIN` pixels are assembled one pair per thread: every pair lands in its own
+    /// slot, exactly as the one-thread path writes it (each pair's augmentation applied directly).
+    #[test]
+    fn threaded_fill_matches_pair_by_pair() {
+        let (p, c) = (520, 512);
+        assert!(c * c >= PARALLEL_FILL_MIN);
+        let src = source(5, p);
+        let plan = EpochPlan::new(3, 1, 5, 4, p, c, AugmentConfig::ALL);
+        let mut b = Batch::empty();
+        fill_batch(&src, &plan, 1, 0, c, &mut b);
+        let m = c * c;
+        let mut want = vec![0.0f32; m];
+        for (k, &(i, aug)) in plan.step(0).iter().enumerate() {
+            let (x, y) = (src.input(i as usize), src.target(i as usize));
+            let (x, y) = if aug.swap { (y, x) } else { (x, y) };
+            aug.apply(x, p, c, &mut want);
+            assert!(b.input[k * m..(k + 1) * m] == want[..], "input {k}");
+            aug.apply(y, p, c, &mut want);
+            assert!(b.target[k * m..(k + 1) * m] == want[..], "target {k}");
+        }
+    }
+
     #[test]
     fn dropping_a_prefetching_stream_early_stops_its_thread() {
         let src: Arc<dyn PairSource> = Arc::new(source(64, 8));
