@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::backend::{AdamParams, Backend, LossKind};
 use crate::models::{Arch, Model};
-use crate::train::{train_step, TrainState};
+use crate::train::{enqueue_train_step, TrainState};
 use crate::Result;
 
 /// What to time.
@@ -71,12 +71,17 @@ pub fn bench_train<B: Backend>(be: &B, cfg: &TrainBench) -> Result<TrainBenchRes
     let mut phases = [0.0f64; 4];
     let mut first = f32::NAN;
     let mut last = f32::NAN;
+    acts.upload_input(be, &input)?;
+    acts.upload_target(be, &target)?;
     for s in 0..cfg.warmup + cfg.steps {
         let t0 = Instant::now();
         let l = if s < cfg.warmup + cfg.steps - 1 {
-            train_step(
-                be, &model, &mut state, &mut acts, &input, &target, cfg.loss, &adam,
-            )?
+            // As `cryoden train` does: the next step's batch is uploaded while this step computes (a device
+            // backend orders the upload after the queued step), then the loss is read.
+            let pending = enqueue_train_step(be, &model, &mut state, &mut acts, cfg.loss, &adam)?;
+            acts.upload_input(be, &input)?;
+            acts.upload_target(be, &target)?;
+            pending.finish(be, &acts)?
         } else {
             // The last step runs the same sequence as `train_step`, phase by phase, to time each phase.
             let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;

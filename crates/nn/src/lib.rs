@@ -49,4 +49,4 @@ pub use error::{NnError, Result};
 pub use models::{Activations, Arch, Model, DEFAULT_UNET_WIDTHS};
 pub use params::{ParamEntry, ParamKind, ParamTable, TorchTensor};
 pub use shape::{ConvGeom, ConvTGeom, Dims, PoolGeom, UpsampleGeom, View};
-pub use train::{train_step, TrainState};
+pub use train::{enqueue_train_step, train_step, PendingStep, TrainState};
