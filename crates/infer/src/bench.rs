@@ -131,6 +131,7 @@ pub fn bench_denoise<B: Backend>(
         format: cfg.format,
         skip_existing: false,
         label: header_label("bench (random weights)"),
+        writers: 0,
     };
     let start = Instant::now();
     let mut done: Vec<f64> = Vec::with_capacity(cfg.files);

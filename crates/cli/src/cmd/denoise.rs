@@ -193,6 +193,7 @@ fn go<B: Backend>(
         format: args.format,
         skip_existing: args.skip_existing,
         label: header_label(&format!("{model_name} {}", dn.arch().describe())),
+        writers: 0,
     };
     let mut failures: Vec<(PathBuf, String)> = Vec::new();
     let mut skipped: Vec<PathBuf> = Vec::new();
