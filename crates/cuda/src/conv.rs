@@ -243,6 +243,67 @@ fn acceptable(
             ))
 }
 
+/// The fields the three `cudnnConvolution*AlgoPerf_t` result structs share, as [`pick`] needs them.
+struct Found {
+    algo: u32,
+    status: sys::cudnnStatus_t,
+    memory: usize,
+    math: sys::cudnnMathType_t,
+    determinism: sys::cudnnDeterminism_t,
+    time: f32,
+}
+
+/// The first acceptable result of a `cudnnFind*` call (results come sorted fastest first), as its index and the
+/// [`Choice`]. cuDNN's advice is to run an algorithm with the math type it was timed with, so `conv` gets that math
+/// type — except in f32 mode, whose descriptor keeps FMA_MATH (DEFAULT_MATH would allow TF32).
+fn pick(
+    p: Precision,
+    found: impl Iterator<Item = Found>,
+    limit: usize,
+    deterministic: bool,
+    conv: sys::cudnnConvolutionDescriptor_t,
+) -> Result<Option<(usize, Choice)>> {
+    let Some((i, r)) = found.enumerate().find(|(_, r)| {
+        acceptable(
+            p,
+            r.status,
+            r.memory,
+            r.math,
+            limit,
+            r.determinism,
+            deterministic,
+        )
+    }) else {
+        return Ok(None);
+    };
+    if p != Precision::F32 {
+        // SAFETY: live descriptor.
+        unsafe { cr::set_convolution_math_type(conv, r.math) }
+            .map_err(dnn("cudnnSetConvolutionMathType"))?;
+    }
+    let c = Choice {
+        algo: r.algo,
+        workspace: r.memory,
+        find_ms: r.time,
+        tensor_ops: is_tensor_op(r.math),
+    };
+    Ok(Some((i, c)))
+}
+
+/// [`Found`] from any of the three result structs (they differ only in the type of `algo`).
+macro_rules! found {
+    ($r:expr) => {
+        Found {
+            algo: $r.algo as u32,
+            status: $r.status,
+            memory: $r.memory,
+            math: $r.mathType,
+            determinism: $r.determinism,
+            time: $r.time,
+        }
+    };
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dir {
     Fwd,
@@ -289,27 +350,10 @@ impl Gpu {
                 }
                 .result()
                 .map_err(dnn("cudnnFindConvolutionForwardAlgorithm"))?;
-                // Results come sorted fastest first.
-                let r = res[..count as usize]
-                    .iter()
-                    .find(|r| {
-                        acceptable(p, r.status, r.memory, r.mathType, limit, r.determinism, det)
-                    })
-                    .ok_or_else(|| none("forward"))?;
-                // cuDNN's advice is to run an algorithm with the math type it was timed with; in f32 mode the
-                // descriptor keeps FMA_MATH (DEFAULT_MATH would allow TF32).
-                if p != Precision::F32 {
-                    // SAFETY: live descriptor.
-                    unsafe { cr::set_convolution_math_type(plan.conv[0].0, r.mathType) }
-                        .map_err(dnn("cudnnSetConvolutionMathType"))?;
-                }
-                let c = Choice {
-                    algo: r.algo as u32,
-                    workspace: r.memory,
-                    find_ms: r.time,
-                    tensor_ops: is_tensor_op(r.mathType),
-                };
-                plan.fwd = Some((r.algo, c));
+                let found = res[..count as usize].iter().map(|r| found!(r));
+                let (i, c) =
+                    pick(p, found, limit, det, plan.conv[0].0)?.ok_or_else(|| none("forward"))?;
+                plan.fwd = Some((res[i].algo, c));
             }
             Dir::BwdData if plan.bwd_data.is_none() => {
                 let mut res =
@@ -329,26 +373,10 @@ impl Gpu {
                 }
                 .result()
                 .map_err(dnn("cudnnFindConvolutionBackwardDataAlgorithm"))?;
-                let r = res[..count as usize]
-                    .iter()
-                    .find(|r| {
-                        acceptable(p, r.status, r.memory, r.mathType, limit, r.determinism, det)
-                    })
+                let found = res[..count as usize].iter().map(|r| found!(r));
+                let (i, c) = pick(p, found, limit, det, plan.conv[1].0)?
                     .ok_or_else(|| none("backward-data"))?;
-                // cuDNN's advice is to run an algorithm with the math type it was timed with; in f32 mode the
-                // descriptor keeps FMA_MATH (DEFAULT_MATH would allow TF32).
-                if p != Precision::F32 {
-                    // SAFETY: live descriptor.
-                    unsafe { cr::set_convolution_math_type(plan.conv[1].0, r.mathType) }
-                        .map_err(dnn("cudnnSetConvolutionMathType"))?;
-                }
-                let c = Choice {
-                    algo: r.algo as u32,
-                    workspace: r.memory,
-                    find_ms: r.time,
-                    tensor_ops: is_tensor_op(r.mathType),
-                };
-                plan.bwd_data = Some((r.algo, c));
+                plan.bwd_data = Some((res[i].algo, c));
             }
             Dir::BwdFilter if plan.bwd_filter.is_none() => {
                 let mut res =
@@ -368,26 +396,10 @@ impl Gpu {
                 }
                 .result()
                 .map_err(dnn("cudnnFindConvolutionBackwardFilterAlgorithm"))?;
-                let r = res[..count as usize]
-                    .iter()
-                    .find(|r| {
-                        acceptable(p, r.status, r.memory, r.mathType, limit, r.determinism, det)
-                    })
+                let found = res[..count as usize].iter().map(|r| found!(r));
+                let (i, c) = pick(p, found, limit, det, plan.conv[2].0)?
                     .ok_or_else(|| none("backward-filter"))?;
-                // cuDNN's advice is to run an algorithm with the math type it was timed with; in f32 mode the
-                // descriptor keeps FMA_MATH (DEFAULT_MATH would allow TF32).
-                if p != Precision::F32 {
-                    // SAFETY: live descriptor.
-                    unsafe { cr::set_convolution_math_type(plan.conv[2].0, r.mathType) }
-                        .map_err(dnn("cudnnSetConvolutionMathType"))?;
-                }
-                let c = Choice {
-                    algo: r.algo as u32,
-                    workspace: r.memory,
-                    find_ms: r.time,
-                    tensor_ops: is_tensor_op(r.mathType),
-                };
-                plan.bwd_filter = Some((r.algo, c));
+                plan.bwd_filter = Some((res[i].algo, c));
             }
             _ => {}
         }
