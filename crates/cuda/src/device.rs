@@ -1351,18 +1351,7 @@ impl Gpu {
             .arg(&partial);
         // SAFETY: matches conv1x1_to1_bwd_filter_vec_*; partial holds parts * cin floats.
         unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv1x1_to1_bwd_filter_vec)"))?;
-        let (pi, ci, acc) = (parts as i32, c as i32, 1i32);
-        let cfg = LaunchConfig {
-            grid_dim: (c.div_ceil(128) as u32, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let f = self.func("sum_parts_f32")?;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(&partial).arg(&pi).arg(&ci).arg(&dw).arg(&acc);
-        // SAFETY: matches sum_parts_f32; dw holds cin f32.
-        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(sum_parts)"))?;
-        Ok(())
+        self.sum_parts_into(partial, parts, c, dw)
     }
 
     /// y = act(conv3x3(x, w) + bias) for one input channel (`conv_in3_ok` must hold): w `[cout, 3, 3]` in x's dtype.
@@ -1448,6 +1437,12 @@ impl Gpu {
             .arg(&partial);
         // SAFETY: matches conv_in3_bwd_filter_*; partial holds parts * 9 * cout floats.
         unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv_in3_bwd_filter)"))?;
+        self.sum_parts_into(partial, parts, len, dw)
+    }
+
+    /// `out[i] += Σ_p partial[p * len + i]` for `i < len` (f32 `out`, fixed summation order): the second stage of the
+    /// direct weight-gradient kernels.
+    fn sum_parts_into(&mut self, partial: u64, parts: usize, len: usize, out: u64) -> Result<()> {
         let (pi, li, acc) = (parts as i32, len as i32, 1i32);
         let cfg = LaunchConfig {
             grid_dim: (len.div_ceil(128) as u32, 1, 1),
@@ -1456,8 +1451,8 @@ impl Gpu {
         };
         let f = self.func("sum_parts_f32")?;
         let mut b = self.stream.launch_builder(f);
-        b.arg(&partial).arg(&pi).arg(&li).arg(&dw).arg(&acc);
-        // SAFETY: matches sum_parts_f32; dw holds 9 * cout f32.
+        b.arg(&partial).arg(&pi).arg(&li).arg(&out).arg(&acc);
+        // SAFETY: matches sum_parts_f32; the callers size `partial` as parts * len and `out` as len f32.
         unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(sum_parts)"))?;
         Ok(())
     }
