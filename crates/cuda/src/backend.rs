@@ -12,6 +12,8 @@
 //! The backend allocates lazily, outside the trait's `ws` buffers: cuDNN plans and workspace on the first call per
 //! shape, staging buffers on first need; after the first step nothing is allocated (`*_workspace_len` return 0).
 
+mod transfer;
+
 use crate::conv::{transpose_geom, ConvGeom as CGeom};
 use crate::device::{Buf, Gpu, LossKind as GLoss, Nhwc, View as GView};
 use crate::error::CudaError;
@@ -64,6 +66,8 @@ pub struct CudaBackend {
     graphs: Mutex<StepGraphs>,
     /// Pinned host copy of a captured step's Adam bias corrections and its device twin (see `run_step`).
     step_hp: Mutex<Option<(PinnedHp, Buf)>>,
+    /// Copy stream and staging of `download_host` (created on first use).
+    downloads: Mutex<Option<transfer::Downloads>>,
 }
 
 /// How ops behave inside `run_step`.
@@ -214,6 +218,7 @@ impl CudaBackend {
                 ..StepGraphs::default()
             }),
             step_hp: Mutex::new(None),
+            downloads: Mutex::new(None),
         })
     }
 
@@ -888,6 +893,88 @@ impl Backend for CudaBackend {
     fn synchronize(&self) -> cryoden_nn::Result<()> {
         self.graph_barrier("synchronize")?;
         self.gpu().sync().map_err(be_err)
+    }
+
+    fn alloc_host(&self, len: usize) -> cryoden_nn::Result<cryoden_nn::HostBuf> {
+        let mem = transfer::PinnedHost::new(&self.ctx, len).map_err(be_err)?;
+        Ok(cryoden_nn::HostBuf::new(Box::new(mem)))
+    }
+
+    fn upload_host(
+        &self,
+        src: &cryoden_nn::HostBuf,
+        len: usize,
+        dst: &mut CudaBuf,
+        offset: usize,
+    ) -> cryoden_nn::Result<()> {
+        let Some(pinned) = src.memory().as_any().downcast_ref::<transfer::PinnedHost>() else {
+            return self.upload(&src[..len], dst, offset);
+        };
+        self.graph_barrier("upload")?;
+        if offset + len > dst.buf.len || len > src.len() {
+            return Err(shape_err(
+                "upload",
+                format!(
+                    "{len} of {} host floats into {offset}.. of a buffer of {}",
+                    src.len(),
+                    dst.buf.len
+                ),
+            ));
+        }
+        dst.touched();
+        if len == 0 {
+            return Ok(());
+        }
+        let dt = dst.buf.dtype;
+        transfer::upload_pinned(&mut self.gpu(), pinned, len, dst.buf.ptr_at(offset), dt)
+            .map_err(be_err)
+    }
+
+    fn download_host(
+        &self,
+        src: &CudaBuf,
+        offset: usize,
+        len: usize,
+        dst: &mut cryoden_nn::HostBuf,
+    ) -> cryoden_nn::Result<()> {
+        let dst_len = dst.len();
+        let Some(pinned) = dst
+            .memory_mut()
+            .as_any_mut()
+            .downcast_mut::<transfer::PinnedHost>()
+        else {
+            return self.download(src, offset, &mut dst[..len]);
+        };
+        self.graph_barrier("download")?;
+        if offset + len > src.buf.len || len > dst_len {
+            return Err(shape_err(
+                "download",
+                format!(
+                    "{offset}..{} of a buffer of {} into {dst_len} host floats",
+                    offset + len,
+                    src.buf.len
+                ),
+            ));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let mut gpu = self.gpu();
+        let mut downloads = self.downloads.lock().unwrap_or_else(|p| p.into_inner());
+        if downloads.is_none() {
+            *downloads = Some(transfer::Downloads::new(&gpu).map_err(be_err)?);
+        }
+        let d = downloads.as_mut().expect("created above");
+        d.start(&mut gpu, src.buf.ptr_at(offset), src.buf.dtype, len, pinned)
+            .map_err(be_err)
+    }
+
+    fn wait_host(&self) -> cryoden_nn::Result<()> {
+        let downloads = self.downloads.lock().unwrap_or_else(|p| p.into_inner());
+        match downloads.as_ref() {
+            Some(d) => d.wait().map_err(be_err),
+            None => Ok(()),
+        }
     }
 
     fn copy_channels(

@@ -8,7 +8,7 @@
 use crate::receptive::{alignment, default_context};
 use crate::tiling::{plan_axis, reflect_index, Segment};
 use crate::Error;
-use cryoden_nn::{checkpoint, Activations, Arch, Backend, Model};
+use cryoden_nn::{checkpoint, Activations, Arch, Backend, HostBuf, Model};
 use cryoden_prep::normalize::{center_spread, Method};
 use rayon::prelude::*;
 use std::collections::VecDeque;
@@ -57,8 +57,9 @@ pub struct Denoiser<B: Backend> {
     context: usize,
     /// Forward-only buffers for (batch, window height, window width): fixed by tile, context and batch.
     acts: Option<(usize, usize, usize, Activations<B>)>,
-    /// Host batches: the input being cut and the output being placed.
-    host: [Vec<f32>; 2],
+    /// Host batches: the input being cut and the output being placed (page-locked on a GPU, see
+    /// `Backend::alloc_host`; grown on demand).
+    host: [Option<HostBuf>; 2],
     profile: Profile,
 }
 
@@ -109,7 +110,7 @@ impl<B: Backend> Denoiser<B> {
             opts,
             context,
             acts: None,
-            host: [Vec::new(), Vec::new()],
+            host: [None, None],
             profile: Profile::default(),
         })
     }
@@ -292,16 +293,23 @@ impl<B: Backend> Denoiser<B> {
                     w.cut = r.end;
                     let t = Instant::now();
                     let len = w.n * w.wx * w.wy;
-                    if self.host[0].len() < len {
-                        self.host[0].resize(len, 0.0);
-                    }
+                    let host = match host_batch(&self.be, &mut self.host[0], len) {
+                        Ok(h) => h,
+                        Err(e) => {
+                            // No host memory for this image's batches: it fails, the stream goes on.
+                            w.cut = w.windows.len();
+                            w.placed = w.windows.len();
+                            w.error = Some(e);
+                            continue;
+                        }
+                    };
                     Source {
                         img: w.item.input.as_ref(),
                         nx: w.item.nx,
                         ny: w.item.ny,
                         stats: w.item.stats,
                     }
-                    .cut(&w.windows[r.clone()], w.wx, w.wy, &mut self.host[0]);
+                    .cut(&w.windows[r.clone()], w.wx, w.wy, host);
                     self.profile.extract_s += t.elapsed().as_secs_f64();
                     break Some((i, r));
                 }
@@ -332,11 +340,14 @@ impl<B: Backend> Denoiser<B> {
             if let Some((i, r)) = in_flight.take() {
                 let t = Instant::now();
                 let w = &mut works[i];
+                let out = self.host[1]
+                    .as_ref()
+                    .expect("a placed batch was downloaded");
                 place(
                     &w.windows[r.clone()],
                     w.wx,
                     w.wy,
-                    &self.host[1],
+                    out,
                     w.item.nx,
                     w.item.ny,
                     w.item.stats,
@@ -364,31 +375,26 @@ impl<B: Backend> Denoiser<B> {
         }
     }
 
-    /// Downloads the output of the batch in flight (into host buffer 1), then uploads the batch just cut (host
-    /// buffer 0) and starts its forward pass, reallocating the network's buffers if its shape differs.
+    /// Starts the batch just cut (host buffer 0) and collects the one in flight (into host buffer 1), in the order
+    /// that keeps the device busy: upload the next input (on a GPU the copy overlaps the forward pass in flight),
+    /// start copying the finished output out, queue the next forward pass, then wait for the output. Only when the
+    /// next batch needs buffers of another shape is the batch in flight collected first.
     fn device_step<I, O, T>(
         &mut self,
         works: &VecDeque<Work<I, O, T>>,
         in_flight: Option<&(usize, std::ops::Range<usize>)>,
         next: Option<&(usize, std::ops::Range<usize>)>,
     ) -> Result<(), Error> {
-        if let Some((i, _)) = in_flight {
-            let w = &works[*i];
-            let len = w.n * w.wx * w.wy;
-            if self.host[1].len() < len {
-                self.host[1].resize(len, 0.0);
-            }
-            let t = Instant::now();
-            let Some((_, _, _, acts)) = self.acts.as_ref() else {
-                unreachable!("a batch in flight has buffers")
-            };
-            acts.download_output(&self.be, &mut self.host[1][..len])?;
-            self.profile.download_s += t.elapsed().as_secs_f64();
-        }
+        let mut collect = in_flight.is_some();
         if let Some((i, _)) = next {
             let w = &works[*i];
             let (n, wy, wx) = (w.n, w.wy, w.wx);
             if !matches!(&self.acts, Some((a, b, c, _)) if (*a, *b, *c) == (n, wy, wx)) {
+                if collect {
+                    self.start_download(works, in_flight)?;
+                    self.finish_download()?;
+                    collect = false;
+                }
                 self.acts = None; // free the old buffers before allocating new ones
                 let acts = self.model.inference_activations(&self.be, n, wy, wx)?;
                 self.acts = Some((n, wy, wx, acts));
@@ -398,12 +404,53 @@ impl<B: Backend> Denoiser<B> {
             };
             let t = Instant::now();
             // A short last batch keeps the allocated shape; the unused slots hold earlier windows.
-            acts.upload_input(&self.be, &self.host[0][..n * wy * wx])?;
+            let host = self.host[0].as_ref().expect("a batch was cut");
+            acts.upload_input_host(&self.be, host)?;
             self.profile.upload_s += t.elapsed().as_secs_f64();
+            if collect {
+                self.start_download(works, in_flight)?;
+            }
+            let Some((_, _, _, acts)) = self.acts.as_mut() else {
+                unreachable!("allocated just above")
+            };
             let t = Instant::now();
             self.model.forward(&self.be, &self.params, acts)?;
             self.profile.forward_s += t.elapsed().as_secs_f64();
+        } else if collect {
+            self.start_download(works, in_flight)?;
         }
+        if collect {
+            self.finish_download()?;
+        }
+        Ok(())
+    }
+
+    /// Queues the copy of the output of the batch in flight into host buffer 1.
+    fn start_download<I, O, T>(
+        &mut self,
+        works: &VecDeque<Work<I, O, T>>,
+        in_flight: Option<&(usize, std::ops::Range<usize>)>,
+    ) -> Result<(), Error> {
+        let Some((i, _)) = in_flight else {
+            return Ok(());
+        };
+        let w = &works[*i];
+        let t = Instant::now();
+        host_batch(&self.be, &mut self.host[1], w.n * w.wx * w.wy)?;
+        let Some((_, _, _, acts)) = self.acts.as_ref() else {
+            unreachable!("a batch in flight has buffers")
+        };
+        let host = self.host[1].as_mut().expect("allocated just above");
+        acts.download_output_host(&self.be, host)?;
+        self.profile.download_s += t.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Waits for the output's copy (on a GPU: for the forward pass that was in flight, then the copy).
+    fn finish_download(&mut self) -> Result<(), Error> {
+        let t = Instant::now();
+        self.be.wait_host()?;
+        self.profile.download_s += t.elapsed().as_secs_f64();
         Ok(())
     }
 
@@ -541,6 +588,20 @@ pub fn sum_profiles<'a>(ps: impl IntoIterator<Item = &'a Profile>) -> Profile {
     let mut t = Profile::default();
     ps.into_iter().for_each(|p| t.add(p));
     t
+}
+
+/// Host batch memory of at least `len` floats in `slot`, allocated by the backend (page-locked on a GPU) and
+/// reallocated only to grow; returns the first `len` floats.
+fn host_batch<'a, B: Backend>(
+    be: &B,
+    slot: &'a mut Option<HostBuf>,
+    len: usize,
+) -> Result<&'a mut [f32], Error> {
+    if slot.as_ref().is_none_or(|h| h.len() < len) {
+        *slot = None; // free before allocating the larger one
+        *slot = Some(be.alloc_host(len)?);
+    }
+    Ok(&mut slot.as_mut().expect("allocated above")[..len])
 }
 
 /// An image as the network sees it: reflect-padded to the alignment, normalised by `stats` (if any).

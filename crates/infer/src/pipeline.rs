@@ -27,15 +27,16 @@ fn readers() -> usize {
 }
 
 /// Writer threads: writing a 4096² float32 MRC (temporary file, header statistics, rename) takes ~34 ms on a
-/// server core, as long as the GPU needs for the plan's U-Net, so machines with the cores for it write two files
-/// at once (each writer holds one more output image). On 2 cores the CPU backend is the bottleneck: one writer.
+/// server core, about twice what a GPU needs for the plan's U-Net, so machines with the cores for it write several
+/// files at once: one writer per four logical CPUs, 2 to 4 (each holds one more output image). On 2 cores the
+/// CPU backend is the bottleneck: one writer.
 fn writers(asked: usize) -> usize {
     if asked > 0 {
         return asked;
     }
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     if cpus >= 4 {
-        2
+        (cpus / 4).clamp(2, 4)
     } else {
         1
     }

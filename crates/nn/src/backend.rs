@@ -147,6 +147,42 @@ pub trait Backend: Send + Sync {
     /// Waits until all queued work is done (no-op on CPU).
     fn synchronize(&self) -> Result<()>;
 
+    // ---- batches through host memory (inference pipelines) ------------------------------------------------
+    /// Host memory of `len` floats for batches moved by [`Backend::upload_host`] and [`Backend::download_host`].
+    /// A GPU backend returns page-locked memory, whose transfers run at the bus's full speed and do not block the
+    /// host. Default: an ordinary zero-filled vector.
+    fn alloc_host(&self, len: usize) -> Result<crate::HostBuf> {
+        Ok(crate::HostBuf::pageable(len))
+    }
+    /// Starts copying `src[..len]` into `dst[offset..]`: later ops see the new data, ops queued before still see
+    /// the old. May return before the copy is done; touching `src` then waits for it. Default: [`Backend::upload`].
+    fn upload_host(
+        &self,
+        src: &crate::HostBuf,
+        len: usize,
+        dst: &mut Self::Buf,
+        offset: usize,
+    ) -> Result<()> {
+        self.upload(&src[..len], dst, offset)
+    }
+    /// Starts copying `src[offset .. offset + len]`, as the ops queued so far leave it, into `dst[..len]`; ops
+    /// queued afterwards may overwrite `src` at once. May return before the copy is done: reading `dst` (or
+    /// [`Backend::wait_host`]) waits for it. Default: [`Backend::download`].
+    fn download_host(
+        &self,
+        src: &Self::Buf,
+        offset: usize,
+        len: usize,
+        dst: &mut crate::HostBuf,
+    ) -> Result<()> {
+        self.download(src, offset, &mut dst[..len])
+    }
+    /// Waits until the copies started by [`Backend::upload_host`] and [`Backend::download_host`] are done, and
+    /// reports their errors. Default: nothing to wait for.
+    fn wait_host(&self) -> Result<()> {
+        Ok(())
+    }
+
     // ---- channel concat / split ---------------------------------------------------------------------------
     /// `dst[view dv] (+)= src[view sv]` for `c` channels of `pixels` pixels. Concatenation and split are this
     /// op on channel windows (most of the time the models avoid it entirely by writing in place).

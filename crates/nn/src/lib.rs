@@ -39,6 +39,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cpu;
 mod error;
+pub mod host;
 pub mod models;
 pub mod params;
 pub mod shape;
@@ -46,6 +47,7 @@ pub mod train;
 
 pub use backend::{Activation, AdamParams, Backend, BufKind, LossKind};
 pub use error::{NnError, Result};
+pub use host::{HostBuf, HostMemory};
 pub use models::{Activations, Arch, Model, DEFAULT_UNET_WIDTHS};
 pub use params::{ParamEntry, ParamKind, ParamTable, TorchTensor};
 pub use shape::{ConvGeom, ConvTGeom, Dims, PoolGeom, UpsampleGeom, View};

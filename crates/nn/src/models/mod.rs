@@ -303,6 +303,24 @@ impl<B: Backend> Activations<B> {
         self.check_host("output batch", host.len())?;
         be.download(&self.vals[self.output], 0, host)
     }
+    /// [`Activations::upload_input`] from the first `image_len()` floats of `host` memory, possibly asynchronous
+    /// (see [`Backend::upload_host`]).
+    pub fn upload_input_host(&mut self, be: &B, host: &crate::HostBuf) -> Result<()> {
+        let len = self.image_len();
+        if host.len() < len {
+            self.check_host("input batch", host.len())?;
+        }
+        be.upload_host(host, len, &mut self.vals[self.input], 0)
+    }
+    /// Starts copying the output batch into the first `image_len()` floats of `host`, as the ops queued so far
+    /// leave it (see [`Backend::download_host`]); a later forward may be queued at once.
+    pub fn download_output_host(&self, be: &B, host: &mut crate::HostBuf) -> Result<()> {
+        let len = self.image_len();
+        if host.len() < len {
+            self.check_host("output batch", host.len())?;
+        }
+        be.download_host(&self.vals[self.output], 0, len, host)
+    }
     /// Copies a target batch (same layout as the input) for the loss.
     pub fn upload_target(&mut self, be: &B, host: &[f32]) -> Result<()> {
         self.check_host("target batch", host.len())?;
