@@ -4,7 +4,12 @@
 //! ```text
 //! cudabench ops   [--batch 8] [--size 1024] [--precision f32,tf32,bf16] [--reps 20]
 //! cudabench train [--batch 8] [--size 1024] [--precision f32,tf32,bf16] [--steps 10] [--arch unet]
+//!                 [--engines off|auto|force] [--show-engines]
+//! cudabench engines [--batch 8] [--size 1024] [--precision f32,tf32,bf16] [--engines auto|force]
 //! ```
+//! `--engines` picks the cuDNN convolution path (engine.rs): `off` legacy `cudnnFind*` picks only, `auto` backend-API
+//! engines where they time faster (the default), `force` engines wherever one exists. `engines` prints, per U-Net
+//! conv and precision, the legacy pick's time against the best engine's, with the engine's name and knobs.
 //! Timing: CUDA events around each op (or step) on the backend's stream, after warm-up (which also runs
 //! cudnnFind for the shape), median of `--reps`. Inputs are random, never zeros.
 
@@ -62,6 +67,137 @@ fn random(gpu: &mut Gpu, n: usize, dt: DType, seed: u64) -> cryoden_cuda::Buf {
     gpu.upload(&host, dt).unwrap()
 }
 
+/// The plan's U-Net convolutions, level by level (3x3 encoder/decoder convs and the 1x1 output conv).
+fn unet_convs(batch: usize, size: usize, widths: &[usize]) -> Vec<ConvGeom> {
+    let mut convs = Vec::new();
+    for (l, &w) in widths.iter().enumerate() {
+        let s = size >> l;
+        let cin = if l == 0 { 1 } else { widths[l - 1] };
+        convs.push(ConvGeom {
+            n: batch,
+            h: s,
+            w: s,
+            cin,
+            cout: w,
+            k: 3,
+            pad: 1,
+            stride: 1,
+        });
+        convs.push(ConvGeom {
+            n: batch,
+            h: s,
+            w: s,
+            cin: w,
+            cout: w,
+            k: 3,
+            pad: 1,
+            stride: 1,
+        });
+        if l + 1 < widths.len() {
+            convs.push(ConvGeom {
+                n: batch,
+                h: s,
+                w: s,
+                cin: 2 * w,
+                cout: w,
+                k: 3,
+                pad: 1,
+                stride: 1,
+            });
+        }
+    }
+    convs.push(ConvGeom {
+        n: batch,
+        h: size,
+        w: size,
+        cin: widths[0],
+        cout: 1,
+        k: 1,
+        pad: 0,
+        stride: 1,
+    });
+    convs
+}
+
+/// The decoder's 2x2 stride-2 transposed convs as the strided convs whose backward-data they are (their input
+/// gradient is that conv's forward, their weight gradient its backward-filter).
+fn unet_transposed(batch: usize, size: usize, widths: &[usize]) -> Vec<ConvGeom> {
+    (0..widths.len() - 1)
+        .map(|l| {
+            let s = size >> (l + 1);
+            cryoden_cuda::conv::transpose_geom(Nhwc::new(batch, s, s, widths[l + 1]), widths[l])
+        })
+        .collect()
+}
+
+/// Prints every backend-API decision made so far: legacy pick against the fastest acceptable engine.
+fn print_engine_choices(gpu: &Gpu, label: &str) {
+    println!(
+        "{:<6} {:<44} {:<15} {:>4} {:>10} {:>10} {:>6}  engine (knobs) [notes]",
+        "prec", "conv", "direction", "beta", "legacy ms", "engine ms", "uses"
+    );
+    for c in gpu.engine_choices() {
+        println!(
+            "{:<6} {:<44} {:<15} {:>4} {:>10.3} {:>10} {:>6}  {} (legacy algo {}, align {:?}, {} timed, {} refused, {} failed)",
+            label,
+            c.geom.to_string(),
+            c.direction.name(),
+            c.beta,
+            c.legacy_ms,
+            c.engine_ms.map_or("-".to_string(), |m| format!("{m:.3}")),
+            if c.uses_engine { "engine" } else { "legacy" },
+            c.engine.as_ref().map_or("-".to_string(), |e| e.name()),
+            c.legacy_algo,
+            c.align,
+            c.timed,
+            c.refused,
+            c.failed
+        );
+        println!(
+            "JSON {}",
+            serde_json::json!({"kind": "engine_choice", "label": label, "choice": c})
+        );
+    }
+}
+
+/// `cudabench engines`: autotunes every U-Net conv (and transposed conv) per precision, beta 0, and prints the
+/// legacy pick's time against the best backend-API engine's, with the engine's name and knobs.
+fn engines(args: &[String]) {
+    let batch: usize = arg(args, "--batch", "8").parse().unwrap();
+    let size: usize = arg(args, "--size", "1024").parse().unwrap();
+    let precisions: Vec<Precision> = arg(args, "--precision", "f32,tf32,bf16")
+        .split(',')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    set_mode(args);
+    let widths = [32usize, 64, 128, 256];
+    for &p in &precisions {
+        let mut gpu = Gpu::open(0).unwrap();
+        let t0 = Instant::now();
+        let mut geoms = unet_convs(batch, size, &widths);
+        geoms.extend(unet_transposed(batch, size, &widths));
+        for g in geoms {
+            gpu.conv_prepare(&g, p).unwrap();
+        }
+        eprintln!("{p}: tuned in {:.1} s", t0.elapsed().as_secs_f64());
+        print_engine_choices(&gpu, p.name());
+    }
+}
+
+/// `--engines off|auto|force` (default: CRYODEN_CUDNN_ENGINES, else auto).
+fn set_mode(args: &[String]) {
+    use cryoden_cuda::engine::{engine_mode, set_engine_mode, EngineMode};
+    let m = match arg(args, "--engines", "").as_str() {
+        "off" => EngineMode::Off,
+        "auto" => EngineMode::Auto,
+        "force" => EngineMode::Force,
+        "" => engine_mode(),
+        other => panic!("--engines {other}: expected off, auto or force"),
+    };
+    set_engine_mode(m);
+    eprintln!("cuDNN backend-API engines: {m:?}");
+}
+
 fn ops(args: &[String]) {
     let batch: usize = arg(args, "--batch", "8").parse().unwrap();
     let size: usize = arg(args, "--size", "1024").parse().unwrap();
@@ -79,54 +215,7 @@ fn ops(args: &[String]) {
     );
     for &p in &precisions {
         let dt = p.dtype();
-        // The U-Net's convolutions, level by level.
-        let mut convs = Vec::new();
-        for (l, &w) in widths.iter().enumerate() {
-            let s = size >> l;
-            let cin = if l == 0 { 1 } else { widths[l - 1] };
-            convs.push(ConvGeom {
-                n: batch,
-                h: s,
-                w: s,
-                cin,
-                cout: w,
-                k: 3,
-                pad: 1,
-                stride: 1,
-            });
-            convs.push(ConvGeom {
-                n: batch,
-                h: s,
-                w: s,
-                cin: w,
-                cout: w,
-                k: 3,
-                pad: 1,
-                stride: 1,
-            });
-            if l + 1 < widths.len() {
-                convs.push(ConvGeom {
-                    n: batch,
-                    h: s,
-                    w: s,
-                    cin: 2 * w,
-                    cout: w,
-                    k: 3,
-                    pad: 1,
-                    stride: 1,
-                });
-            }
-        }
-        convs.push(ConvGeom {
-            n: batch,
-            h: size,
-            w: size,
-            cin: widths[0],
-            cout: 1,
-            k: 1,
-            pad: 0,
-            stride: 1,
-        });
+        let convs = unet_convs(batch, size, &widths);
         for g in convs {
             let x = random(&mut gpu, g.in_shape().len(), dt, 1);
             let w = random(&mut gpu, g.weight_len(), dt, 2);
@@ -584,6 +673,7 @@ fn train(args: &[String]) {
                 (base.parse().unwrap(), !eager, p.to_string())
             })
             .collect();
+    set_mode(args);
     let arch = Arch::from_name(&arch_name, None).unwrap();
     let model = Model::new(arch.clone()).unwrap();
     let flops = 3.0 * model.forward_flops(batch, size, size);
@@ -703,6 +793,9 @@ fn train(args: &[String]) {
                 "gpu_mem_gib_after_setup": used_gib, "first_loss": first, "last_loss": last, "backend": be.name(),
                 "graph_captures": captures, "graph_replays": replays})
         );
+        if args.iter().any(|a| a == "--show-engines") {
+            print_engine_choices(&be.gpu(), label);
+        }
     }
 }
 
@@ -711,8 +804,9 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("ops") => ops(&args),
         Some("train") => train(&args),
+        Some("engines") => engines(&args),
         _ => {
-            eprintln!("usage: cudabench ops|train [--batch N] [--size S] [--precision f32,tf32,bf16] [--reps N] [--steps N]");
+            eprintln!("usage: cudabench ops|train|engines [--batch N] [--size S] [--precision f32,tf32,bf16] [--reps N] [--steps N] [--engines off|auto|force] [--show-engines]");
             std::process::exit(2);
         }
     }

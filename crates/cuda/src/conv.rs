@@ -6,9 +6,11 @@
 //! on the same cuDNN kernels (see `conv_transpose_*`).
 
 use crate::device::{Gpu, Nhwc, View};
-use crate::error::{dnn, CudaError, Result};
+use crate::engine::{self, Direction, EngineInfo, EngineMode, EnginePlan};
+use crate::error::{dnn, drv, CudaError, Result};
 use crate::precision::{DType, Precision};
 use cudarc::cudnn::{result as cr, sys};
+use std::collections::HashMap;
 use std::ffi::c_void;
 
 /// Geometry of a square-kernel 2-D convolution (cross-correlation, as PyTorch's Conv2d), input `[n, h, w, cin]`.
@@ -134,6 +136,63 @@ pub(crate) struct ConvPlan {
     pub(crate) bwd_filter: Option<(sys::cudnnConvolutionBwdFilterAlgo_t, Choice)>,
     /// Whether cudnnConvolutionBiasActivationForward ran for this shape, and with which bias dtype.
     pub(crate) fused: Fused,
+    /// Backend-API autotuning results (engine.rs), per direction, beta, pointer alignment and mode.
+    tuned: HashMap<TuneKey, Tuned>,
+}
+
+/// What a backend-API decision depends on besides the shape and precision: the graph bakes in beta and the
+/// tensors' byte alignment; a forced decision (tests) is kept apart from an automatic one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TuneKey {
+    pub(crate) dir: Direction,
+    pub(crate) beta_bits: u32,
+    /// Byte alignment (at most 16) of the x-side, w-side and y-side pointers.
+    pub(crate) align: [u8; 3],
+    pub(crate) force: bool,
+}
+
+impl TuneKey {
+    pub(crate) fn new(dir: Direction, beta: f32, ptrs: [u64; 3], mode: EngineMode) -> TuneKey {
+        TuneKey {
+            dir,
+            beta_bits: beta.to_bits(),
+            align: ptrs.map(engine::alignment),
+            force: mode == EngineMode::Force,
+        }
+    }
+}
+
+/// Outcome of timing the engines of one [`TuneKey`] against the legacy pick.
+struct Tuned {
+    legacy_ms: f32,
+    /// Fastest acceptable engine and its time.
+    best: Option<(EngineInfo, f32)>,
+    /// The plan to run, when the engine is used (faster, or forced).
+    engine: Option<EnginePlan>,
+    timed: usize,
+    refused: usize,
+    failed: usize,
+}
+
+/// One backend-API decision (for bench output and docs): the legacy pick's time against the fastest engine's.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineChoice {
+    pub geom: ConvGeom,
+    pub precision: Precision,
+    pub direction: Direction,
+    pub beta: f32,
+    /// Byte alignment of the x-side, w-side and y-side pointers the decision was made for.
+    pub align: [u8; 3],
+    pub legacy_algo: u32,
+    pub legacy_ms: f32,
+    pub engine: Option<EngineInfo>,
+    pub engine_ms: Option<f32>,
+    /// Whether the engine runs instead of the legacy pick.
+    pub uses_engine: bool,
+    /// Plans timed, configs refused by the filter, configs that failed to finalize or run.
+    pub timed: usize,
+    pub refused: usize,
+    pub failed: usize,
 }
 
 /// State of the fused conv + bias + ReLU forward for one plan.
@@ -212,6 +271,7 @@ impl ConvPlan {
             bwd_data: None,
             bwd_filter: None,
             fused: Fused::Untried,
+            tuned: HashMap::new(),
         })
     }
 }
@@ -304,15 +364,8 @@ macro_rules! found {
     };
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    Fwd,
-    BwdData,
-    BwdFilter,
-}
-
 impl Gpu {
-    fn plan(&mut self, g: &ConvGeom, p: Precision, dir: Dir) -> Result<&ConvPlan> {
+    fn plan(&mut self, g: &ConvGeom, p: Precision, dir: Direction) -> Result<&ConvPlan> {
         let key = ConvKey {
             geom: *g,
             precision: p,
@@ -332,7 +385,7 @@ impl Gpu {
         };
         let mut count = 0i32;
         match dir {
-            Dir::Fwd if plan.fwd.is_none() => {
+            Direction::Forward if plan.fwd.is_none() => {
                 let mut res =
                     [unsafe { std::mem::zeroed::<sys::cudnnConvolutionFwdAlgoPerf_t>() }; 8];
                 // SAFETY: live handle and descriptors; `res` has room for the 8 results requested.
@@ -355,7 +408,7 @@ impl Gpu {
                     pick(p, found, limit, det, plan.conv[0].0)?.ok_or_else(|| none("forward"))?;
                 plan.fwd = Some((res[i].algo, c));
             }
-            Dir::BwdData if plan.bwd_data.is_none() => {
+            Direction::BackwardData if plan.bwd_data.is_none() => {
                 let mut res =
                     [unsafe { std::mem::zeroed::<sys::cudnnConvolutionBwdDataAlgoPerf_t>() }; 6];
                 // SAFETY: as above, 6 results.
@@ -378,7 +431,7 @@ impl Gpu {
                     .ok_or_else(|| none("backward-data"))?;
                 plan.bwd_data = Some((res[i].algo, c));
             }
-            Dir::BwdFilter if plan.bwd_filter.is_none() => {
+            Direction::BackwardFilter if plan.bwd_filter.is_none() => {
                 let mut res =
                     [unsafe { std::mem::zeroed::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>() }; 7];
                 // SAFETY: as above, 7 results.
@@ -409,9 +462,9 @@ impl Gpu {
     /// Finds (if not yet done) the algorithms of all three directions for this shape, so that a later graph capture
     /// sees no allocation. Returns the choices (forward, backward-data, backward-filter).
     pub fn conv_prepare(&mut self, g: &ConvGeom, p: Precision) -> Result<[Choice; 3]> {
-        self.plan(g, p, Dir::Fwd)?;
-        self.plan(g, p, Dir::BwdData)?;
-        let plan = self.plan(g, p, Dir::BwdFilter)?;
+        self.plan(g, p, Direction::Forward)?;
+        self.plan(g, p, Direction::BackwardData)?;
+        let plan = self.plan(g, p, Direction::BackwardFilter)?;
         let c = [
             plan.fwd.unwrap().1,
             plan.bwd_data.unwrap().1,
@@ -419,7 +472,349 @@ impl Gpu {
         ];
         let ws = c.iter().map(|c| c.workspace).max().unwrap_or(0);
         self.workspace(ws)?;
+        let mode = engine::engine_mode();
+        if mode != EngineMode::Off {
+            // Autotune the backend-API engines too (beta 0, 16-byte aligned tensors, as fresh buffers are), on
+            // temporary tensors; calls with other betas or alignments are tuned on their first eager call.
+            for dir in [
+                Direction::Forward,
+                Direction::BackwardData,
+                Direction::BackwardFilter,
+            ] {
+                let tk = TuneKey::new(dir, 0.0, [0; 3], mode);
+                self.tune(g, p, tk, None)?;
+            }
+        }
         Ok(c)
+    }
+
+    /// Runs one conv direction: the backend-API engine when autotuning chose one for this call's key, else the
+    /// legacy pick. `ptrs` = (x-side, w-side, y-side): (x, w, y), (dx, w, dy) or (x, dw, dy).
+    fn conv_run(
+        &mut self,
+        p: Precision,
+        g: &ConvGeom,
+        dir: Direction,
+        ptrs: [u64; 3],
+        beta: f32,
+    ) -> Result<()> {
+        self.plan(g, p, dir)?;
+        let key = ConvKey {
+            geom: *g,
+            precision: p,
+        };
+        let mode = engine::engine_mode();
+        if mode != EngineMode::Off {
+            let tk = TuneKey::new(dir, beta, ptrs, mode);
+            // Inside a graph capture nothing may be allocated or timed: an untuned key runs the legacy pick.
+            if !self.capturing {
+                self.tune(g, p, tk, Some(ptrs))?;
+            }
+            let engine_ws = self.conv_plans[&key]
+                .tuned
+                .get(&tk)
+                .and_then(|t| t.engine.as_ref())
+                .map(|e| e.info.workspace);
+            if let Some(ws) = engine_ws {
+                let (wsp, _) = self.workspace(ws)?;
+                let handle = self.cudnn.0;
+                let e = self
+                    .conv_plans
+                    .get_mut(&key)
+                    .unwrap()
+                    .tuned
+                    .get_mut(&tk)
+                    .unwrap();
+                return e.engine.as_mut().unwrap().execute(handle, ptrs, wsp);
+            }
+        }
+        let ws = self.legacy_choice(&key, dir).workspace;
+        let (wsp, wss) = self.workspace(ws)?;
+        self.legacy(&key, dir, ptrs, beta, wsp, wss)
+    }
+
+    /// The legacy pick of a planned direction.
+    fn legacy_choice(&self, key: &ConvKey, dir: Direction) -> Choice {
+        let plan = &self.conv_plans[key];
+        match dir {
+            Direction::Forward => plan.fwd.unwrap().1,
+            Direction::BackwardData => plan.bwd_data.unwrap().1,
+            Direction::BackwardFilter => plan.bwd_filter.unwrap().1,
+        }
+    }
+
+    /// One legacy-API call (the direction must be planned; the workspace as large as its pick asked).
+    fn legacy(
+        &self,
+        key: &ConvKey,
+        dir: Direction,
+        ptrs: [u64; 3],
+        beta: f32,
+        wsp: u64,
+        wss: usize,
+    ) -> Result<()> {
+        let plan = &self.conv_plans[key];
+        let alpha = 1.0f32;
+        let (a, b) = (
+            &alpha as *const f32 as *const c_void,
+            &beta as *const f32 as *const c_void,
+        );
+        let h = self.cudnn.0;
+        let ws = wsp as *mut c_void;
+        // SAFETY: descriptors match the views the callers checked (or the tuner's buffers of the same shapes);
+        // the workspace holds what the algorithm asked for.
+        unsafe {
+            match dir {
+                Direction::Forward => cr::convolution_forward(
+                    h,
+                    a,
+                    plan.x.0,
+                    ptrs[0] as *const c_void,
+                    plan.w.0,
+                    ptrs[1] as *const c_void,
+                    plan.conv[0].0,
+                    plan.fwd.unwrap().0,
+                    ws,
+                    wss,
+                    b,
+                    plan.y.0,
+                    ptrs[2] as *mut c_void,
+                )
+                .map_err(dnn("cudnnConvolutionForward")),
+                Direction::BackwardData => cr::convolution_backward_data(
+                    h,
+                    a,
+                    plan.w.0,
+                    ptrs[1] as *const c_void,
+                    plan.y.0,
+                    ptrs[2] as *const c_void,
+                    plan.conv[1].0,
+                    plan.bwd_data.unwrap().0,
+                    ws,
+                    wss,
+                    b,
+                    plan.x.0,
+                    ptrs[0] as *mut c_void,
+                )
+                .map_err(dnn("cudnnConvolutionBackwardData")),
+                Direction::BackwardFilter => cr::convolution_backward_filter(
+                    h,
+                    a,
+                    plan.x.0,
+                    ptrs[0] as *const c_void,
+                    plan.y.0,
+                    ptrs[2] as *const c_void,
+                    plan.conv[2].0,
+                    plan.bwd_filter.unwrap().0,
+                    ws,
+                    wss,
+                    b,
+                    plan.w.0,
+                    ptrs[1] as *mut c_void,
+                )
+                .map_err(dnn("cudnnConvolutionBackwardFilter")),
+            }
+        }
+    }
+
+    /// Mean milliseconds of `f` on the stream (CUDA events): one untimed run, then enough runs for about 2 ms,
+    /// at least 3. Returns the first run's error. Stops early (returning the one run's time) when that run alone
+    /// took over `give_up` ms, so a hopeless candidate costs one run.
+    fn time_ms(&mut self, give_up: f32, mut f: impl FnMut(&mut Gpu) -> Result<()>) -> Result<f32> {
+        let ev = |gpu: &Gpu| {
+            gpu.ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(drv("cuEventCreate"))
+        };
+        let (a, b) = (ev(self)?, ev(self)?);
+        a.record(&self.stream).map_err(drv("cuEventRecord"))?;
+        f(self)?;
+        b.record(&self.stream).map_err(drv("cuEventRecord"))?;
+        let first = a.elapsed_ms(&b).map_err(drv("cuEventElapsedTime"))?;
+        if first > give_up {
+            return Ok(first);
+        }
+        let reps = ((2.0 / first.max(1e-3)).ceil() as usize).clamp(3, 50);
+        a.record(&self.stream).map_err(drv("cuEventRecord"))?;
+        for _ in 0..reps {
+            f(self)?;
+        }
+        b.record(&self.stream).map_err(drv("cuEventRecord"))?;
+        Ok(a.elapsed_ms(&b).map_err(drv("cuEventElapsedTime"))? / reps as f32)
+    }
+
+    /// Autotunes one [`TuneKey`] (if not done yet): builds the acceptable engine plans (engine.rs), times each and
+    /// the legacy pick on the same tensors, and keeps an engine only when it is faster (2 % margin against timing
+    /// noise) or forced. `ptrs`: the call's tensors; the output is redirected to a temporary so the call's own
+    /// output is untouched (beta = 1 accumulates into it). None: temporaries for all three.
+    fn tune(
+        &mut self,
+        g: &ConvGeom,
+        p: Precision,
+        tk: TuneKey,
+        ptrs: Option<[u64; 3]>,
+    ) -> Result<()> {
+        let key = ConvKey {
+            geom: *g,
+            precision: p,
+        };
+        self.plan(g, p, tk.dir)?;
+        if self.conv_plans[&key].tuned.contains_key(&tk) {
+            return Ok(());
+        }
+        let dt = p.dtype();
+        let lens = [g.in_shape().len(), g.weight_len(), g.out_shape().len()];
+        let out = match tk.dir {
+            Direction::Forward => 2,
+            Direction::BackwardData => 0,
+            Direction::BackwardFilter => 1,
+        };
+        let mut temps = Vec::new();
+        let mut ptrs = ptrs.unwrap_or_default();
+        for (i, len) in lens.into_iter().enumerate() {
+            if i == out || ptrs[i] == 0 {
+                let t = self.alloc(len, dt)?;
+                // Zeros: timing on uninitialised memory could meet NaNs or denormals.
+                // SAFETY: t holds len elements of dt.
+                unsafe {
+                    cudarc::driver::result::memset_d8_async(
+                        t.ptr(),
+                        0,
+                        len * dt.size(),
+                        self.stream.cu_stream(),
+                    )
+                }
+                .map_err(drv("cuMemsetD8Async"))?;
+                ptrs[i] = t.ptr();
+                temps.push(t);
+            }
+        }
+        let beta = f32::from_bits(tk.beta_bits);
+        let legacy = self.legacy_choice(&key, tk.dir);
+        let built = engine::candidates(
+            self.cudnn.0,
+            g,
+            p,
+            tk.dir,
+            beta,
+            tk.align,
+            self.deterministic,
+            self.workspace_limit,
+        );
+        let mut c = match built {
+            Ok(c) => c,
+            Err(e) if tk.force => return Err(e),
+            // The backend API refused the graph itself: the legacy pick stays.
+            Err(_) => engine::Candidates {
+                plans: Vec::new(),
+                refused: Vec::new(),
+                failed: 1,
+            },
+        };
+        let ws = c
+            .plans
+            .iter()
+            .map(|e| e.info.workspace)
+            .chain([legacy.workspace])
+            .max()
+            .unwrap_or(0);
+        let (wsp, wss) = self.workspace(ws)?;
+        let legacy_ms = self.time_ms(f32::INFINITY, |gpu| {
+            gpu.legacy(&key, tk.dir, ptrs, beta, wsp, wss)
+        })?;
+        let handle = self.cudnn.0;
+        let mut best: Option<(usize, f32)> = None;
+        let mut failed = c.failed;
+        for (i, e) in c.plans.iter_mut().enumerate() {
+            let give_up = 3.0 * best.map_or(legacy_ms, |b| b.1.min(legacy_ms));
+            match self.time_ms(give_up, |_| e.execute(handle, ptrs, wsp)) {
+                Ok(ms) if best.is_none_or(|b| ms < b.1) => best = Some((i, ms)),
+                Ok(_) => {}
+                Err(_) => failed += 1,
+            }
+        }
+        self.stream
+            .synchronize()
+            .map_err(drv("cuStreamSynchronize"))?;
+        drop(temps);
+        let use_it = best.is_some_and(|(_, ms)| tk.force || ms < 0.98 * legacy_ms);
+        if tk.force && best.is_none() {
+            return Err(CudaError::NoEngine {
+                what: tk.dir.name(),
+                shape: g.to_string(),
+                precision: p.name(),
+                why: format!(
+                    "{} refused ({}), {failed} failed",
+                    c.refused.len(),
+                    c.refused
+                        .iter()
+                        .map(|(n, w)| format!("{n}: {w}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            });
+        }
+        let timed = c.plans.len();
+        let best_info = best.map(|(i, ms)| (c.plans[i].info.clone(), ms));
+        let engine = match best {
+            Some((i, _)) if use_it => Some(c.plans.swap_remove(i)),
+            _ => None,
+        };
+        self.conv_plans.get_mut(&key).unwrap().tuned.insert(
+            tk,
+            Tuned {
+                legacy_ms,
+                best: best_info,
+                engine,
+                timed,
+                refused: c.refused.len(),
+                failed,
+            },
+        );
+        Ok(())
+    }
+
+    /// Every backend-API decision made so far (for bench output and docs), sorted by precision, shape, direction.
+    pub fn engine_choices(&self) -> Vec<EngineChoice> {
+        let mut v = Vec::new();
+        for (k, plan) in &self.conv_plans {
+            for (tk, t) in &plan.tuned {
+                let legacy_algo = match tk.dir {
+                    Direction::Forward => plan.fwd.map(|f| f.1.algo),
+                    Direction::BackwardData => plan.bwd_data.map(|f| f.1.algo),
+                    Direction::BackwardFilter => plan.bwd_filter.map(|f| f.1.algo),
+                };
+                v.push(EngineChoice {
+                    geom: k.geom,
+                    precision: k.precision,
+                    direction: tk.dir,
+                    beta: f32::from_bits(tk.beta_bits),
+                    align: tk.align,
+                    legacy_algo: legacy_algo.unwrap_or(u32::MAX),
+                    legacy_ms: t.legacy_ms,
+                    engine: t.best.as_ref().map(|b| b.0.clone()),
+                    engine_ms: t.best.as_ref().map(|b| b.1),
+                    uses_engine: t.engine.is_some(),
+                    timed: t.timed,
+                    refused: t.refused,
+                    failed: t.failed,
+                });
+            }
+        }
+        v.sort_by_key(|c| {
+            (
+                c.precision.name(),
+                c.geom.n,
+                std::cmp::Reverse(c.geom.h),
+                c.geom.cin,
+                c.geom.cout,
+                c.geom.k,
+                c.direction as u8,
+                c.beta.to_bits(),
+                c.align,
+            )
+        });
+        v
     }
 
     /// All shapes planned so far with their algorithm choices (for bench output and docs).
@@ -469,39 +864,7 @@ impl Gpu {
         beta: f32,
     ) -> Result<()> {
         self.check_views("conv_forward", p, &[(x, g.in_shape()), (y, g.out_shape())])?;
-        let (algo, ws) = {
-            let plan = self.plan(g, p, Dir::Fwd)?;
-            let (a, c) = plan.fwd.unwrap();
-            (a, c.workspace)
-        };
-        let (wsp, wss) = self.workspace(ws)?;
-        let plan = self
-            .conv_plans
-            .get(&ConvKey {
-                geom: *g,
-                precision: p,
-            })
-            .unwrap();
-        let (alpha, beta) = (1.0f32, beta);
-        // SAFETY: descriptors match the checked views; workspace holds what the algorithm asked for.
-        unsafe {
-            cr::convolution_forward(
-                self.cudnn.0,
-                &alpha as *const f32 as *const c_void,
-                plan.x.0,
-                x.ptr as *const c_void,
-                plan.w.0,
-                w as *const c_void,
-                plan.conv[0].0,
-                algo,
-                wsp as *mut c_void,
-                wss,
-                &beta as *const f32 as *const c_void,
-                plan.y.0,
-                y.ptr as *mut c_void,
-            )
-        }
-        .map_err(dnn("cudnnConvolutionForward"))
+        self.conv_run(p, g, Direction::Forward, [x.ptr, w, y.ptr], beta)
     }
 
     /// y = relu(conv(x, w) + bias) in one cuDNN call (cudnnConvolutionBiasActivationForward, the forward algorithm
@@ -530,7 +893,7 @@ impl Gpu {
             &[(x, g.in_shape()), (y, g.out_shape())],
         )?;
         let (algo, ws) = {
-            let plan = self.plan(g, p, Dir::Fwd)?;
+            let plan = self.plan(g, p, Direction::Forward)?;
             let (a, c) = plan.fwd.unwrap();
             (a, c.workspace)
         };
@@ -662,39 +1025,7 @@ impl Gpu {
             // The output layer: one memory pass instead of a slow cuDNN kernel (see elementwise.cu).
             return self.conv1x1_to1_backward_data(dy, w, dx, beta == 1.0);
         }
-        let (algo, ws) = {
-            let plan = self.plan(g, p, Dir::BwdData)?;
-            let (a, c) = plan.bwd_data.unwrap();
-            (a, c.workspace)
-        };
-        let (wsp, wss) = self.workspace(ws)?;
-        let plan = self
-            .conv_plans
-            .get(&ConvKey {
-                geom: *g,
-                precision: p,
-            })
-            .unwrap();
-        let (alpha, beta) = (1.0f32, beta);
-        // SAFETY: as in conv_forward.
-        unsafe {
-            cr::convolution_backward_data(
-                self.cudnn.0,
-                &alpha as *const f32 as *const c_void,
-                plan.w.0,
-                w as *const c_void,
-                plan.y.0,
-                dy.ptr as *const c_void,
-                plan.conv[1].0,
-                algo,
-                wsp as *mut c_void,
-                wss,
-                &beta as *const f32 as *const c_void,
-                plan.x.0,
-                dx.ptr as *mut c_void,
-            )
-        }
-        .map_err(dnn("cudnnConvolutionBackwardData"))
+        self.conv_run(p, g, Direction::BackwardData, [dx.ptr, w, dy.ptr], beta)
     }
 
     /// dw = beta * dw + conv_backward_filter(x, dy). dw is KRSC of `p.dtype()`.
@@ -712,39 +1043,7 @@ impl Gpu {
             p,
             &[(x, g.in_shape()), (dy, g.out_shape())],
         )?;
-        let (algo, ws) = {
-            let plan = self.plan(g, p, Dir::BwdFilter)?;
-            let (a, c) = plan.bwd_filter.unwrap();
-            (a, c.workspace)
-        };
-        let (wsp, wss) = self.workspace(ws)?;
-        let plan = self
-            .conv_plans
-            .get(&ConvKey {
-                geom: *g,
-                precision: p,
-            })
-            .unwrap();
-        let (alpha, beta) = (1.0f32, beta);
-        // SAFETY: as in conv_forward.
-        unsafe {
-            cr::convolution_backward_filter(
-                self.cudnn.0,
-                &alpha as *const f32 as *const c_void,
-                plan.x.0,
-                x.ptr as *const c_void,
-                plan.y.0,
-                dy.ptr as *const c_void,
-                plan.conv[2].0,
-                algo,
-                wsp as *mut c_void,
-                wss,
-                &beta as *const f32 as *const c_void,
-                plan.w.0,
-                dw as *mut c_void,
-            )
-        }
-        .map_err(dnn("cudnnConvolutionBackwardFilter"))
+        self.conv_run(p, g, Direction::BackwardFilter, [x.ptr, dw, dy.ptr], beta)
     }
 
     /// 2x2 stride-2 transposed convolution (PyTorch ConvTranspose2d(cin, cout, 2, stride=2)), no bias:

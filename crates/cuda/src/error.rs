@@ -83,6 +83,23 @@ pub enum CudaError {
         precision: &'static str,
     },
 
+    #[error("cuDNN backend-API call {what} failed: {source}")]
+    CudnnEngine {
+        what: &'static str,
+        #[source]
+        source: cudarc::cudnn::CudnnError,
+    },
+
+    #[error(
+        "cuDNN's backend API has no usable {what} engine for {shape} (precision {precision}) and engines are forced          (CRYODEN_CUDNN_ENGINES=force or set_engine_mode(Force)); {why}"
+    )]
+    NoEngine {
+        what: &'static str,
+        shape: String,
+        precision: &'static str,
+        why: String,
+    },
+
     #[error(
         "NVRTC could not compile kernel module {name} for {arch} (options {options:?}):\n{log}"
     )]

@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod conv;
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod nvrtc;
 pub mod precision;

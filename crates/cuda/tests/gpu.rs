@@ -8,7 +8,8 @@
 mod common;
 
 use common::*;
-use cryoden_cuda::{AdamStep, ConvGeom, DType, Gpu, LossKind, Nhwc, Precision};
+use cryoden_cuda::engine::{self, EngineMode};
+use cryoden_cuda::{AdamStep, ConvGeom, CudaError, DType, Gpu, LossKind, Nhwc, Precision};
 
 const GPU: &str = "needs an NVIDIA GPU: run on the device with `--ignored`";
 
@@ -1047,5 +1048,226 @@ fn conv_transpose_gemm_shuffle_into_slice() {
             println!("{p} convT2x2 {cin}->{cout} into channels {off}.. of {wc}: rel L2 {e:.2e}");
             assert!(e <= p.parity_tolerance(), "{p}: {e:e}");
         }
+    }
+}
+
+/// Sets the process-wide engine mode for one test and restores `Auto` afterwards, even on panic.
+struct ModeGuard;
+impl ModeGuard {
+    fn set(m: EngineMode) -> ModeGuard {
+        engine::set_engine_mode(m);
+        ModeGuard
+    }
+}
+impl Drop for ModeGuard {
+    fn drop(&mut self) {
+        engine::set_engine_mode(EngineMode::Auto);
+    }
+}
+
+/// One conv call in each direction with engines forced; returns the three outputs (None where cuDNN's backend API
+/// has no acceptable engine for that call, which `Force` reports as `NoEngine`).
+#[allow(clippy::type_complexity)]
+fn forced_conv(
+    gpu: &mut Gpu,
+    p: Precision,
+    g: &G,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    beta: f32,
+    init: &[Vec<f32>; 3],
+) -> [Option<Vec<f32>>; 3] {
+    let c = cg(g);
+    let dt = p.dtype();
+    let xb = gpu.upload(x, dt).unwrap();
+    let wb = gpu.upload(w, dt).unwrap();
+    let dyb = gpu.upload(dy, dt).unwrap();
+    let yb = gpu.upload(&init[0], dt).unwrap();
+    let dxb = gpu.upload(&init[1], dt).unwrap();
+    let dwb = gpu.upload(&init[2], dt).unwrap();
+    let (xs, ys) = (c.in_shape(), c.out_shape());
+    let ok = |r: Result<(), CudaError>| match r {
+        Ok(()) => true,
+        Err(CudaError::NoEngine { .. }) => false,
+        Err(e) => panic!("{p} {c}: {e}"),
+    };
+    let f = ok(gpu.conv_forward(p, &c, xb.view(xs), wb.ptr(), yb.view(ys), beta));
+    let d = ok(gpu.conv_backward_data(p, &c, dyb.view(ys), wb.ptr(), dxb.view(xs), beta));
+    let b = ok(gpu.conv_backward_filter(p, &c, xb.view(xs), dyb.view(ys), dwb.ptr(), beta));
+    [
+        f.then(|| gpu.download(&yb).unwrap()),
+        d.then(|| gpu.download(&dxb).unwrap()),
+        b.then(|| gpu.download(&dwb).unwrap()),
+    ]
+}
+
+/// The backend-API engines (engine.rs) forced for every direction and precision, beta 0 and beta 1, against the
+/// CPU reference (f32 ≤ 1e-5, tf32 ≤ 1e-3, bf16 ≤ 1e-2). The U-Net inner layer must have an engine everywhere;
+/// other shapes may lack one (printed).
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn backend_engines_match_cpu_forced() {
+    let _mode = ModeGuard::set(EngineMode::Force);
+    let mut gpu = gpu();
+    let mut rng = Rng::new(11);
+    let mut missing = Vec::new();
+    for p in Precision::ALL {
+        for (gi, g) in geoms().iter().enumerate() {
+            let c = cg(g);
+            let fan = (g.cin * g.k * g.k) as f32;
+            let x = rng.vec(c.in_shape().len(), 1.0);
+            let w = rng.vec(c.weight_len(), 1.0 / fan.sqrt());
+            let dy = rng.vec(c.out_shape().len(), 1.0);
+            let want = [
+                conv_fwd(g, &x, &w),
+                conv_bwd_data(g, &dy, &w),
+                conv_bwd_filter(g, &x, &dy),
+            ];
+            let round = |v: &[f32]| -> Vec<f32> {
+                if p == Precision::Bf16 {
+                    v.iter().map(|&a| bf16_round(a)).collect()
+                } else {
+                    v.to_vec()
+                }
+            };
+            for beta in [0.0f32, 1.0] {
+                let init = [
+                    rng.vec(want[0].len(), 1.0),
+                    rng.vec(want[1].len(), 1.0),
+                    rng.vec(want[2].len(), 0.1),
+                ];
+                let got = forced_conv(&mut gpu, p, g, &x, &w, &dy, beta, &init);
+                for (i, dir) in ["forward", "backward-data", "backward-filter"]
+                    .iter()
+                    .enumerate()
+                {
+                    let Some(got) = &got[i] else {
+                        assert_ne!(gi, 1, "{p} {c} {dir}: no engine for the U-Net layer");
+                        missing.push(format!("{p} {c} {dir} beta {beta}"));
+                        continue;
+                    };
+                    let want: Vec<f32> = if beta == 1.0 {
+                        want[i]
+                            .iter()
+                            .zip(round(&init[i]))
+                            .map(|(a, b)| a + b)
+                            .collect()
+                    } else {
+                        want[i].clone()
+                    };
+                    let e = rel_l2(got, &want);
+                    println!("{p} {c} {dir} beta {beta}: engine rel L2 {e:.2e}");
+                    assert!(
+                        e <= p.parity_tolerance(),
+                        "{p} {c} {dir} beta {beta}: rel L2 {e:e} > {}",
+                        p.parity_tolerance()
+                    );
+                }
+            }
+        }
+    }
+    let choices = gpu.engine_choices();
+    for ch in &choices {
+        println!(
+            "{} {} {} beta {}: legacy algo {} {:.4} ms, engine {} {:?} ms",
+            ch.precision,
+            ch.geom,
+            ch.direction.name(),
+            ch.beta,
+            ch.legacy_algo,
+            ch.legacy_ms,
+            ch.engine.as_ref().map_or("-".into(), |e| e.name()),
+            ch.engine_ms
+        );
+        if ch.uses_engine {
+            let e = ch.engine.as_ref().unwrap();
+            if ch.precision == Precision::F32 {
+                assert!(
+                    !e.numerical.contains(&0),
+                    "f32 mode ran a tensor-core engine {}",
+                    e.name()
+                );
+            }
+            assert!(
+                !e.numerical.contains(&1),
+                "down-converting engine {}",
+                e.name()
+            );
+        }
+    }
+    let used = choices.iter().filter(|c| c.uses_engine).count();
+    println!(
+        "engines used for {used} of {} calls; none for: {missing:?}",
+        choices.len()
+    );
+    assert!(
+        used >= 3 * 3 * 2,
+        "the U-Net layer alone makes 18 forced engine calls"
+    );
+}
+
+/// Deterministic mode with engines forced: no NONDETERMINISTIC engine is picked, two runs of the weight gradient
+/// (where atomics would show) are bit-identical, and both match the CPU.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn backend_engines_deterministic_mode() {
+    let _mode = ModeGuard::set(EngineMode::Force);
+    let mut gpu = gpu();
+    gpu.deterministic = true;
+    let mut rng = Rng::new(12);
+    let g = G {
+        n: 4,
+        h: 64,
+        w: 64,
+        cin: 64,
+        cout: 64,
+        k: 3,
+        pad: 1,
+        stride: 1,
+    };
+    let c = cg(&g);
+    let x = rng.vec(c.in_shape().len(), 1.0);
+    let w = rng.vec(c.weight_len(), 1.0 / 24.0);
+    let dy = rng.vec(c.out_shape().len(), 1.0);
+    let zeros = [
+        vec![0.0; c.out_shape().len()],
+        vec![0.0; c.in_shape().len()],
+        vec![0.0; c.weight_len()],
+    ];
+    for p in Precision::ALL {
+        let a = forced_conv(&mut gpu, p, &g, &x, &w, &dy, 0.0, &zeros);
+        let b = forced_conv(&mut gpu, p, &g, &x, &w, &dy, 0.0, &zeros);
+        let want = [
+            conv_fwd(&g, &x, &w),
+            conv_bwd_data(&g, &dy, &w),
+            conv_bwd_filter(&g, &x, &dy),
+        ];
+        for i in 0..3 {
+            let (ga, gb) = (a[i].as_ref().unwrap(), b[i].as_ref().unwrap());
+            assert!(
+                ga.iter().zip(gb).all(|(u, v)| u.to_bits() == v.to_bits()),
+                "{p} direction {i}: two deterministic runs differ"
+            );
+            let e = rel_l2(ga, &want[i]);
+            println!("{p} {c} direction {i}: deterministic engine rel L2 {e:.2e}");
+            assert!(e <= p.parity_tolerance(), "{p} direction {i}: rel L2 {e:e}");
+        }
+    }
+    for ch in gpu.engine_choices() {
+        assert!(ch.uses_engine);
+        let e = ch.engine.unwrap();
+        println!(
+            "{} {} {}: {}",
+            ch.precision,
+            ch.geom,
+            ch.direction.name(),
+            e.name()
+        );
+        assert!(
+            !e.numerical.contains(&4),
+            "non-deterministic engine {}",
+            e.name()
+        );
     }
 }
