@@ -71,13 +71,13 @@ def batch(gen: torch.Generator, n: int, h: int, w: int) -> tuple[torch.Tensor, t
 
 
 def make_fixture(arch: str, widths, batch_size: int, height: int, width: int, seed: int, steps: int,
-                 loss_kind: str, device: str) -> tuple[dict, dict]:
+                 loss_kind: str, device: str, dtype: torch.dtype = torch.float32) -> tuple[dict, dict]:
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.deterministic = True
     torch.manual_seed(seed)
     arch_desc = json.loads(arch_json(arch, widths))
-    model = build(arch_desc).to(device)
+    model = build(arch_desc).to(device=device, dtype=dtype)
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
     gen = torch.Generator().manual_seed(seed + 1)
     x, t = batch(gen, batch_size, height, width)
@@ -91,8 +91,8 @@ def make_fixture(arch: str, widths, batch_size: int, height: int, width: int, se
     # Forward, loss, gradients, one Adam step.
     opt = optimizer(model)
     opt.zero_grad()
-    y = model(x.to(device))
-    loss = crit(y, t.to(device))
+    y = model(x.to(device=device, dtype=dtype))
+    loss = crit(y, t.to(device=device, dtype=dtype))
     loss.backward()
     grads = {k: p.grad.detach().clone() for k, p in model.named_parameters()}
     opt.step()
@@ -104,7 +104,7 @@ def make_fixture(arch: str, widths, batch_size: int, height: int, width: int, se
     losses = []
     for xs, ts in train:
         opt.zero_grad()
-        ls = crit(model(xs.to(device)), ts.to(device))
+        ls = crit(model(xs.to(device=device, dtype=dtype)), ts.to(device=device, dtype=dtype))
         ls.backward()
         opt.step()
         losses.append(ls.item())
@@ -127,6 +127,7 @@ def make_fixture(arch: str, widths, batch_size: int, height: int, width: int, se
         "torch": torch.__version__,
         "device": device if device == "cpu" else torch.cuda.get_device_name(),
         "seed": str(seed),
+        "dtype": str(dtype).removeprefix("torch."),
     }
     return out, meta
 
@@ -194,6 +195,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="training steps recorded (default 10)")
     ap.add_argument("--loss", choices=["mse", "l1"], default="mse")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (TF32 off either way)")
+    ap.add_argument("--f64", action="store_true",
+                    help="compute the fixture in float64 (stored as float32): a reference to tell whose f32 error "
+                         "a difference is")
     ap.add_argument("--cryoden", metavar="BIN",
                     help="then compare BIN's backend on --device against the fixtures (bench parity)")
     args = ap.parse_args()
@@ -215,7 +219,8 @@ def main() -> None:
         ap.error("give --all DIR, or --arch and --out")
     for c, path in jobs:
         tensors, meta = make_fixture(c["arch"], c["widths"], c["batch"], c["height"], c["width"], args.seed,
-                                     args.steps, args.loss, args.device)
+                                     args.steps, args.loss, args.device,
+                                     torch.float64 if args.f64 else torch.float32)
         tmp = path + ".tmp"
         if save_file is not None:
             save_file(tensors, tmp, metadata=meta)

@@ -4,7 +4,7 @@
 # benchmarks again. Carry (built here, see docs/CUDA.md): $CARRY/{cryoden,gpu_tests,model_tests} and
 # $CARRY/data/{best.safetensors, even/*.mrc, truth/*.mrc} (a `cryoden demo` run's model, held-out halves, truth).
 #
-#   CARRY=.gpucarry/lead bash scripts/gpu/lead_check.sh [tests] [cli] [bench]
+#   CARRY=.gpucarry/lead bash scripts/gpu/lead_check.sh [tests] [cli] [bench] [pipeline] [denoise_ab] [f64]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 CARRY=${CARRY:-.gpucarry/lead}
@@ -66,6 +66,40 @@ part_bench() {
     rm -rf "$W/bd"
     say "bench train (the CLI's training step): unet, 8 x 1024², bf16"
     "$B/cryoden" bench train --device cuda --precision bf16 --size 1024 --batch 8 --steps 20 --warmup 3 --json | tail -1
+}
+
+# The denoise pipeline on the GPU against the CPU (crates/cuda/tests/denoise.rs), and the trained model's
+# outputs per precision against the CPU's through the CLI (no truth needed).
+part_pipeline() {
+    say "denoise_tests"
+    "$B/denoise_tests" --ignored --test-threads=1 --nocapture 2>&1 | grep -E 'rel L2|^test |test result|panicked' | tail -30
+    D=$B/data
+    for p in f32 tf32 bf16; do
+        "$B/cryoden" denoise -m "$D/best.safetensors" "$D/even" -o "$W/dn_$p" --device cuda --precision "$p" 2>&1 | tail -1
+    done
+    "$B/cryoden" denoise -m "$D/best.safetensors" "$D/even" -o "$W/dn_cpu" --device cpu 2>&1 | tail -1
+    "$PY" scripts/gpu/compare_mrc.py "$W/dn_cpu" "$W/dn_f32" "$W/dn_tf32" "$W/dn_bf16" 2>&1 | tail -12
+}
+
+# Denoise throughput of $B/cryoden_base (an earlier build) against $B/cryoden, same call.
+part_denoise_ab() {
+    for bin in cryoden_base cryoden; do
+        for arch in unet topaz-unet; do
+            say "$bin bench denoise $arch 4096² bf16 tile 4096"
+            "$B/$bin" bench denoise --device cuda --arch $arch --size 4096 --files 30 --precision bf16 --tile 4096 \
+                --batch 1 --dir "$W/bd" --json | tail -1
+            rm -rf "$W/bd"
+        done
+    done
+}
+
+# f32 gradients against float64 fixtures ($B/f64/*.safetensors, `python/verify.py --f64`), cryoden's CPU and CUDA
+# backends; PyTorch's own f32 (CPU and GPU) against float64 (python/grad_vs_f64.py).
+part_f64() {
+    for f in "$B"/f64/*.safetensors; do
+        for dev in cpu cuda; do "$B/cryoden" bench parity "$f" --device $dev --precision f32 2>&1 | tail -1; done
+    done
+    "$PY" python/grad_vs_f64.py --arch topaz-unet --seeds 0,1,2 2>&1 | tail -4
 }
 
 for p in "${parts[@]}"; do
