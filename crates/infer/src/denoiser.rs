@@ -414,7 +414,9 @@ impl<B: Backend> Denoiser<B> {
                 unreachable!("allocated just above")
             };
             let t = Instant::now();
-            self.model.forward(&self.be, &self.params, acts)?;
+            // As one step: a GPU backend captures the pass once per shape and replays it (no per-op launches).
+            let (be, model, params) = (&self.be, &self.model, &self.params);
+            be.run_step(&mut || model.forward(be, params, acts))?;
             self.profile.forward_s += t.elapsed().as_secs_f64();
         } else if collect {
             self.start_download(works, in_flight)?;

@@ -417,8 +417,8 @@ pub trait Backend: Send + Sync {
         self.adam_step(hp, step, params, grads, m, v)
     }
 
-    /// Runs `f`, the device work of one whole training step (forward, loss, backward, optimizer; no upload,
-    /// download or synchronisation inside). A device backend may capture the work `f` enqueues as a graph and
+    /// Runs `f`, the device work of one whole training step (forward, loss, backward, optimizer) or of one
+    /// inference forward pass (no upload, download or synchronisation inside). A device backend may capture the work `f` enqueues as a graph and
     /// replay it while later steps enqueue the same ops on the same buffers, which removes per-op launch cost; the
     /// CUDA backend does (`CudaBackend::run_step`). The only value allowed to change between replays without
     /// changing the ops is the `step` given to [`Backend::adam_step_if_finite`]. Default: runs `f`.
