@@ -1,10 +1,11 @@
 //! One GPU: its context, the (capture-capable) stream everything runs on, the cuDNN handle, the compiled kernels,
 //! and device buffers.
 //!
-//! Buffers are plain device allocations addressed by raw pointers (`Buf`, `View`), so a channel slice of a
-//! concatenation buffer or a slice of the flat parameter buffer is just a pointer and a stride. cudarc's per-buffer
-//! event tracking is switched off: all work is ordered on one compute stream (graph capture needs it off anyway),
-//! except the host → device transfers of `upload_async`, which run on a copy stream joined by explicit events.
+//! Buffers are ranges of large device allocations (the arena, below) addressed by raw pointers (`Buf`, `View`), so a
+//! channel slice of a concatenation buffer or a slice of the flat parameter buffer is just a pointer and a stride.
+//! cudarc's per-buffer event tracking is switched off: all work is ordered on one compute stream (graph capture needs
+//! it off anyway), except the host → device transfers of `upload_async`, which run on a copy stream joined by explicit
+//! events.
 
 use crate::error::{dnn, drv, CudaError, Result};
 use crate::nvrtc::{arch_for, default_cache_dir, Compiler};
@@ -51,10 +52,10 @@ impl std::fmt::Display for Nhwc {
     }
 }
 
-/// An owned device allocation of `len` elements of `dtype`.
+/// An owned device buffer of `len` elements of `dtype`: a range of an arena slab, which it keeps alive.
 #[derive(Debug)]
 pub struct Buf {
-    _mem: CudaSlice<u8>,
+    mem: Block,
     ptr: u64,
     pub len: usize,
     pub dtype: DType,
@@ -63,6 +64,10 @@ pub struct Buf {
 impl Buf {
     pub fn ptr(&self) -> u64 {
         self.ptr
+    }
+    /// The arena slab this buffer lives in (an id, unique per `Gpu`).
+    pub fn slab_id(&self) -> u64 {
+        self.mem.slab.id
     }
     /// Pointer to element `i`.
     pub fn ptr_at(&self, i: usize) -> u64 {
@@ -197,6 +202,8 @@ pub struct Gpu {
     /// Version of the max-pool gradient kernel (1: one thread per input; 2: one per window; 3: 2 with 16-byte
     /// accesses, the default).
     pub maxpool_bwd_version: u32,
+    /// Where every buffer comes from. Declared last: the buffers above are dropped before it (its Drop reports).
+    arena: Arena,
 }
 
 const THREADS: u32 = 256;
@@ -302,6 +309,7 @@ impl Gpu {
             direct_conv_out: true,
             fused_conv_bias_act: true,
             convt_gemm_fused: true,
+            arena: Arena::new(ordinal),
         })
     }
 
@@ -374,19 +382,43 @@ impl Gpu {
         })
     }
 
-    /// Uninitialised device memory for `len` elements.
+    /// Uninitialised device memory for `len` elements, from the arena (256-byte aligned; a new slab only when no
+    /// slab has room). Every device buffer of the backend is made here.
     pub fn alloc(&self, len: usize, dtype: DType) -> Result<Buf> {
         self.not_capturing("allocation")?;
-        let bytes = (len * dtype.size()).max(16);
-        // SAFETY: the memory is uninitialised; every op writes before reading (tests poison it to check).
-        let mem = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(drv("cuMemAllocAsync"))?;
-        let ptr = mem.device_ptr(&self.stream).0;
+        let mem = self.arena.alloc(&self.stream, len * dtype.size())?;
+        let ptr = mem.slab.base + mem.offset as u64;
         Ok(Buf {
-            _mem: mem,
+            mem,
             ptr,
             len,
             dtype,
         })
+    }
+
+    /// Takes one slab of `bytes` (rounded up to `ARENA_ALIGN`) for buffers made from now on: they go into it first,
+    /// while it has room, so a caller that knows its total (sum of [`arena_size`] over its buffers) gets them all
+    /// from one device allocation. Keep the `Reservation` until those buffers exist; then drop it or keep it (the
+    /// buffers keep the slab; the slab goes back to the driver when the last of them and the reservation are gone).
+    pub fn reserve(&self, bytes: usize) -> Result<Reservation> {
+        self.not_capturing("reservation")?;
+        self.arena.reserve(&self.stream, bytes)
+    }
+
+    /// Slabs, bytes reserved, bytes in live buffers, largest slab, peaks and allocation counts of the arena.
+    pub fn arena_stats(&self) -> ArenaStats {
+        self.arena.stats()
+    }
+
+    /// Size of new slabs from now on (bytes; 0: one device allocation per buffer). Default `DEFAULT_SLAB_BYTES` or
+    /// `CRYODEN_CUDA_SLAB_MIB`.
+    pub fn set_arena_slab_bytes(&self, bytes: usize) {
+        self.arena.set_slab_bytes(bytes)
+    }
+
+    /// Live buffers in slab `slab` (0 once it is freed).
+    pub fn arena_live_in(&self, slab: u64) -> usize {
+        self.arena.live_in(slab)
     }
 
     /// Copies f32 host data to a new buffer of `dtype` (converted on the device for bf16).
@@ -399,11 +431,13 @@ impl Gpu {
     /// Copies f32 host data into an existing buffer (converted for bf16).
     pub fn upload_into(&mut self, data: &[f32], out: &Buf) -> Result<()> {
         assert_eq!(data.len(), out.len);
-        let staged = self
-            .stream
-            .clone_htod(data)
-            .map_err(drv("cuMemcpyHtoDAsync"))?;
-        let sp = staged.device_ptr(&self.stream).0;
+        let staged = self.alloc(data.len(), DType::F32)?;
+        // SAFETY: `staged` holds data.len() f32; the driver has copied the pageable source when this returns.
+        unsafe {
+            cudarc::driver::result::memcpy_htod_async(staged.ptr(), data, self.stream.cu_stream())
+        }
+        .map_err(drv("cuMemcpyHtoDAsync"))?;
+        let sp = staged.ptr();
         let n = data.len();
         let shape = Nhwc::new(1, 1, n.max(1), 1);
         let src = View {
@@ -421,7 +455,7 @@ impl Gpu {
         if n > 0 {
             self.bias_act(src, None, dst, 1.0)?;
         }
-        // `staged` is freed stream-ordered after the copy kernel.
+        // `staged`'s range may be handed out again at once: its next user is ordered after the copy kernel.
         drop(staged);
         Ok(())
     }
@@ -544,11 +578,8 @@ impl Gpu {
     /// Copies a buffer back as f32 (bf16 is converted on the device) and waits for it.
     pub fn download(&mut self, b: &Buf) -> Result<Vec<f32>> {
         let shape = Nhwc::new(1, 1, b.len.max(1), 1);
-        let tmp = self
-            .stream
-            .alloc_zeros::<f32>(b.len.max(1))
-            .map_err(drv("cuMemAllocAsync"))?;
-        let tp = tmp.device_ptr(&self.stream).0;
+        let tmp = self.alloc(b.len.max(1), DType::F32)?;
+        let tp = tmp.ptr();
         if b.len > 0 {
             self.bias_act(
                 View {
@@ -567,9 +598,9 @@ impl Gpu {
                 1.0,
             )?;
         }
-        let mut v = self
-            .stream
-            .clone_dtoh(&tmp)
+        let mut v = vec![0f32; b.len.max(1)];
+        // SAFETY: `tmp` holds v.len() f32; synchronised before `v` is read.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut v, tp, self.stream.cu_stream()) }
             .map_err(drv("cuMemcpyDtoHAsync"))?;
         self.sync()?;
         v.truncate(b.len);
@@ -1541,6 +1572,501 @@ impl Gpu {
     }
 }
 
+// -------------------------------------------------------------------------------------------------------------------
+// The device memory arena.
+//
+// Device memory is taken from the driver in large slabs (one stream-ordered allocation each); buffers are carved out
+// of them at `ARENA_ALIGN`. `Plan` is the bookkeeping alone (no driver calls, unit-tested on the CPU); `Arena` adds
+// the slabs themselves. A buffer keeps its slab alive (`Arc<Slab>`); a slab is given back to the driver
+// (`cuMemFreeAsync` on the compute stream) when its last buffer and any `Reservation` of it are dropped.
+//
+// Freed ranges are reused (first fit, lowest offset; neighbours coalesced), so short-lived buffers (the staging of
+// `upload_into`, download temporaries) come back instead of piling up; with nothing freed, placement is a plain bump
+// pointer. Reuse is safe without events because every kernel, cuDNN call and copy that touches a buffer runs on the
+// one compute stream: work queued before a range was freed runs before any work queued after it was handed out
+// again. The only other stream, `upload_async`'s copy stream, writes only into its staging slots, which live as
+// long as the uploader, and its first transfer into a new slot waits for an event recorded on the compute stream
+// after the slot was allocated. A future second stream must keep to the same rule.
+
+/// Alignment of every buffer in the arena (bytes). The driver's own allocations are 256-byte aligned, so buffers keep
+/// exactly the alignment they had as separate allocations: cuDNN's tensor-core kernels want 16-byte aligned tensors
+/// and our 16-byte kernels check `ptr % 16` (`vec_ok`), and both see the same pointers modulo 256 as before.
+pub const ARENA_ALIGN: usize = 256;
+
+/// Default slab size (bytes): a request larger than this gets a slab of its own size. 64 MiB measured best of 0 / 64
+/// / 256 / 1024 MiB (docs/perf/arena.md): the plan's U-Net wastes 12 MiB (training 8 × 1024², bf16) and 53 MiB
+/// (denoising 4096² tiles) at the peak against 140 / 117 MiB with 256 MiB slabs, and the GPU memory in use is no
+/// more than with one allocation per buffer, with about half as many device allocations. `CRYODEN_CUDA_SLAB_MIB`
+/// overrides it; 0 gives every buffer its own driver allocation (the layout before the arena; useful under
+/// `compute-sanitizer`, which only sees allocation bounds).
+pub const DEFAULT_SLAB_BYTES: usize = 64 << 20;
+
+/// Bytes a buffer of `len` elements of `dtype` takes in the arena (rounded up to `ARENA_ALIGN`, at least one unit):
+/// the sum over a set of buffers is what [`Gpu::reserve`] needs to hold them in one slab.
+pub fn arena_size(len: usize, dtype: DType) -> usize {
+    round_up(len * dtype.size())
+}
+
+fn round_up(bytes: usize) -> usize {
+    bytes.max(1).div_ceil(ARENA_ALIGN) * ARENA_ALIGN
+}
+
+/// What the arena holds (see [`Gpu::arena_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ArenaStats {
+    /// Slabs held now (device allocations).
+    pub slabs: usize,
+    /// Device memory held by those slabs (bytes).
+    pub reserved_bytes: usize,
+    /// Bytes of the buffers alive now (each rounded up to `ARENA_ALIGN`).
+    pub live_bytes: usize,
+    /// Buffers alive now.
+    pub live_buffers: usize,
+    /// Size of the largest slab held now (bytes).
+    pub largest_slab: usize,
+    /// Largest `reserved_bytes` and `live_bytes` seen so far.
+    pub peak_reserved_bytes: usize,
+    pub peak_live_bytes: usize,
+    /// Device allocations (slabs) made so far, and buffers handed out so far.
+    pub slab_allocs: u64,
+    pub buffer_allocs: u64,
+}
+
+impl std::fmt::Display for ArenaStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+        write!(
+            f,
+            "{} slabs, {:.1} MiB reserved, {:.1} MiB in {} live buffers, largest slab {:.1} MiB; peak {:.1} MiB \
+             reserved / {:.1} MiB live; {} device allocations for {} buffers",
+            self.slabs,
+            mib(self.reserved_bytes),
+            mib(self.live_bytes),
+            self.live_buffers,
+            mib(self.largest_slab),
+            mib(self.peak_reserved_bytes),
+            mib(self.peak_live_bytes),
+            self.slab_allocs,
+            self.buffer_allocs
+        )
+    }
+}
+
+/// Where a request goes: into slab `slab` at byte `offset`, or into a new slab of `bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fit {
+    In { slab: u64, offset: usize },
+    NewSlab { bytes: usize },
+}
+
+/// Bookkeeping of one slab.
+#[derive(Debug)]
+struct SlabBook {
+    id: u64,
+    cap: usize,
+    /// Free ranges, offset → length, coalesced (no two touch).
+    free: std::collections::BTreeMap<usize, usize>,
+    live_bytes: usize,
+    live_buffers: usize,
+}
+
+/// The arena's arithmetic: placement, freeing, slab sizes, statistics. No driver calls.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// Size of a new slab for requests up to this size; 0: one slab per request.
+    slab_bytes: usize,
+    /// In order of preference: reserved slabs (newest first), then the others in the order they were made.
+    slabs: Vec<SlabBook>,
+    reserved_count: usize,
+    peak_reserved: usize,
+    peak_live: usize,
+    slab_allocs: u64,
+    buffer_allocs: u64,
+}
+
+impl Plan {
+    pub(crate) fn new(slab_bytes: usize) -> Plan {
+        Plan {
+            slab_bytes: if slab_bytes == 0 {
+                0
+            } else {
+                round_up(slab_bytes)
+            },
+            slabs: Vec::new(),
+            reserved_count: 0,
+            peak_reserved: 0,
+            peak_live: 0,
+            slab_allocs: 0,
+            buffer_allocs: 0,
+        }
+    }
+
+    /// Where a buffer of `bytes` (any size; rounded here) goes: the first free range that holds it, in slab
+    /// preference order and lowest offset first; otherwise a new slab of `max(bytes, slab_bytes)`.
+    pub(crate) fn fit(&self, bytes: usize) -> Fit {
+        let need = round_up(bytes);
+        // With slab_bytes 0 only reserved slabs are shared (the caller asked for them); every other buffer gets its
+        // own device allocation.
+        let open = if self.slab_bytes == 0 {
+            &self.slabs[..self.reserved_count]
+        } else {
+            &self.slabs[..]
+        };
+        for s in open {
+            if let Some((&offset, _)) = s.free.iter().find(|(_, &len)| len >= need) {
+                return Fit::In { slab: s.id, offset };
+            }
+        }
+        Fit::NewSlab {
+            bytes: need.max(self.slab_bytes),
+        }
+    }
+
+    /// Records a new slab of `cap` bytes (a multiple of `ARENA_ALIGN`); a reserved one is preferred over all others.
+    pub(crate) fn add_slab(&mut self, id: u64, cap: usize, reserved: bool) {
+        let book = SlabBook {
+            id,
+            cap,
+            free: std::iter::once((0, cap)).collect(),
+            live_bytes: 0,
+            live_buffers: 0,
+        };
+        if reserved {
+            self.slabs.insert(0, book);
+            self.reserved_count += 1;
+        } else {
+            self.slabs.push(book);
+        }
+        self.slab_allocs += 1;
+        self.peak_reserved = self.peak_reserved.max(self.reserved_bytes());
+    }
+
+    /// Takes `bytes` (rounded) at `offset` of slab `id`, which `fit` returned (or offset 0 of a slab just added).
+    pub(crate) fn take(&mut self, id: u64, offset: usize, bytes: usize) {
+        let need = round_up(bytes);
+        let s = self.book_mut(id);
+        let len = s
+            .free
+            .remove(&offset)
+            .unwrap_or_else(|| panic!("arena: no free range at {offset} of slab {id}"));
+        assert!(
+            len >= need,
+            "arena: free range of {len} at {offset} cannot hold {need}"
+        );
+        if len > need {
+            s.free.insert(offset + need, len - need);
+        }
+        s.live_bytes += need;
+        s.live_buffers += 1;
+        self.buffer_allocs += 1;
+        self.peak_live = self.peak_live.max(self.live_bytes());
+    }
+
+    /// Returns the range of a dropped buffer to its slab, merged with free neighbours.
+    pub(crate) fn give_back(&mut self, id: u64, offset: usize, bytes: usize) {
+        let need = round_up(bytes);
+        let Some(s) = self.slabs.iter_mut().find(|s| s.id == id) else {
+            return; // the slab is already gone (only when its Drop ran first; ranges die with it)
+        };
+        let (mut start, mut len) = (offset, need);
+        if let Some((&prev, &plen)) = s.free.range(..offset).next_back() {
+            debug_assert!(prev + plen <= offset, "arena: double free in slab {id}");
+            if prev + plen == offset {
+                s.free.remove(&prev);
+                start = prev;
+                len += plen;
+            }
+        }
+        if let Some(&nlen) = s.free.get(&(offset + need)) {
+            s.free.remove(&(offset + need));
+            len += nlen;
+        }
+        s.free.insert(start, len);
+        s.live_bytes -= need;
+        s.live_buffers -= 1;
+    }
+
+    /// Forgets slab `id` (its memory went back to the driver).
+    pub(crate) fn remove_slab(&mut self, id: u64) {
+        if let Some(i) = self.slabs.iter().position(|s| s.id == id) {
+            if i < self.reserved_count {
+                self.reserved_count -= 1;
+            }
+            self.slabs.remove(i);
+        }
+    }
+
+    /// Buffers alive in slab `id` (0 for an unknown slab).
+    pub(crate) fn live_in(&self, id: u64) -> usize {
+        self.slabs
+            .iter()
+            .find(|s| s.id == id)
+            .map_or(0, |s| s.live_buffers)
+    }
+
+    fn book_mut(&mut self, id: u64) -> &mut SlabBook {
+        self.slabs
+            .iter_mut()
+            .find(|s| s.id == id)
+            .unwrap_or_else(|| panic!("arena: unknown slab {id}"))
+    }
+
+    fn reserved_bytes(&self) -> usize {
+        self.slabs.iter().map(|s| s.cap).sum()
+    }
+
+    fn live_bytes(&self) -> usize {
+        self.slabs.iter().map(|s| s.live_bytes).sum()
+    }
+
+    pub(crate) fn stats(&self) -> ArenaStats {
+        ArenaStats {
+            slabs: self.slabs.len(),
+            reserved_bytes: self.reserved_bytes(),
+            live_bytes: self.live_bytes(),
+            live_buffers: self.slabs.iter().map(|s| s.live_buffers).sum(),
+            largest_slab: self.slabs.iter().map(|s| s.cap).max().unwrap_or(0),
+            peak_reserved_bytes: self.peak_reserved,
+            peak_live_bytes: self.peak_live,
+            slab_allocs: self.slab_allocs,
+            buffer_allocs: self.buffer_allocs,
+        }
+    }
+}
+
+/// The plan plus a handle on each live slab (weak: buffers own slabs, the arena only finds them).
+struct Pool {
+    plan: Plan,
+    slabs: HashMap<u64, std::sync::Weak<Slab>>,
+    next_id: u64,
+}
+
+type SharedPool = Arc<std::sync::Mutex<Pool>>;
+
+fn lock(pool: &SharedPool) -> std::sync::MutexGuard<'_, Pool> {
+    pool.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One device allocation of the arena.
+struct Slab {
+    id: u64,
+    base: u64,
+    pool: SharedPool,
+    /// Freed with `cuMemFreeAsync` on the compute stream when dropped: work already queued on it finishes first.
+    _mem: CudaSlice<u8>,
+}
+
+impl Drop for Slab {
+    fn drop(&mut self) {
+        let mut p = lock(&self.pool);
+        p.plan.remove_slab(self.id);
+        p.slabs.remove(&self.id);
+    }
+}
+
+impl std::fmt::Debug for Slab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Slab {} at {:#x}", self.id, self.base)
+    }
+}
+
+/// A buffer's range in its slab; returns the range when dropped (then the slab goes if this was its last user).
+#[derive(Debug)]
+struct Block {
+    slab: Arc<Slab>,
+    offset: usize,
+    bytes: usize,
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        lock(&self.slab.pool)
+            .plan
+            .give_back(self.slab.id, self.offset, self.bytes);
+        // `self.slab` is released after this, outside the lock (Slab::drop takes it).
+    }
+}
+
+/// A slab taken by [`Gpu::reserve`]: buffers are placed in it first while it has room. It keeps the slab alive even
+/// with no buffer in it; once the buffers it was made for exist, it may be dropped (they keep the slab).
+#[derive(Debug)]
+pub struct Reservation {
+    slab: Arc<Slab>,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// Size of the reserved slab (bytes, a multiple of `ARENA_ALIGN`).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+    /// Device address of its first byte.
+    pub fn ptr(&self) -> u64 {
+        self.slab.base
+    }
+    /// Its slab's id (as [`Buf::slab_id`]; see [`Gpu::arena_live_in`]).
+    pub fn slab_id(&self) -> u64 {
+        self.slab.id
+    }
+}
+
+/// The arena of one GPU.
+pub(crate) struct Arena {
+    pool: SharedPool,
+    ordinal: usize,
+}
+
+impl Arena {
+    fn new(ordinal: usize) -> Arena {
+        let slab_bytes = match std::env::var("CRYODEN_CUDA_SLAB_MIB") {
+            Ok(v) => match v.trim().parse::<usize>() {
+                Ok(mib) => mib << 20,
+                Err(_) => {
+                    eprintln!(
+                        "warning: CRYODEN_CUDA_SLAB_MIB={v:?} is not a whole number of MiB; using {} MiB",
+                        DEFAULT_SLAB_BYTES >> 20
+                    );
+                    DEFAULT_SLAB_BYTES
+                }
+            },
+            Err(_) => DEFAULT_SLAB_BYTES,
+        };
+        Arena {
+            pool: Arc::new(std::sync::Mutex::new(Pool {
+                plan: Plan::new(slab_bytes),
+                slabs: HashMap::new(),
+                next_id: 0,
+            })),
+            ordinal,
+        }
+    }
+
+    /// A new slab of `bytes` (a multiple of `ARENA_ALIGN`), recorded in the plan. Called with the pool locked.
+    fn new_slab(
+        &self,
+        p: &mut Pool,
+        stream: &Arc<CudaStream>,
+        bytes: usize,
+        request: usize,
+        reserved: bool,
+    ) -> Result<Arc<Slab>> {
+        // SAFETY: uninitialised memory; every op writes a buffer before reading it (tests poison outputs to check).
+        let mut mem = unsafe { stream.alloc::<u8>(bytes) };
+        if let Err(e) = &mem {
+            if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                // Slabs freed in stream order go back to the driver at a synchronisation: wait for them, try again.
+                stream.synchronize().map_err(drv("cuStreamSynchronize"))?;
+                mem = unsafe { stream.alloc::<u8>(bytes) };
+            }
+        }
+        let mem = match mem {
+            Ok(m) => m,
+            Err(e) if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                return Err(self.out_of_memory(&p.plan, stream, bytes, request));
+            }
+            Err(e) => return Err(drv("cuMemAllocAsync")(e)),
+        };
+        let base = mem.device_ptr(stream).0;
+        let id = p.next_id;
+        p.next_id += 1;
+        let slab = Arc::new(Slab {
+            id,
+            base,
+            pool: self.pool.clone(),
+            _mem: mem,
+        });
+        p.plan.add_slab(id, bytes, reserved);
+        p.slabs.insert(id, Arc::downgrade(&slab));
+        Ok(slab)
+    }
+
+    fn out_of_memory(
+        &self,
+        plan: &Plan,
+        stream: &Arc<CudaStream>,
+        bytes: usize,
+        request: usize,
+    ) -> CudaError {
+        let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+        let (free, total) = stream.context().mem_get_info().unwrap_or((0, 0));
+        let s = plan.stats();
+        CudaError::Shape(format!(
+            "out of GPU memory on cuda:{}: asked for {:.1} MiB (a slab for a buffer of {:.1} MiB) with {:.1} MiB free \
+             of {:.1} MiB (cryoden holds {:.1} MiB in {} slabs, {:.1} MiB of it in use); lower --batch (training) or \
+             --tile (denoising), or free the GPU of other processes (nvidia-smi)",
+            self.ordinal,
+            mib(bytes),
+            mib(request),
+            mib(free),
+            mib(total),
+            mib(s.reserved_bytes),
+            s.slabs,
+            mib(s.live_bytes)
+        ))
+    }
+
+    fn alloc(&self, stream: &Arc<CudaStream>, bytes: usize) -> Result<Block> {
+        let mut p = lock(&self.pool);
+        loop {
+            match p.plan.fit(bytes) {
+                Fit::In { slab, offset } => {
+                    let Some(s) = p.slabs.get(&slab).and_then(|w| w.upgrade()) else {
+                        // Dying (its Drop waits for this lock): forget it now, look again.
+                        p.plan.remove_slab(slab);
+                        p.slabs.remove(&slab);
+                        continue;
+                    };
+                    p.plan.take(slab, offset, bytes);
+                    return Ok(Block {
+                        slab: s,
+                        offset,
+                        bytes,
+                    });
+                }
+                Fit::NewSlab { bytes: cap } => {
+                    let s = self.new_slab(&mut p, stream, cap, bytes, false)?;
+                    p.plan.take(s.id, 0, bytes);
+                    return Ok(Block {
+                        slab: s,
+                        offset: 0,
+                        bytes,
+                    });
+                }
+            }
+        }
+    }
+
+    fn reserve(&self, stream: &Arc<CudaStream>, bytes: usize) -> Result<Reservation> {
+        let cap = round_up(bytes);
+        let mut p = lock(&self.pool);
+        let slab = self.new_slab(&mut p, stream, cap, bytes, true)?;
+        Ok(Reservation { slab, bytes: cap })
+    }
+
+    fn stats(&self) -> ArenaStats {
+        lock(&self.pool).plan.stats()
+    }
+
+    fn set_slab_bytes(&self, bytes: usize) {
+        let mut p = lock(&self.pool);
+        p.plan.slab_bytes = if bytes == 0 { 0 } else { round_up(bytes) };
+    }
+
+    fn live_in(&self, slab: u64) -> usize {
+        lock(&self.pool).plan.live_in(slab)
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // `CRYODEN_CUDA_ARENA_STATS=1`: what the arena held, for measurements (docs/perf/arena.md). Buffers still
+        // alive keep their slabs; the figures that matter here are the peaks and the counts.
+        if std::env::var("CRYODEN_CUDA_ARENA_STATS").is_ok_and(|v| v == "1") {
+            eprintln!("cuda:{} arena: {}", self.ordinal, self.stats());
+        }
+    }
+}
+
 /// Loss functions of the `loss` kernel (values match its `kind` argument).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum LossKind {
@@ -1672,6 +2198,201 @@ mod tests {
                 .or(base.strip_suffix("_bf16"))
                 .unwrap_or(base);
             assert!(ELEMENTWISE_CU.contains(base), "{name}");
+        }
+    }
+
+    /// What `Arena::alloc` does, without the driver: place `bytes`, opening a slab (id `*next`) when needed.
+    fn place(p: &mut Plan, next: &mut u64, bytes: usize) -> (u64, usize) {
+        match p.fit(bytes) {
+            Fit::In { slab, offset } => {
+                p.take(slab, offset, bytes);
+                (slab, offset)
+            }
+            Fit::NewSlab { bytes: cap } => {
+                let id = *next;
+                *next += 1;
+                p.add_slab(id, cap, false);
+                p.take(id, 0, bytes);
+                (id, 0)
+            }
+        }
+    }
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn arena_sizes_round_to_256_bytes() {
+        assert_eq!(arena_size(0, DType::F32), 256);
+        assert_eq!(arena_size(1, DType::Bf16), 256);
+        assert_eq!(arena_size(64, DType::F32), 256);
+        assert_eq!(arena_size(65, DType::F32), 512);
+        assert_eq!(arena_size(128, DType::Bf16), 256);
+        assert_eq!(arena_size(129, DType::Bf16), 512);
+        assert_eq!(arena_size(3 << 20, DType::F32), 12 * MIB);
+    }
+
+    #[test]
+    fn arena_bumps_within_a_slab_at_256_byte_alignment() {
+        let mut p = Plan::new(MIB);
+        let mut next = 0;
+        let mut top = 0;
+        for (i, bytes) in [4usize, 1000, 256, 257, 0, 4096, 12]
+            .into_iter()
+            .enumerate()
+        {
+            let (slab, off) = place(&mut p, &mut next, bytes);
+            assert_eq!((slab, off), (0, top), "request {i} of {bytes} bytes");
+            assert_eq!(off % ARENA_ALIGN, 0);
+            top += round_up(bytes);
+        }
+        let st = p.stats();
+        assert_eq!(st.slabs, 1);
+        assert_eq!(st.reserved_bytes, MIB);
+        assert_eq!(st.largest_slab, MIB);
+        assert_eq!(st.live_bytes, top);
+        assert_eq!(st.live_buffers, 7);
+        assert_eq!((st.slab_allocs, st.buffer_allocs), (1, 7));
+    }
+
+    #[test]
+    fn arena_opens_a_slab_when_full_and_gives_large_requests_their_own() {
+        let mut p = Plan::new(MIB);
+        let mut next = 0;
+        assert_eq!(place(&mut p, &mut next, 700 << 10), (0, 0));
+        // 400 KiB does not fit in the 324 KiB left: a second slab of the default size.
+        assert_eq!(p.fit(400 << 10), Fit::NewSlab { bytes: MIB });
+        assert_eq!(place(&mut p, &mut next, 400 << 10), (1, 0));
+        // Larger than a slab: a slab of exactly its (rounded) size.
+        assert_eq!(
+            p.fit(3 * MIB + 1),
+            Fit::NewSlab {
+                bytes: 3 * MIB + 256
+            }
+        );
+        assert_eq!(place(&mut p, &mut next, 3 * MIB + 1), (2, 0));
+        // First fit in slab order: a small request goes back to the first slab's tail.
+        assert_eq!(place(&mut p, &mut next, 100 << 10), (0, 700 << 10));
+        let st = p.stats();
+        assert_eq!(st.slabs, 3);
+        assert_eq!(st.reserved_bytes, 5 * MIB + 256);
+        assert_eq!(st.largest_slab, 3 * MIB + 256);
+        assert_eq!(st.live_bytes, (1200 << 10) + 3 * MIB + 256);
+    }
+
+    #[test]
+    fn arena_reuses_and_coalesces_freed_ranges() {
+        let mut p = Plan::new(MIB);
+        let mut next = 0;
+        let a = place(&mut p, &mut next, 1000); // 1024 at 0
+        let b = place(&mut p, &mut next, 2000); // 2048 at 1024
+        let c = place(&mut p, &mut next, 300); // 512 at 3072
+        assert_eq!((a.1, b.1, c.1), (0, 1024, 3072));
+        p.give_back(0, b.1, 2000);
+        // The hole is reused first (lowest offset that fits), a larger request goes past it.
+        assert_eq!(
+            p.fit(3000),
+            Fit::In {
+                slab: 0,
+                offset: 3584
+            }
+        );
+        assert_eq!(place(&mut p, &mut next, 1500), (0, 1024));
+        p.give_back(0, 1024, 1500);
+        p.give_back(0, a.1, 1000);
+        // a and b's ranges merged: 3072 bytes at 0.
+        assert_eq!(p.fit(3072), Fit::In { slab: 0, offset: 0 });
+        p.give_back(0, c.1, 300);
+        assert_eq!(p.live_in(0), 0);
+        // Everything free is one range again: a request of the whole slab fits at 0.
+        assert_eq!(p.fit(MIB), Fit::In { slab: 0, offset: 0 });
+        assert_eq!(p.stats().live_bytes, 0);
+        assert_eq!(p.stats().peak_live_bytes, 3584);
+        p.remove_slab(0);
+        assert_eq!(p.stats().slabs, 0);
+        assert_eq!(p.stats().reserved_bytes, 0);
+        assert_eq!(p.stats().peak_reserved_bytes, MIB);
+        assert_eq!(p.live_in(0), 0);
+    }
+
+    #[test]
+    fn arena_fills_a_reservation_first() {
+        let mut p = Plan::new(MIB);
+        let mut next = 0;
+        assert_eq!(place(&mut p, &mut next, 1000), (0, 0));
+        p.add_slab(7, 10 * 1024, true);
+        // The old slab has room, but the reserved one is preferred while it has room.
+        assert_eq!(place(&mut p, &mut next, 4096), (7, 0));
+        assert_eq!(place(&mut p, &mut next, 6000), (7, 4096));
+        assert_eq!(place(&mut p, &mut next, 256), (0, 1024));
+        p.remove_slab(7);
+        assert_eq!(place(&mut p, &mut next, 256), (0, 1280));
+    }
+
+    #[test]
+    fn arena_slab_size_zero_gives_one_allocation_per_buffer() {
+        let mut p = Plan::new(0);
+        let mut next = 0;
+        assert_eq!(p.fit(10), Fit::NewSlab { bytes: 256 });
+        assert_eq!(place(&mut p, &mut next, 10), (0, 0));
+        assert_eq!(place(&mut p, &mut next, 10), (1, 0));
+        assert_eq!(p.fit(5000), Fit::NewSlab { bytes: 5120 });
+        // A reservation is still shared.
+        p.add_slab(9, 4096, true);
+        assert_eq!(place(&mut p, &mut next, 10), (9, 0));
+        assert_eq!(place(&mut p, &mut next, 10), (9, 256));
+        assert_eq!(p.stats().slab_allocs, 3);
+        assert_eq!(p.stats().buffer_allocs, 4);
+    }
+
+    /// Random allocations and frees against a shadow list: live ranges never overlap, stay inside their slab, and
+    /// live + free bytes always add up to the slab.
+    #[test]
+    fn arena_random_traffic_keeps_ranges_disjoint() {
+        let mut p = Plan::new(64 << 10);
+        let mut next = 0;
+        let mut live: Vec<(u64, usize, usize)> = Vec::new();
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = |m: u64| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s % m
+        };
+        for _ in 0..4000 {
+            if live.is_empty() || rnd(5) < 3 {
+                let bytes = if rnd(10) == 0 {
+                    rnd(200_000) as usize
+                } else {
+                    rnd(5000) as usize
+                };
+                let (slab, off) = place(&mut p, &mut next, bytes);
+                live.push((slab, off, bytes));
+            } else {
+                let (slab, off, bytes) = live.swap_remove(rnd(live.len() as u64) as usize);
+                p.give_back(slab, off, bytes);
+                if p.live_in(slab) == 0 {
+                    p.remove_slab(slab); // what Slab::drop does
+                }
+            }
+            for book in &p.slabs {
+                let mine: Vec<_> = live.iter().filter(|l| l.0 == book.id).collect();
+                let used: usize = mine.iter().map(|l| round_up(l.2)).sum();
+                let free: usize = book.free.values().sum();
+                assert_eq!(used + free, book.cap, "slab {}", book.id);
+                assert_eq!(used, book.live_bytes);
+                let mut ranges: Vec<_> = mine.iter().map(|l| (l.1, l.1 + round_up(l.2))).collect();
+                ranges.extend(book.free.iter().map(|(&o, &l)| (o, o + l)));
+                ranges.sort();
+                for w in ranges.windows(2) {
+                    assert!(w[0].1 <= w[1].0, "overlap in slab {}: {w:?}", book.id);
+                }
+                assert!(ranges.last().is_none_or(|r| r.1 <= book.cap));
+                assert!(ranges.iter().all(|r| r.0 % ARENA_ALIGN == 0));
+            }
+            assert_eq!(
+                p.stats().live_bytes,
+                live.iter().map(|l| round_up(l.2)).sum::<usize>()
+            );
         }
     }
 
