@@ -327,11 +327,12 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
         loss,
     };
     let (device, precision) = device_and_precision(a.device, a.precision.as_deref())?;
-    let (r, device_mib) = match device {
+    // The CUDA backend's memory arena after the run: peak bytes and device allocations (docs/perf/arena.md).
+    let (r, device_mib, arena) = match device {
         Device::Cpu => {
             let be = cryoden_nn::cpu::Cpu::new(a.threads)?;
             let r = cryoden_nn::bench::bench_train(&be, &cfg).context("bench train on cpu")?;
-            (r, None)
+            (r, None, None)
         }
         #[cfg(feature = "cuda")]
         Device::Cuda { ordinal } => {
@@ -342,7 +343,12 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
             let r = cryoden_nn::bench::bench_train(&be, &cfg).context("bench train on cuda")?;
             // Parameters, gradients, moments, activations and the conv workspace (the context excluded).
             let used = probe().zip(before).map(|(a, b)| a - b);
-            (r, used)
+            let arena = be.gpu().arena_stats();
+            (
+                r,
+                used,
+                Some((serde_json::to_value(arena)?, arena.to_string())),
+            )
         }
         #[cfg(not(feature = "cuda"))]
         d @ Device::Cuda { .. } => {
@@ -353,6 +359,9 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["device_mib"] = serde_json::json!(device_mib);
+        if let Some((json, _)) = &arena {
+            v["arena"] = json.clone();
+        }
         println!("{}", serde_json::to_string(&v)?);
     } else {
         println!(
@@ -369,6 +378,9 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
             r.peak_rss_mib.map_or("unknown".into(), |m| format!("{m:.0} MiB")),
             device_mib.map_or("n/a".into(), |m: f64| format!("{m:.0} MiB")),
         );
+        if let Some((_, text)) = &arena {
+            println!("GPU memory arena: {text}");
+        }
     }
     Ok(())
 }
