@@ -4,7 +4,7 @@
 # benchmarks again. Carry (built here, see docs/CUDA.md): $CARRY/{cryoden,gpu_tests,model_tests} and
 # $CARRY/data/{best.safetensors, even/*.mrc, truth/*.mrc} (a `cryoden demo` run's model, held-out halves, truth).
 #
-#   CARRY=.gpucarry/lead bash scripts/gpu/lead_check.sh [tests] [cli] [bench] [pipeline] [denoise_ab] [f64]
+#   CARRY=.gpucarry/lead bash scripts/gpu/lead_check.sh [tests] [cli] [bench] [pipeline] [denoise_ab] [f64] [infer_vs_torch]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 CARRY=${CARRY:-.gpucarry/lead}
@@ -99,7 +99,21 @@ part_f64() {
     for f in "$B"/f64/*.safetensors; do
         for dev in cpu cuda; do "$B/cryoden" bench parity "$f" --device $dev --precision f32 2>&1 | tail -1; done
     done
-    "$PY" python/grad_vs_f64.py --arch topaz-unet --seeds 0,1,2 2>&1 | tail -4
+    PYTHONPATH="$B/pylib" "$PY" python/grad_vs_f64.py --arch topaz-unet --seeds 0,1,2 2>&1 | tail -4
+}
+
+# PyTorch's bf16 forward alone (autocast + channels_last, input already on the GPU) against cryoden's whole
+# MRC -> MRC pipeline, same call.
+part_infer_vs_torch() {
+    say "PyTorch bf16 inference, the plan's U-Net, 1 x 4096²"
+    "$PY" python/bench_torch.py --mode infer --device cuda --arch unet --size 4096 --batch 1 --dtype bf16 \
+        --channels-last 2>&1 | tail -2
+    for k in 1 2; do
+        say "cryoden bench denoise unet 4096² bf16 tile 4096, run $k"
+        "$B/cryoden" bench denoise --device cuda --arch unet --size 4096 --files 30 --precision bf16 --tile 4096 \
+            --batch 1 --dir "$W/bd" --json | tail -1
+        rm -rf "$W/bd"
+    done
 }
 
 for p in "${parts[@]}"; do
