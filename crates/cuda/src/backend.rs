@@ -68,6 +68,8 @@ pub struct CudaBackend {
     step_hp: Mutex<Option<(PinnedHp, Buf)>>,
     /// Copy stream and staging of `download_host` (created on first use).
     downloads: Mutex<Option<transfer::Downloads>>,
+    /// The arena slab reserved by `Backend::reserve` until `end_reserve`.
+    reservation: Mutex<Option<crate::device::Reservation>>,
 }
 
 /// How ops behave inside `run_step`.
@@ -219,7 +221,29 @@ impl CudaBackend {
             }),
             step_hp: Mutex::new(None),
             downloads: Mutex::new(None),
+            reservation: Mutex::new(None),
         })
+    }
+
+    /// Storage type of `alloc(len)`. Small buffers (the loss) stay f32 even under set_alloc_dtype(Bf16): a loss
+    /// rounded to bf16 loses 3 digits.
+    fn plain_dtype(&self, len: usize) -> DType {
+        if self.alloc_bf16.load(Ordering::Relaxed) && len > SMALL_STAYS_F32 {
+            DType::Bf16
+        } else {
+            DType::F32
+        }
+    }
+
+    /// Storage type of `alloc_kind(len, kind)`: bf16 mode stores activations (and their gradients, inputs,
+    /// targets) in bf16, as autocast does; parameters, moments and the loss stay f32 (f32 master weights).
+    fn kind_dtype(&self, len: usize, kind: BufKind) -> DType {
+        match kind {
+            BufKind::Activation if self.precision == Precision::Bf16 && len > SMALL_STAYS_F32 => {
+                DType::Bf16
+            }
+            _ => self.plain_dtype(len),
+        }
     }
 
     /// A zero-filled buffer of `len` elements stored as `dt`.
@@ -759,25 +783,34 @@ impl Backend for CudaBackend {
     }
 
     fn alloc(&self, len: usize) -> cryoden_nn::Result<CudaBuf> {
-        // Small buffers (the loss) stay f32 even under set_alloc_dtype(Bf16): a loss rounded to bf16 loses 3 digits.
-        let dt = if self.alloc_bf16.load(Ordering::Relaxed) && len > SMALL_STAYS_F32 {
-            DType::Bf16
-        } else {
-            DType::F32
-        };
-        self.alloc_dtype(len, dt)
+        self.alloc_dtype(len, self.plain_dtype(len))
     }
 
     fn alloc_kind(&self, len: usize, kind: BufKind) -> cryoden_nn::Result<CudaBuf> {
-        // bf16 mode stores activations (and their gradients, inputs, targets) in bf16, as autocast does;
-        // parameters, moments and the loss stay f32 (f32 master weights).
-        let dt = match kind {
-            BufKind::Activation if self.precision == Precision::Bf16 && len > SMALL_STAYS_F32 => {
-                DType::Bf16
-            }
-            _ => return self.alloc(len),
-        };
-        self.alloc_dtype(len, dt)
+        self.alloc_dtype(len, self.kind_dtype(len, kind))
+    }
+
+    fn reserve(&self, bufs: &[(usize, BufKind)]) -> cryoden_nn::Result<()> {
+        self.graph_barrier("reserve")?;
+        if self.gpu().arena_slab_bytes() == 0 {
+            // One device allocation per buffer was asked for (CRYODEN_CUDA_SLAB_MIB=0): the layout before the arena.
+            return Ok(());
+        }
+        let bytes = bufs
+            .iter()
+            .map(|&(len, kind)| crate::device::arena_size(len, self.kind_dtype(len, kind)))
+            .sum();
+        let r = self.gpu().reserve(bytes).map_err(be_err)?;
+        *self.reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        Ok(())
+    }
+
+    fn end_reserve(&self) {
+        // The buffers keep the slab alive; the reservation only kept other buffers out of the rest of it.
+        self.reservation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     fn len(&self, buf: &CudaBuf) -> usize {

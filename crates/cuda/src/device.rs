@@ -416,6 +416,11 @@ impl Gpu {
         self.arena.set_slab_bytes(bytes)
     }
 
+    /// Size of new slabs (bytes; 0: one device allocation per buffer).
+    pub fn arena_slab_bytes(&self) -> usize {
+        self.arena.slab_bytes()
+    }
+
     /// Live buffers in slab `slab` (0 once it is freed).
     pub fn arena_live_in(&self, slab: u64) -> usize {
         self.arena.live_in(slab)
@@ -2054,6 +2059,10 @@ impl Arena {
 
     fn live_in(&self, slab: u64) -> usize {
         lock(&self.pool).plan.live_in(slab)
+    }
+
+    fn slab_bytes(&self) -> usize {
+        lock(&self.pool).plan.slab_bytes
     }
 }
 

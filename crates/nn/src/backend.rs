@@ -136,6 +136,15 @@ pub trait Backend: Send + Sync {
         let _ = kind;
         self.alloc(len)
     }
+    /// Says that buffers of these lengths and kinds are allocated next, together and for as long as each other
+    /// (a model's activations), so a backend can take them from one block: the CUDA backend reserves one slab of
+    /// its memory arena for them. Lasts until [`Backend::end_reserve`]. Default: nothing.
+    fn reserve(&self, bufs: &[(usize, BufKind)]) -> Result<()> {
+        let _ = bufs;
+        Ok(())
+    }
+    /// Ends [`Backend::reserve`]; what is left of the block is not used for later buffers.
+    fn end_reserve(&self) {}
     /// Length in floats.
     fn len(&self, buf: &Self::Buf) -> usize;
     /// Copies host data into `dst[offset .. offset + src.len()]`.

@@ -254,25 +254,47 @@ pub struct Activations<B: Backend> {
 
 impl<B: Backend> Activations<B> {
     fn alloc(be: &B, dims: Dims, plan: Plan, trainable: bool) -> Result<Self> {
-        let mut vals = Vec::with_capacity(plan.tensors.len());
-        let mut grads = Vec::with_capacity(plan.tensors.len());
-        for (i, t) in plan.tensors.iter().enumerate() {
-            let len = t.dims.pixels() * t.c;
-            vals.push(be.alloc_kind(len, BufKind::Activation)?);
-            // The input never needs a gradient; inference needs none at all.
-            let glen = if trainable && i != plan.input { len } else { 0 };
-            grads.push(be.alloc_kind(glen, BufKind::Activation)?);
-        }
+        // Every buffer's length and kind, in allocation order: activation and gradient per tensor (the input never
+        // needs a gradient; inference needs none at all), scratch, target, loss.
         let ws_len = (plan.convs.iter().map(|g| be.conv_workspace_len(g)))
             .chain(plan.convts.iter().map(|g| be.convt_workspace_len(g)))
             .max()
             .unwrap_or(0);
-        let ws = be.alloc_kind(ws_len, BufKind::Workspace)?;
-        let target = be.alloc_kind(
-            if trainable { dims.pixels() } else { 0 },
-            BufKind::Activation,
-        )?;
-        let loss = be.alloc_kind(1, BufKind::Param)?;
+        let mut specs = Vec::with_capacity(2 * plan.tensors.len() + 3);
+        for (i, t) in plan.tensors.iter().enumerate() {
+            let len = t.dims.pixels() * t.c;
+            let glen = if trainable && i != plan.input { len } else { 0 };
+            specs.push((len, BufKind::Activation));
+            specs.push((glen, BufKind::Activation));
+        }
+        specs.push((ws_len, BufKind::Workspace));
+        let target_len = if trainable { dims.pixels() } else { 0 };
+        specs.push((target_len, BufKind::Activation));
+        specs.push((1, BufKind::Param));
+        // One block for all of them (ended on every path, errors included).
+        struct Reserved<'a, B: Backend>(&'a B);
+        impl<B: Backend> Drop for Reserved<'_, B> {
+            fn drop(&mut self) {
+                self.0.end_reserve();
+            }
+        }
+        be.reserve(&specs)?;
+        let _reserved = Reserved(be);
+        let mut bufs = specs
+            .iter()
+            .map(|&(len, kind)| be.alloc_kind(len, kind))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
+        let mut next = || bufs.next().expect("one buffer per spec");
+        let mut vals = Vec::with_capacity(plan.tensors.len());
+        let mut grads = Vec::with_capacity(plan.tensors.len());
+        for _ in &plan.tensors {
+            vals.push(next());
+            grads.push(next());
+        }
+        let ws = next();
+        let target = next();
+        let loss = next();
         Ok(Activations {
             dims,
             vals,
