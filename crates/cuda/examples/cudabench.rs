@@ -138,7 +138,7 @@ fn print_engine_choices(gpu: &Gpu, label: &str) {
     );
     for c in gpu.engine_choices() {
         println!(
-            "{:<6} {:<44} {:<15} {:>4} {:>10.3} {:>10} {:>6}  {} (legacy algo {}, align {:?}, {} timed, {} refused, {} failed)",
+            "{:<6} {:<44} {:<15} {:>4} {:>10.3} {:>10} {:>6}  {} (legacy algo {}, align {:?}, {} timed, {} refused, {} failed, distance {})",
             label,
             c.geom.to_string(),
             c.direction.name(),
@@ -151,8 +151,12 @@ fn print_engine_choices(gpu: &Gpu, label: &str) {
             c.align,
             c.timed,
             c.refused,
-            c.failed
+            c.failed,
+            c.distance.map_or("-".to_string(), |d| format!("{d:.1e}"))
         );
+        for f in c.failures.iter().take(3) {
+            println!("       failed: {}", f.chars().take(160).collect::<String>());
+        }
         println!(
             "JSON {}",
             serde_json::json!({"kind": "engine_choice", "label": label, "choice": c})

@@ -5,7 +5,7 @@
 //! A 2x2 stride-2 transposed convolution is the backward-data pass of the matching strided convolution, so it runs
 //! on the same cuDNN kernels (see `conv_transpose_*`).
 
-use crate::device::{Gpu, Nhwc, View};
+use crate::device::{Buf, Gpu, Nhwc, View};
 use crate::engine::{self, Direction, EngineInfo, EngineMode, EnginePlan};
 use crate::error::{dnn, drv, CudaError, Result};
 use crate::precision::{DType, Precision};
@@ -171,7 +171,10 @@ struct Tuned {
     engine: Option<EnginePlan>,
     timed: usize,
     refused: usize,
-    failed: usize,
+    /// What failed (finalize, run, or the accuracy check against the legacy result), per config.
+    failures: Vec<String>,
+    /// Relative L2 distance of the chosen/best engine's output from the legacy pick's (sampled).
+    distance: Option<f64>,
 }
 
 /// One backend-API decision (for bench output and docs): the legacy pick's time against the fastest engine's.
@@ -189,10 +192,15 @@ pub struct EngineChoice {
     pub engine_ms: Option<f32>,
     /// Whether the engine runs instead of the legacy pick.
     pub uses_engine: bool,
-    /// Plans timed, configs refused by the filter, configs that failed to finalize or run.
+    /// Plans timed, configs refused by the filter, configs that failed to finalize or run or were too far
+    /// from the legacy result, with the first few reasons.
     pub timed: usize,
     pub refused: usize,
     pub failed: usize,
+    pub failures: Vec<String>,
+    /// Relative L2 distance of the best engine's output from the legacy pick's on the tuning data (the first
+    /// 2^20 output elements).
+    pub distance: Option<f64>,
 }
 
 /// State of the fused conv + bias + ReLU forward for one plan.
@@ -644,9 +652,11 @@ impl Gpu {
     }
 
     /// Autotunes one [`TuneKey`] (if not done yet): builds the acceptable engine plans (engine.rs), times each and
-    /// the legacy pick on the same tensors, and keeps an engine only when it is faster (2 % margin against timing
-    /// noise) or forced. `ptrs`: the call's tensors; the output is redirected to a temporary so the call's own
-    /// output is untouched (beta = 1 accumulates into it). None: temporaries for all three.
+    /// the legacy pick on the same tensors, checks each engine's output against the legacy pick's (relative L2 on
+    /// the first 2^20 output elements ≤ half the precision's parity tolerance: an engine that accumulates in lower
+    /// precision than it claims is refused), and keeps an engine only when it is faster (2 % margin against timing
+    /// noise) or forced. `ptrs`: the call's tensors; the output is redirected to a temporary (holding a copy of the
+    /// call's output when beta ≠ 0) so the call's own output is untouched. None: temporaries with a random pattern.
     fn tune(
         &mut self,
         g: &ConvGeom,
@@ -669,27 +679,109 @@ impl Gpu {
             Direction::BackwardData => 0,
             Direction::BackwardFilter => 1,
         };
+        let beta = f32::from_bits(tk.beta_bits);
+        let stream = self.stream.cu_stream();
         let mut temps = Vec::new();
-        let mut ptrs = ptrs.unwrap_or_default();
+        let given = ptrs.unwrap_or_default();
+        let mut ptrs = given;
+        // Random pattern for made-up inputs, tiled from one 2^20-element chunk.
+        let chunk_len = 1usize << 20;
+        let mut chunk: Option<Buf> = None;
         for (i, len) in lens.into_iter().enumerate() {
             if i == out || ptrs[i] == 0 {
                 let t = self.alloc(len, dt)?;
-                // Zeros: timing on uninitialised memory could meet NaNs or denormals.
-                // SAFETY: t holds len elements of dt.
-                unsafe {
-                    cudarc::driver::result::memset_d8_async(
-                        t.ptr(),
-                        0,
-                        len * dt.size(),
-                        self.stream.cu_stream(),
-                    )
-                }
-                .map_err(drv("cuMemsetD8Async"))?;
                 ptrs[i] = t.ptr();
                 temps.push(t);
             }
         }
-        let beta = f32::from_bits(tk.beta_bits);
+        // The output's starting content (beta ≠ 0 reads it): the call's own output, else zeros.
+        let init = self.alloc(lens[out], dt)?;
+        let bytes = |n: usize| n * dt.size();
+        // SAFETY: all buffers hold at least the lengths copied; stream-ordered.
+        unsafe {
+            if given[out] != 0 && beta != 0.0 {
+                cudarc::driver::result::memcpy_dtod_async(
+                    init.ptr(),
+                    given[out],
+                    bytes(lens[out]),
+                    stream,
+                )
+            } else {
+                cudarc::driver::result::memset_d8_async(init.ptr(), 0, bytes(lens[out]), stream)
+            }
+        }
+        .map_err(drv("cuMemcpyDtoDAsync"))?;
+        for (i, len) in lens.into_iter().enumerate() {
+            if i != out && given[i] == 0 {
+                if chunk.is_none() {
+                    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+                    let host: Vec<f32> = (0..chunk_len)
+                        .map(|_| {
+                            s ^= s << 13;
+                            s ^= s >> 7;
+                            s ^= s << 17;
+                            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+                        })
+                        .collect();
+                    chunk = Some(self.upload(&host, dt)?);
+                }
+                let c = chunk.as_ref().unwrap().ptr();
+                let mut at = 0;
+                while at < len {
+                    let n = chunk_len.min(len - at);
+                    // SAFETY: in bounds of both buffers.
+                    unsafe {
+                        cudarc::driver::result::memcpy_dtod_async(
+                            ptrs[i] + bytes(at) as u64,
+                            c,
+                            bytes(n),
+                            stream,
+                        )
+                    }
+                    .map_err(drv("cuMemcpyDtoDAsync"))?;
+                    at += n;
+                }
+            }
+        }
+        let sample = lens[out].min(1 << 20);
+        // Resets the output to `init`, runs `f` once, and returns the first `sample` output elements as f32.
+        let probe =
+            |gpu: &mut Gpu, f: &mut dyn FnMut(&mut Gpu) -> Result<()>| -> Result<Vec<f32>> {
+                // SAFETY: same lengths as above.
+                unsafe {
+                    cudarc::driver::result::memcpy_dtod_async(
+                        ptrs[out],
+                        init.ptr(),
+                        bytes(lens[out]),
+                        gpu.stream.cu_stream(),
+                    )
+                }
+                .map_err(drv("cuMemcpyDtoDAsync"))?;
+                f(gpu)?;
+                let mut raw = vec![0u8; bytes(sample)];
+                // SAFETY: `raw` holds `sample` elements; synchronised before it is read.
+                unsafe {
+                    cudarc::driver::result::memcpy_dtoh_async(
+                        &mut raw[..],
+                        ptrs[out],
+                        gpu.stream.cu_stream(),
+                    )
+                }
+                .map_err(drv("cuMemcpyDtoHAsync"))?;
+                gpu.stream
+                    .synchronize()
+                    .map_err(drv("cuStreamSynchronize"))?;
+                Ok(match dt {
+                    DType::F32 => raw
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
+                    DType::Bf16 => raw
+                        .chunks_exact(2)
+                        .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+                        .collect(),
+                })
+            };
         let legacy = self.legacy_choice(&key, tk.dir);
         let built = engine::candidates(
             self.cudnn.0,
@@ -705,10 +797,10 @@ impl Gpu {
             Ok(c) => c,
             Err(e) if tk.force => return Err(e),
             // The backend API refused the graph itself: the legacy pick stays.
-            Err(_) => engine::Candidates {
+            Err(e) => engine::Candidates {
                 plans: Vec::new(),
                 refused: Vec::new(),
-                failed: 1,
+                failed: vec![("graph".into(), e.to_string())],
             },
         };
         let ws = c
@@ -718,46 +810,72 @@ impl Gpu {
             .chain([legacy.workspace])
             .max()
             .unwrap_or(0);
-        let (wsp, wss) = self.workspace(ws)?;
+        // A temporary workspace for the timing runs: growing the persistent one to the largest candidate's size
+        // would keep that memory for good even when a smaller plan wins.
+        let tws = self.alloc(ws.div_ceil(2), DType::Bf16)?;
+        let (wsp, wss) = (tws.ptr(), ws);
+        let reference = probe(self, &mut |gpu: &mut Gpu| {
+            gpu.legacy(&key, tk.dir, ptrs, beta, wsp, wss)
+        })?;
         let legacy_ms = self.time_ms(f32::INFINITY, |gpu| {
             gpu.legacy(&key, tk.dir, ptrs, beta, wsp, wss)
         })?;
         let handle = self.cudnn.0;
-        let mut best: Option<(usize, f32)> = None;
-        let mut failed = c.failed;
+        let tol = 0.5 * p.parity_tolerance();
+        let mut best: Option<(usize, f32, f64)> = None;
+        let mut failures: Vec<String> = c.failed.iter().map(|(n, e)| format!("{n}: {e}")).collect();
         for (i, e) in c.plans.iter_mut().enumerate() {
+            let got = probe(self, &mut |_: &mut Gpu| e.execute(handle, ptrs, wsp));
+            let d = match got {
+                Ok(v) => rel_l2(&v, &reference),
+                Err(err) => {
+                    failures.push(format!("{}: {err}", e.info.name()));
+                    continue;
+                }
+            };
+            if d.is_nan() || d > tol {
+                failures.push(format!(
+                    "{}: output {d:.2e} from the legacy result (bound {tol:.0e})",
+                    e.info.name()
+                ));
+                continue;
+            }
             let give_up = 3.0 * best.map_or(legacy_ms, |b| b.1.min(legacy_ms));
             match self.time_ms(give_up, |_| e.execute(handle, ptrs, wsp)) {
-                Ok(ms) if best.is_none_or(|b| ms < b.1) => best = Some((i, ms)),
+                Ok(ms) if best.is_none_or(|b| ms < b.1) => best = Some((i, ms, d)),
                 Ok(_) => {}
-                Err(_) => failed += 1,
+                Err(err) => failures.push(format!("{}: {err}", e.info.name())),
             }
         }
         self.stream
             .synchronize()
             .map_err(drv("cuStreamSynchronize"))?;
         drop(temps);
-        let use_it = best.is_some_and(|(_, ms)| tk.force || ms < 0.98 * legacy_ms);
+        drop(tws);
+        drop(init);
+        drop(chunk);
+        let use_it = best.is_some_and(|(_, ms, _)| tk.force || ms < 0.98 * legacy_ms);
         if tk.force && best.is_none() {
             return Err(CudaError::NoEngine {
                 what: tk.dir.name(),
                 shape: g.to_string(),
                 precision: p.name(),
                 why: format!(
-                    "{} refused ({}), {failed} failed",
-                    c.refused.len(),
+                    "refused: {}; failed: {}",
                     c.refused
                         .iter()
                         .map(|(n, w)| format!("{n}: {w}"))
                         .collect::<Vec<_>>()
-                        .join("; ")
+                        .join("; "),
+                    failures.join("; ")
                 ),
             });
         }
         let timed = c.plans.len();
-        let best_info = best.map(|(i, ms)| (c.plans[i].info.clone(), ms));
+        let best_info = best.map(|(i, ms, _)| (c.plans[i].info.clone(), ms));
+        let distance = best.map(|b| b.2);
         let engine = match best {
-            Some((i, _)) if use_it => Some(c.plans.swap_remove(i)),
+            Some((i, _, _)) if use_it => Some(c.plans.swap_remove(i)),
             _ => None,
         };
         self.conv_plans.get_mut(&key).unwrap().tuned.insert(
@@ -768,7 +886,8 @@ impl Gpu {
                 engine,
                 timed,
                 refused: c.refused.len(),
-                failed,
+                failures,
+                distance,
             },
         );
         Ok(())
@@ -797,7 +916,9 @@ impl Gpu {
                     uses_engine: t.engine.is_some(),
                     timed: t.timed,
                     refused: t.refused,
-                    failed: t.failed,
+                    failed: t.failures.len(),
+                    failures: t.failures.iter().take(6).cloned().collect(),
+                    distance: t.distance,
                 });
             }
         }
@@ -1158,6 +1279,21 @@ impl Gpu {
     ) -> Result<()> {
         let g = transpose_geom(x.shape, dy.shape.c);
         self.conv_backward_filter(p, &g, dy, x, dw, beta)
+    }
+}
+
+/// Relative L2 distance of `got` from `want` (0 when both are zero; NaN anywhere gives NaN).
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (a, b) in got.iter().zip(want) {
+        let d = *a as f64 - *b as f64;
+        num += d * d;
+        den += (*b as f64) * (*b as f64);
+    }
+    if num == 0.0 {
+        0.0
+    } else {
+        (num / den.max(f64::MIN_POSITIVE)).sqrt()
     }
 }
 

@@ -293,16 +293,17 @@ impl Desc {
         Ok(v)
     }
     /// An enum-valued array attribute read as raw u32 (cuDNN may return values newer than our bindings know).
-    fn get_u32s(&self, name: A, ty: T) -> Result<Vec<u32>> {
+    /// `max` elements at most (1 for a scalar attribute: cuDNN refuses a larger request there).
+    fn get_u32s(&self, name: A, ty: T, max: usize) -> Result<Vec<u32>> {
         let mut v = [0u32; 16];
         let mut n = 0i64;
-        // SAFETY: room for 16 four-byte enum values.
+        // SAFETY: room for 16 four-byte enum values; at most `max` ≤ 16 requested.
         unsafe {
             sys::cudnnBackendGetAttribute(
                 self.0,
                 name,
                 ty,
-                16,
+                max.min(16) as i64,
                 &mut n,
                 v.as_mut_ptr() as *mut c_void,
             )
@@ -535,7 +536,8 @@ pub const MAX_CANDIDATES: usize = 12;
 pub(crate) struct Candidates {
     pub(crate) plans: Vec<EnginePlan>,
     pub(crate) refused: Vec<(String, &'static str)>,
-    pub(crate) failed: usize,
+    /// Configs that could not be described or finalized: (engine name or "?", what failed).
+    pub(crate) failed: Vec<(String, String)>,
 }
 
 /// Builds the graph for (g, p, dir, beta, alignment), asks the heuristics for engine configs, drops the
@@ -555,9 +557,10 @@ pub(crate) fn candidates(
     let mut out = Candidates {
         plans: Vec::new(),
         refused: Vec::new(),
-        failed: 0,
+        failed: Vec::new(),
     };
     let mut seen: Vec<(i64, Vec<(u32, i64)>)> = Vec::new();
+    let mut seq = 0i64;
     for mode in HEUR_MODES {
         let heur = Desc::new(D::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR)?;
         heur.set_desc(A::CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, &[&gr.graph])?;
@@ -579,12 +582,16 @@ pub(crate) fn candidates(
             n,
         )?;
         for cfg in cfgs {
+            seq += 1;
             if out.plans.len() >= MAX_CANDIDATES {
                 return Ok(out);
             }
-            let Ok(info) = describe(&cfg) else {
-                out.failed += 1;
-                continue;
+            let info = match describe(&cfg, seq) {
+                Ok(i) => i,
+                Err(e) => {
+                    out.failed.push(("?".into(), e.to_string()));
+                    continue;
+                }
             };
             let key = (info.index, info.knobs.clone());
             if seen.contains(&key) {
@@ -603,16 +610,16 @@ pub(crate) fn candidates(
                 &[handle],
             )?;
             plan.set_desc(A::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, &[&cfg])?;
-            if plan
-                .finalize("cudnnBackendFinalize(execution plan)")
-                .is_err()
-            {
-                out.failed += 1;
+            if let Err(e) = plan.finalize("cudnnBackendFinalize(execution plan)") {
+                out.failed.push((info.name(), e.to_string()));
                 continue;
             }
-            let Ok(ws) = plan.get_i64(A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE) else {
-                out.failed += 1;
-                continue;
+            let ws = match plan.get_i64(A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE) {
+                Ok(w) => w,
+                Err(e) => {
+                    out.failed.push((info.name(), e.to_string()));
+                    continue;
+                }
             };
             let info = EngineInfo {
                 workspace: ws.max(0) as usize,
@@ -633,8 +640,12 @@ pub(crate) fn candidates(
     Ok(out)
 }
 
-/// Engine index, knobs and notes of an engine config returned by the heuristics.
-fn describe(cfg: &Desc) -> Result<EngineInfo> {
+/// Knob type recorded when a config's knobs could not be read (its value is the config's position in the
+/// heuristics list, so that such configs are not taken for duplicates of each other).
+const UNREADABLE_KNOBS: u32 = 999;
+
+/// Engine index, knobs and notes of an engine config returned by the heuristics (`seq`: its position).
+fn describe(cfg: &Desc, seq: i64) -> Result<EngineInfo> {
     let engine = cfg
         .get_descs(
             A::CUDNN_ATTR_ENGINECFG_ENGINE,
@@ -649,24 +660,37 @@ fn describe(cfg: &Desc) -> Result<EngineInfo> {
     let numerical = engine.get_u32s(
         A::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
         T::CUDNN_TYPE_NUMERICAL_NOTE,
+        16,
     )?;
-    let behavior = engine.get_u32s(
-        A::CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE,
-        T::CUDNN_TYPE_BEHAVIOR_NOTE,
-    )?;
-    let choices = cfg.get_descs(
-        A::CUDNN_ATTR_ENGINECFG_KNOB_CHOICES,
-        D::CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR,
-        sys::cudnnBackendKnobType_t::CUDNN_KNOB_TYPE_COUNTS as usize,
-    )?;
-    let mut knobs = Vec::with_capacity(choices.len());
-    for c in &choices {
-        let t = c.get_u32s(A::CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, T::CUDNN_TYPE_KNOB_TYPE)?;
-        let v = c.get_i64(A::CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE)?;
-        if let Some(&t) = t.first() {
-            knobs.push((t, v));
+    // Behaviour notes and knobs only name the config: reading them may fail without making it unusable.
+    let behavior = engine
+        .get_u32s(
+            A::CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE,
+            T::CUDNN_TYPE_BEHAVIOR_NOTE,
+            16,
+        )
+        .unwrap_or_default();
+    let knobs = (|| -> Result<Vec<(u32, i64)>> {
+        let choices = cfg.get_descs(
+            A::CUDNN_ATTR_ENGINECFG_KNOB_CHOICES,
+            D::CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR,
+            sys::cudnnBackendKnobType_t::CUDNN_KNOB_TYPE_COUNTS as usize,
+        )?;
+        let mut knobs = Vec::with_capacity(choices.len());
+        for c in &choices {
+            let t = c.get_u32s(
+                A::CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE,
+                T::CUDNN_TYPE_KNOB_TYPE,
+                1,
+            )?;
+            let v = c.get_i64(A::CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE)?;
+            if let Some(&t) = t.first() {
+                knobs.push((t, v));
+            }
         }
-    }
+        Ok(knobs)
+    })()
+    .unwrap_or_else(|_| vec![(UNREADABLE_KNOBS, seq)]);
     Ok(EngineInfo {
         index,
         knobs,

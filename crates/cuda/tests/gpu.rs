@@ -1067,7 +1067,7 @@ impl Drop for ModeGuard {
 
 /// One conv call in each direction with engines forced; returns the three outputs (None where cuDNN's backend API
 /// has no acceptable engine for that call, which `Force` reports as `NoEngine`).
-#[allow(clippy::type_complexity)]
+#[allow(clippy::too_many_arguments)]
 fn forced_conv(
     gpu: &mut Gpu,
     p: Precision,
