@@ -4,7 +4,7 @@
 # benchmarks again. Carry (built here, see docs/CUDA.md): $CARRY/{cryoden,gpu_tests,model_tests} and
 # $CARRY/data/{best.safetensors, even/*.mrc, truth/*.mrc} (a `cryoden demo` run's model, held-out halves, truth).
 #
-#   CARRY=.gpucarry/lead bash scripts/gpu/lead_check.sh [tests] [cli] [bench] [pipeline] [denoise_ab] [f64] [infer_vs_torch]
+#   CARRY=.gpucarry/lead bash scripts/gpu/lead_check.sh [tests] [cli] [bench] [pipeline] [denoise_ab] [f64] [infer_vs_torch] [train_vs_torch]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 CARRY=${CARRY:-.gpucarry/lead}
@@ -23,6 +23,24 @@ part_tests() {
     "$B/gpu_tests" --ignored --test-threads=1 2>&1 | grep -E '^test |test result|panicked|FAILED' | tail -30
     say "model_tests"
     "$B/model_tests" --ignored --test-threads=1 --nocapture 2>&1 | grep -E '^(unet|topaz)|^test |test result|panicked|> ' | tail -40
+    for t in arena_tests denoise_tests; do
+        [ -x "$B/$t" ] || continue
+        say "$t"
+        "$B/$t" --ignored --test-threads=1 2>&1 | grep -E '^test |test result|panicked' | tail -12
+    done
+}
+
+# cryoden's training step (`cryoden bench train`, the CLI's path) in each precision, then PyTorch's in the same
+# call (crates/cuda/bench/torch_bench.py train: fp32, tf32, bf16 autocast + channels_last, + torch.compile).
+part_train_vs_torch() {
+    for p in ${PRECISIONS:-bf16 tf32 f32}; do
+        say "cryoden bench train unet 8 x 1024² $p"
+        steps=20; [ $p = f32 ] && steps=8
+        "$B/cryoden" bench train --device cuda --precision $p --size 1024 --batch 8 --steps $steps --warmup 3 2>&1 | tail -3
+    done
+    say "PyTorch training step, same shapes"
+    "$PY" crates/cuda/bench/torch_bench.py train --modes "${TORCH_MODES:-fp32,tf32,bf16,bf16-compile}" 2>&1 |
+        grep -E '^(fp32|tf32|bf16)'
 }
 
 part_cli() {
