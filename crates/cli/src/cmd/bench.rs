@@ -328,7 +328,8 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
     };
     let (device, precision) = device_and_precision(a.device, a.precision.as_deref())?;
     // The CUDA backend's memory arena after the run: peak bytes and device allocations (docs/perf/arena.md).
-    let (r, device_mib, arena) = match device {
+    let (r, device_mib, arena): (_, Option<f64>, Option<(serde_json::Value, String)>) = match device
+    {
         Device::Cpu => {
             let be = cryoden_nn::cpu::Cpu::new(a.threads)?;
             let r = cryoden_nn::bench::bench_train(&be, &cfg).context("bench train on cpu")?;
