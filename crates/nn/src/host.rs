@@ -70,6 +70,20 @@ impl DerefMut for HostBuf {
     }
 }
 
+/// A copy in ordinary (pageable) memory.
+impl Clone for HostBuf {
+    fn clone(&self) -> HostBuf {
+        HostBuf::new(Box::new(self.to_vec()))
+    }
+}
+
+/// Equal contents (whatever memory holds them).
+impl PartialEq for HostBuf {
+    fn eq(&self, other: &HostBuf) -> bool {
+        self[..] == other[..]
+    }
+}
+
 impl std::fmt::Debug for HostBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "HostBuf({} floats)", self.mem.as_slice().len())
@@ -87,5 +101,9 @@ mod tests {
         b[2] = 3.5;
         assert_eq!(b[2], 3.5);
         assert!(b.memory().as_any().downcast_ref::<Vec<f32>>().is_some());
+        let c = b.clone();
+        assert_eq!(c, b);
+        b[0] = 1.0;
+        assert_ne!(c, b);
     }
 }

@@ -11,6 +11,7 @@
 
 use crate::plan::{Aug, AugmentConfig, EpochPlan};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use cryoden_nn::HostBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -93,10 +94,11 @@ pub struct Batch {
     pub step: usize,
     pub n: usize,
     pub size: usize,
+    /// `[n, size, size, 1]`; page-locked on a GPU when the training loop provided the buffers
+    /// ([`Batches::provide`]), so the upload is a DMA the host only starts.
+    pub input: HostBuf,
     /// `[n, size, size, 1]`
-    pub input: Vec<f32>,
-    /// `[n, size, size, 1]`
-    pub target: Vec<f32>,
+    pub target: HostBuf,
 }
 
 impl Batch {
@@ -106,8 +108,19 @@ impl Batch {
             step: 0,
             n: 0,
             size: 0,
-            input: Vec::new(),
-            target: Vec::new(),
+            input: HostBuf::pageable(0),
+            target: HostBuf::pageable(0),
+        }
+    }
+
+    /// A batch of `n` pairs of `size²` in the given memory (e.g. `Backend::alloc_host`), for [`Batches::provide`].
+    pub fn with_buffers(n: usize, size: usize, input: HostBuf, target: HostBuf) -> Self {
+        Batch {
+            n,
+            size,
+            input,
+            target,
+            ..Batch::empty()
         }
     }
 }
@@ -146,8 +159,12 @@ pub fn fill_batch(
     out.step = step;
     out.n = items.len();
     out.size = c;
-    out.input.resize(items.len() * m, 0.0);
-    out.target.resize(items.len() * m, 0.0);
+    // Buffers of another size are replaced (by ordinary memory); every value is written below.
+    for buf in [&mut out.input, &mut out.target] {
+        if buf.len() != items.len() * m {
+            *buf = HostBuf::pageable(items.len() * m);
+        }
+    }
     let one = |k: usize, inp: &mut [f32], tgt: &mut [f32]| {
         let (i, aug) = items[k];
         let (a, b) = (src.input(i as usize), src.target(i as usize));
@@ -265,6 +282,18 @@ impl Batches {
                 worker: Some(worker),
             },
         }
+    }
+
+    /// Whether batches are assembled on a prefetch thread (see [`Batches::provide`]).
+    pub fn prefetching(&self) -> bool {
+        matches!(self.inner, Inner::Prefetch { .. })
+    }
+
+    /// Adds a batch whose buffers the stream fills and hands out again (page-locked memory for the GPU): the
+    /// prefetch thread takes provided and given-back batches before making new ones. Same as
+    /// [`Batches::give_back`].
+    pub fn provide(&mut self, b: Batch) {
+        self.give_back(b)
     }
 
     /// Hand a consumed batch back so its buffers are reused.

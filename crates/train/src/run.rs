@@ -5,7 +5,7 @@ use crate::checkpoint::{self, EpochState};
 use crate::config::{RunOptions, RunRecord, TrainConfig, RUN_FORMAT, RUN_VERSION};
 use crate::data;
 use crate::error::{Error, Result};
-use crate::loader::{validation_batches, BatchSpec, Batches, LoaderKind, PairSource};
+use crate::loader::{validation_batches, Batch, BatchSpec, Batches, LoaderKind, PairSource};
 use crate::metrics::{Kind, MetricsLog, Record};
 use crate::samples;
 use cryoden_nn::train::{enqueue_train_step, eval_loss};
@@ -202,6 +202,16 @@ pub fn train<B: Backend>(
         opts.prefetch,
     );
     let mut acts = model.activations(be, config.batch, crop, crop)?;
+    // The batches in flight (queued by the prefetch thread, being filled, being uploaded) in host memory from the
+    // backend: page-locked on a GPU, so each upload is a DMA that the training thread only starts.
+    if batches.prefetching() {
+        let len = config.batch * crop * crop;
+        for _ in 0..opts.prefetch.max(1) + 2 {
+            let b =
+                Batch::with_buffers(config.batch, crop, be.alloc_host(len)?, be.alloc_host(len)?);
+            batches.provide(b);
+        }
+    }
     let mut val_rest: Option<Activations<B>> = None;
     let lr = config.adam.lr;
     let session = Instant::now();
@@ -220,9 +230,9 @@ pub fn train<B: Backend>(
                 .next()
                 .expect("the loader yields steps_per_epoch batches per epoch");
             debug_assert_eq!(b.epoch, epoch);
-            acts.upload_input(be, &b.input)?;
-            acts.upload_target(be, &b.target)?;
-            // The host copy is free once upload returns.
+            acts.upload_input_host(be, &b.input)?;
+            acts.upload_target_host(be, &b.target)?;
+            // Filling the buffers again waits for these copies (page-locked memory) or needs no wait (pageable).
             batches.give_back(b);
             Ok(())
         };

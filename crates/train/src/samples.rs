@@ -48,9 +48,9 @@ pub fn export<B: Backend>(
         ..WriteOptions::default()
     };
     for (name, img) in [
-        ("input", &b.input),
-        ("output", &output),
-        ("target", &b.target),
+        ("input", &b.input[..]),
+        ("output", &output[..]),
+        ("target", &b.target[..]),
     ] {
         let stem = dir.join(format!("epoch{epoch:04}_{name}"));
         let mrc = stem.with_extension("mrc");

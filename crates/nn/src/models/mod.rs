@@ -334,6 +334,15 @@ impl<B: Backend> Activations<B> {
         }
         be.upload_host(host, len, &mut self.vals[self.input], 0)
     }
+    /// [`Activations::upload_target`] from the first `image_len()` floats of `host` memory, possibly asynchronous
+    /// (see [`Backend::upload_host`]).
+    pub fn upload_target_host(&mut self, be: &B, host: &crate::HostBuf) -> Result<()> {
+        let len = self.image_len();
+        if host.len() < len {
+            self.check_host("target batch", host.len())?;
+        }
+        be.upload_host(host, len, &mut self.target, 0)
+    }
     /// Starts copying the output batch into the first `image_len()` floats of `host`, as the ops queued so far
     /// leave it (see [`Backend::download_host`]); a later forward may be queued at once.
     pub fn download_output_host(&self, be: &B, host: &mut crate::HostBuf) -> Result<()> {
