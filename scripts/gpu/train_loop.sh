@@ -4,7 +4,7 @@
 # step records' median time (epochs 2-4), each epoch's images/s and validation loss, and the last training loss;
 # session 2 recorded val_loss 0.5613886912663778, 0.5331492026646932, 0.4813803434371948, 0.4503341317176819 and
 # last loss 0.45273226499557495 for this data, which must come out the same.
-#   CARRY=.gpucarry/NAME [BIN=cryoden_base] bash scripts/gpu/train_loop.sh
+#   CARRY=.gpucarry/NAME [BIN=cryoden_base] [PREC=f32] [EPOCHS=2] bash scripts/gpu/train_loop.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 B=$PWD/${CARRY:-.gpucarry/lead}
@@ -17,7 +17,8 @@ mkdir -p "$D"
     --seed 1 2>&1 | tail -1
 for k in 1 2; do
     rm -rf "$D/run"
-    "$B/$BIN" train --device cuda --precision bf16 --data "$D/ds" --out "$D/run" --epochs 4 --batch 8 --seed 1 \
+    "$B/$BIN" train --device cuda --precision "${PREC:-bf16}" --data "$D/ds" --out "$D/run" --epochs "${EPOCHS:-4}" \
+        --batch 8 --seed 1 \
         --sample-every 0 --in-memory > /dev/null 2>&1 || echo "train failed"
     python3 - "$D/run/metrics.jsonl" <<'PY'
 import json, statistics, sys

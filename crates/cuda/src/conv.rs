@@ -480,7 +480,7 @@ impl Gpu {
         ];
         let ws = c.iter().map(|c| c.workspace).max().unwrap_or(0);
         self.workspace(ws)?;
-        let mode = engine::engine_mode();
+        let mode = engine::engine_mode_for(p);
         if mode != EngineMode::Off {
             // Autotune the backend-API engines too (beta 0, 16-byte aligned tensors, as fresh buffers are), on
             // temporary tensors; calls with other betas or alignments are tuned on their first eager call.
@@ -511,7 +511,7 @@ impl Gpu {
             geom: *g,
             precision: p,
         };
-        let mode = engine::engine_mode();
+        let mode = engine::engine_mode_for(p);
         if mode != EngineMode::Off {
             let tk = TuneKey::new(dir, beta, ptrs, mode);
             // Inside a graph capture nothing may be allocated or timed: an untuned key runs the legacy pick.
@@ -811,7 +811,9 @@ impl Gpu {
             tk.dir,
             beta,
             tk.align,
-            self.deterministic,
+            // Auto takes only bit-reproducible engines: a run must repeat from its seed (session 3: with
+            // non-deterministic engines allowed, two identical bf16 training runs ended 1.6e-3 apart).
+            self.deterministic || !tk.force,
             self.workspace_limit,
         );
         let mut c = match built {
