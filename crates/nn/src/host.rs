@@ -12,6 +12,11 @@ use std::ops::{Deref, DerefMut};
 /// Memory behind a [`HostBuf`]. A backend's own kind waits, in both accessors, until no transfer of its own is
 /// still reading or writing the memory, so the host never sees a half-finished copy.
 pub trait HostMemory: Send + 'static {
+    /// Length in floats (never waits).
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn as_slice(&self) -> &[f32];
     fn as_mut_slice(&mut self) -> &mut [f32];
     /// For a backend to recognise memory it allocated (and may transfer asynchronously).
@@ -20,6 +25,9 @@ pub trait HostMemory: Send + 'static {
 }
 
 impl HostMemory for Vec<f32> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
     fn as_slice(&self) -> &[f32] {
         self
     }
@@ -47,6 +55,13 @@ impl HostBuf {
     /// Wraps a backend's memory.
     pub fn new(mem: Box<dyn HostMemory>) -> HostBuf {
         HostBuf { mem }
+    }
+    /// Length in floats, without waiting for a transfer in flight (unlike going through `Deref`).
+    pub fn len(&self) -> usize {
+        self.mem.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
     /// The backend-specific memory, for a backend to downcast.
     pub fn memory(&self) -> &dyn HostMemory {
@@ -86,7 +101,7 @@ impl PartialEq for HostBuf {
 
 impl std::fmt::Debug for HostBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HostBuf({} floats)", self.mem.as_slice().len())
+        write!(f, "HostBuf({} floats)", self.len())
     }
 }
 

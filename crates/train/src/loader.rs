@@ -95,7 +95,7 @@ pub struct Batch {
     pub n: usize,
     pub size: usize,
     /// `[n, size, size, 1]`; page-locked on a GPU when the training loop provided the buffers
-    /// ([`Batches::provide`]), so the upload is a DMA the host only starts.
+    /// ([`Batches::give_back`]), so the upload is a DMA the host only starts.
     pub input: HostBuf,
     /// `[n, size, size, 1]`
     pub target: HostBuf,
@@ -113,7 +113,7 @@ impl Batch {
         }
     }
 
-    /// A batch of `n` pairs of `size²` in the given memory (e.g. `Backend::alloc_host`), for [`Batches::provide`].
+    /// A batch of `n` pairs of `size²` in the given memory (e.g. `Backend::alloc_host`), for [`Batches::give_back`].
     pub fn with_buffers(n: usize, size: usize, input: HostBuf, target: HostBuf) -> Self {
         Batch {
             n,
@@ -284,19 +284,13 @@ impl Batches {
         }
     }
 
-    /// Whether batches are assembled on a prefetch thread (see [`Batches::provide`]).
+    /// Whether batches are assembled on a prefetch thread (see [`Batches::give_back`]).
     pub fn prefetching(&self) -> bool {
         matches!(self.inner, Inner::Prefetch { .. })
     }
 
-    /// Adds a batch whose buffers the stream fills and hands out again (page-locked memory for the GPU): the
-    /// prefetch thread takes provided and given-back batches before making new ones. Same as
-    /// [`Batches::give_back`].
-    pub fn provide(&mut self, b: Batch) {
-        self.give_back(b)
-    }
-
-    /// Hand a consumed batch back so its buffers are reused.
+    /// Hand a consumed batch back so its buffers are reused. A new batch may be handed in too (page-locked memory
+    /// for the GPU, [`Batch::with_buffers`]): the prefetch thread fills handed-in batches before making new ones.
     pub fn give_back(&mut self, b: Batch) {
         match &mut self.inner {
             Inner::Sync { spare, .. } => *spare = Some(b),

@@ -209,7 +209,7 @@ pub fn train<B: Backend>(
         for _ in 0..opts.prefetch.max(1) + 2 {
             let b =
                 Batch::with_buffers(config.batch, crop, be.alloc_host(len)?, be.alloc_host(len)?);
-            batches.provide(b);
+            batches.give_back(b);
         }
     }
     let mut val_rest: Option<Activations<B>> = None;

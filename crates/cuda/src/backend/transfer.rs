@@ -61,7 +61,6 @@ impl PinnedHost {
     }
 
     /// The memory without waiting, for queuing a transfer into it.
-    #[allow(clippy::mut_from_ref)]
     fn raw_mut(&mut self) -> &mut [f32] {
         // SAFETY: as above; &mut self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
@@ -78,6 +77,9 @@ impl Drop for PinnedHost {
 }
 
 impl HostMemory for PinnedHost {
+    fn len(&self) -> usize {
+        self.len
+    }
     fn as_slice(&self) -> &[f32] {
         self.wait();
         self.raw()
