@@ -299,6 +299,74 @@ fn ops(args: &[String]) {
                         "fused_ms": if fused.is_finite() { Some(fused) } else { None }, "bias_dtype": bias_dt.map(|d| d.suffix())})
                 );
             }
+            // cryoden's own tensor-core kernels (device/mma.rs) on the same shape, every variant: forward with bias +
+            // ReLU fused, backward-data (flip + forward), weight gradient into f32 (+ the fixed-order sum of the
+            // partials).
+            if gpu.mma_conv_ok(&g, &x.view(xs), &y.view(ys)) {
+                let b32 = random(&mut gpu, g.cout, DType::F32, 40);
+                let dw32 = gpu.alloc(g.weight_len(), DType::F32).unwrap();
+                let counts = gpu.mma_variants(&g);
+                let mut rows = [vec![], vec![], vec![]];
+                for v in 0..*counts.iter().max().unwrap() {
+                    gpu.mma_variant = Some(v);
+                    if v < counts[0] {
+                        rows[0].push(time_ms(&mut gpu, reps, |gpu| {
+                            gpu.mma_conv_forward(
+                                &g,
+                                x.view(xs),
+                                w.ptr(),
+                                Some(b32.ptr()),
+                                y.view(ys),
+                                0.0,
+                                false,
+                            )
+                            .unwrap();
+                        }));
+                    }
+                    if v < counts[1] {
+                        rows[1].push(time_ms(&mut gpu, reps, |gpu| {
+                            gpu.mma_conv_backward_data(
+                                &g,
+                                dy.view(ys),
+                                w.ptr(),
+                                dx.view(xs),
+                                false,
+                            )
+                            .unwrap();
+                        }));
+                    }
+                    if v < counts[2] {
+                        rows[2].push(time_ms(&mut gpu, reps, |gpu| {
+                            gpu.mma_conv_backward_filter(&g, x.view(xs), dy.view(ys), dw32.ptr())
+                                .unwrap();
+                        }));
+                    }
+                }
+                gpu.mma_variant = None;
+                let fmt = |v: &[f64]| {
+                    v.iter()
+                        .map(|t| format!("{t:.3}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+                let mt = 3.0 * 2.0 * g.macs() as f64
+                    / ((best(&rows[0]) + best(&rows[1]) + best(&rows[2])) * 1e-3)
+                    / 1e12;
+                println!(
+                    "{:<6}   mma variants (ms): fwd+bias+ReLU [{}], bwd-d [{}], bwd-f [{}]; best {:.1} TFLOP/s",
+                    p.name(),
+                    fmt(&rows[0]),
+                    fmt(&rows[1]),
+                    fmt(&rows[2]),
+                    mt
+                );
+                println!(
+                    "JSON {}",
+                    serde_json::json!({"kind": "conv_mma", "precision": p.name(), "geom": g, "fwd_bias_relu_ms": rows[0],
+                        "bwd_data_ms": rows[1], "bwd_filter_ms": rows[2], "best_tflops": mt})
+                );
+            }
             println!(
                 "JSON {}",
                 serde_json::json!({"kind": "conv", "precision": p.name(), "geom": g, "fwd_ms": f, "bwd_data_ms": bd,
@@ -762,6 +830,18 @@ fn train(args: &[String]) {
         .unwrap();
         let prof = be.profile().unwrap();
         be.set_profiling(false);
+        // Which convs our MMA kernels took over (device/mma.rs tuning: each variant and cuDNN on the first call).
+        for c in be.gpu().mma_choices() {
+            println!(
+                "    mma {} {:?}: ours {:?} ms, cuDNN {:?} ms -> {}",
+                c.geom,
+                c.direction,
+                c.ours_ms,
+                c.cudnn_ms,
+                c.picked
+                    .map_or("cuDNN".to_string(), |v| format!("variant {v}"))
+            );
+        }
         let total: f64 = prof.iter().map(|p| p.1).sum();
         for (name, ms, calls) in &prof {
             println!(

@@ -1108,6 +1108,18 @@ impl Backend for CudaBackend {
                 .conv1x1_to1_forward(xg, w, b, yg, slope(act))
                 .map_err(be_err);
         }
+        if gpu.mma_conv_ok(&cg, &xg, &yg) {
+            // bf16 3x3 with 32/64 channels: our tensor-core kernel (bias and activation fused, channel slices read
+            // and written in place) where the first call of the shape found it faster than cuDNN (device/mma.rs).
+            let w = self.weights(&mut gpu, params, w_off)?;
+            let b = bias.map(|o| params.buf.ptr_at(o));
+            if gpu
+                .mma_conv_forward(&cg, xg, w, b, yg, slope(act), false)
+                .map_err(be_err)?
+            {
+                return Ok(());
+            }
+        }
         let xin = self.packed_in(&mut gpu, xg, S_X)?;
         let w = self.weights(&mut gpu, params, w_off)?;
         let yout = self.packed_out(&mut gpu, yg, S_Y)?;
@@ -1179,6 +1191,15 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let mut gpu = self.gpu();
+        if gpu.mma_conv_ok(&cg, &dxg, &dyg) {
+            let w = self.weights(&mut gpu, params, w_off)?;
+            if gpu
+                .mma_conv_backward_data(&cg, dyg, w, dxg, accumulate)
+                .map_err(be_err)?
+            {
+                return Ok(());
+            }
+        }
         let dyin = self.packed_in(&mut gpu, dyg, S_X)?;
         let w = self.weights(&mut gpu, params, w_off)?;
         let out = self.packed_out(&mut gpu, dxg, S_Y)?;
@@ -1241,6 +1262,14 @@ impl Backend for CudaBackend {
             return gpu
                 .conv1x1_to1_backward_filter(xg, dyg, grads.buf.ptr_at(dw_off))
                 .map_err(be_err);
+        }
+        if gpu.mma_conv_ok(&cg, &xg, &dyg) {
+            if gpu
+                .mma_conv_backward_filter(&cg, xg, dyg, grads.buf.ptr_at(dw_off))
+                .map_err(be_err)?
+            {
+                return Ok(());
+            }
         }
         let xin = self.packed_in(&mut gpu, xg, S_X)?;
         let dyin = self.packed_in(&mut gpu, dyg, S_Y)?;

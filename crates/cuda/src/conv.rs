@@ -649,7 +649,11 @@ impl Gpu {
     /// Mean milliseconds of `f` on the stream (CUDA events): one untimed run, then enough runs for about 2 ms,
     /// at least 3. Returns the first run's error. Stops early (returning the one run's time) when that run alone
     /// took over `give_up` ms, so a hopeless candidate costs one run.
-    fn time_ms(&mut self, give_up: f32, mut f: impl FnMut(&mut Gpu) -> Result<()>) -> Result<f32> {
+    pub(crate) fn time_ms(
+        &mut self,
+        give_up: f32,
+        mut f: impl FnMut(&mut Gpu) -> Result<()>,
+    ) -> Result<f32> {
         let ev = |gpu: &Gpu| {
             gpu.ctx
                 .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))

@@ -19,6 +19,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod mma;
+pub use mma::{MmaChoice, MmaMode, CONV_MMA_CU};
+
 /// The kernel source, compiled once per GPU architecture (and cached on disk).
 pub const ELEMENTWISE_CU: &str = include_str!("kernels/elementwise.cu");
 
@@ -171,6 +174,16 @@ pub struct Gpu {
     pub deterministic: bool,
     scratch: Option<Buf>,
     staging: Vec<Option<Buf>>,
+    /// cryoden's own bf16 3x3 conv kernels (device/mma.rs); `None` before compute capability 8.0.
+    mma: Option<mma::MmaKernels>,
+    /// The flipped weights of the MMA backward-data pass.
+    mma_wt: Option<Buf>,
+    /// Where the MMA kernels run (`CRYODEN_MMA_CONV`: auto (default) where they beat cuDNN, force, off).
+    pub mma_conv: MmaMode,
+    /// Run this variant of the MMA kernels instead of tuning (benchmarks; clamped to the shape's variant count).
+    pub mma_variant: Option<usize>,
+    /// Tuning decisions per call shape.
+    mma_tuned: HashMap<mma::MmaKey, MmaChoice>,
     /// Copy stream and device staging of `upload_async` (created on the first upload).
     uploader: Option<Uploader>,
     /// Set while a CUDA graph is being captured: internal buffers must not be (re)allocated then (a stream-ordered
@@ -283,7 +296,7 @@ impl Gpu {
                 compiler.arch, compiled.compile_ms
             )
         };
-        Ok(Gpu {
+        let mut gpu = Gpu {
             info,
             ctx,
             stream,
@@ -309,8 +322,15 @@ impl Gpu {
             direct_conv_out: true,
             fused_conv_bias_act: true,
             convt_gemm_fused: true,
+            mma: None,
+            mma_wt: None,
+            mma_conv: mma::mode_from_env(),
+            mma_variant: None,
+            mma_tuned: HashMap::new(),
             arena: Arena::new(ordinal),
-        })
+        };
+        gpu.mma = mma::MmaKernels::open(&gpu)?;
+        Ok(gpu)
     }
 
     /// `doctor`'s functional check: open, run one conv and one kernel, compare with a CPU computation.

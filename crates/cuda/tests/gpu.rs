@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use cryoden_cuda::engine::{self, EngineMode};
-use cryoden_cuda::{AdamStep, ConvGeom, CudaError, DType, Gpu, LossKind, Nhwc, Precision};
+use cryoden_cuda::{AdamStep, ConvGeom, CudaError, DType, Gpu, LossKind, MmaMode, Nhwc, Precision};
 
 const GPU: &str = "needs an NVIDIA GPU: run on the device with `--ignored`";
 
@@ -659,7 +659,13 @@ fn kernel_cache_hit_on_second_open() {
     let n = std::fs::read_dir(dir.path().join("cryoden/kernels"))
         .unwrap()
         .count();
-    assert_eq!(n, 1, "one cached module");
+    // elementwise.cu, and conv_mma.cu where the GPU has bf16 MMA (compute capability 8.0 and newer).
+    let want = if a.info.compute_capability.0 >= 8 {
+        2
+    } else {
+        1
+    };
+    assert_eq!(n, want, "one cached file per module");
 }
 
 /// Graph capture of the ops on the Gpu's stream, replayed: the same result as eager execution.
@@ -1270,4 +1276,160 @@ fn backend_engines_deterministic_mode() {
             e.name()
         );
     }
+}
+
+/// cryoden's own bf16 3x3 conv kernels (device/mma.rs) against the f64 CPU reference on bf16-rounded inputs, for
+/// every channel configuration they cover, sizes that are not multiples of the 16-pixel tile, inputs and outputs
+/// that are channel slices of wider buffers (channels outside the slice must stay untouched), bias + ReLU /
+/// LeakyReLU / identity, accumulation, and the weight gradient added onto existing values.
+/// Bounds: y and dx are rounded to bf16 once (relative L2 ≈ 1e-3), so ≤ 4e-3; dw is accumulated and stored in f32,
+/// so ≤ 1e-5.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn mma_conv_matches_cpu() {
+    let mut gpu = gpu();
+    gpu.mma_conv = MmaMode::Force;
+    if gpu.info.compute_capability.0 < 8 {
+        println!("skipped: compute capability below 8.0 has no bf16 MMA");
+        return;
+    }
+    let dt = DType::Bf16;
+    let mut rng = Rng::new(23);
+    let r = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(bf16_round).collect() };
+    // (n, h, w, cin, cout, x buffer channels, x offset, y buffer channels, y offset, slope, accumulate)
+    let cases = [
+        (
+            2usize, 17usize, 19usize, 32usize, 32usize, 32usize, 0usize, 32usize, 0usize, 0.0f32,
+            false,
+        ),
+        (1, 33, 40, 64, 32, 64, 0, 64, 32, 0.0, false),
+        (2, 16, 16, 32, 64, 96, 32, 64, 0, 0.1, true),
+        (1, 9, 50, 64, 64, 128, 64, 72, 8, 1.0, false),
+        (3, 40, 7, 32, 32, 64, 32, 64, 0, 0.0, true),
+    ];
+    for (n, h, w, cin, cout, xc, xo, yc, yo, slope, accumulate) in cases {
+        let g = G {
+            n,
+            h,
+            w,
+            cin,
+            cout,
+            k: 3,
+            pad: 1,
+            stride: 1,
+        };
+        let c = cg(&g);
+        let xs_whole = Nhwc::new(n, h, w, xc);
+        let ys_whole = Nhwc::new(n, h, w, yc);
+        let xw = r(rng.vec(xs_whole.len(), 1.0));
+        let yw = r(rng.vec(ys_whole.len(), 1.0));
+        let wt = r(rng.vec(c.weight_len(), 1.0 / ((9 * cin) as f32).sqrt()));
+        let bias = rng.vec(cout, 0.3);
+        let slice = |whole: &[f32], wc: usize, off: usize, ch: usize| -> Vec<f32> {
+            whole
+                .chunks(wc)
+                .flat_map(|p| p[off..off + ch].to_vec())
+                .collect()
+        };
+        let x = slice(&xw, xc, xo, cin);
+        let y0 = slice(&yw, yc, yo, cout);
+        let counts = gpu.mma_variants(&c);
+        for v in 0..*counts.iter().max().unwrap() {
+            // Each direction clamps v to its own variant count.
+            gpu.mma_variant = Some(v);
+            let xb = gpu.upload(&xw, dt).unwrap();
+            let yb = gpu.upload(&yw, dt).unwrap();
+            let wb = gpu.upload(&wt, dt).unwrap();
+            let bb = gpu.upload(&bias, DType::F32).unwrap();
+            let xv = xb.channels(xs_whole, xo, cin);
+            let yv = yb.channels(ys_whole, yo, cout);
+            assert!(gpu.mma_conv_ok(&c, &xv, &yv), "{c}: not supported");
+            let label = format!(
+                "{c} variant {v}: x[{xo}..] of {xc}, y[{yo}..] of {yc}, slope {slope}, acc {accumulate}"
+            );
+            // Forward: y = act(conv + bias) (+ y).
+            assert!(gpu
+                .mma_conv_forward(&c, xv, wb.ptr(), Some(bb.ptr()), yv, slope, accumulate)
+                .unwrap());
+            let conv = conv_fwd(&g, &x, &wt);
+            let want: Vec<f32> = conv
+                .iter()
+                .enumerate()
+                .map(|(i, v)| act(v + bias[i % cout], slope) + if accumulate { y0[i] } else { 0.0 })
+                .collect();
+            let got_whole = gpu.download(&yb).unwrap();
+            for (i, (gv, wv)) in got_whole.iter().zip(&yw).enumerate() {
+                let ch = i % yc;
+                if !(yo..yo + cout).contains(&ch) {
+                    assert_eq!(
+                        gv, wv,
+                        "{label}: forward touched channel {ch} outside its slice"
+                    );
+                }
+            }
+            let e_y = rel_l2(&slice(&got_whole, yc, yo, cout), &want);
+            // Backward-data: dy is the y slice's values, dx written into x's slice (+ x when accumulating).
+            let dy = slice(&got_whole, yc, yo, cout);
+            let dxb = gpu.upload(&xw, dt).unwrap();
+            let dxv = dxb.channels(xs_whole, xo, cin);
+            assert!(gpu
+                .mma_conv_backward_data(&c, yv, wb.ptr(), dxv, accumulate)
+                .unwrap());
+            let want_dx: Vec<f32> = conv_bwd_data(&g, &dy, &wt)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + if accumulate { x[i] } else { 0.0 })
+                .collect();
+            let got_dx_whole = gpu.download(&dxb).unwrap();
+            for (i, (gv, wv)) in got_dx_whole.iter().zip(&xw).enumerate() {
+                let ch = i % xc;
+                if !(xo..xo + cin).contains(&ch) {
+                    assert_eq!(
+                        gv, wv,
+                        "{label}: backward-data touched channel {ch} outside its slice"
+                    );
+                }
+            }
+            let e_dx = rel_l2(&slice(&got_dx_whole, xc, xo, cin), &want_dx);
+            // Weight gradient, added onto 1.0.
+            let dwb = gpu.upload(&vec![1.0; c.weight_len()], DType::F32).unwrap();
+            assert!(gpu.mma_conv_backward_filter(&c, xv, yv, dwb.ptr()).unwrap());
+            let want_dw: Vec<f32> = conv_bwd_filter(&g, &x, &dy)
+                .into_iter()
+                .map(|v| v + 1.0)
+                .collect();
+            let e_dw = rel_l2(&gpu.download(&dwb).unwrap(), &want_dw);
+            println!("mma {label}: y {e_y:.2e}, dx {e_dx:.2e}, dw {e_dw:.2e}");
+            assert!(
+                e_y <= 4e-3 && e_dx <= 4e-3 && e_dw <= 1e-5,
+                "{label}: y {e_y:e}, dx {e_dx:e}, dw {e_dw:e}"
+            );
+        }
+    }
+    gpu.mma_variant = None;
+    // A shape the kernels do not cover is refused, not miscomputed.
+    let g = ConvGeom {
+        n: 1,
+        h: 8,
+        w: 8,
+        cin: 16,
+        cout: 32,
+        k: 3,
+        pad: 1,
+        stride: 1,
+    };
+    let xb = gpu.alloc(g.in_shape().len(), dt).unwrap();
+    let yb = gpu.alloc(g.out_shape().len(), dt).unwrap();
+    assert!(!gpu.mma_conv_ok(&g, &xb.view(g.in_shape()), &yb.view(g.out_shape())));
+    assert!(gpu
+        .mma_conv_forward(
+            &g,
+            xb.view(g.in_shape()),
+            0,
+            None,
+            yb.view(g.out_shape()),
+            0.0,
+            false
+        )
+        .is_err());
 }

@@ -1,0 +1,715 @@
+//! cryoden's own bf16 3×3 convolutions on the tensor cores (kernels/conv_mma.cu): forward with bias + activation
+//! fused, backward-data (the forward of the flipped weights) and weight gradient, for 32 or 64 channels in and out
+//! — the plan's U-Net's 1024² and 512² layers, which cuDNN runs far from the GPU's peak (docs/perf/conv-mma.md).
+//!
+//! The table below is the single source of the kernels' tile sizes: the CUDA instantiations are generated from it,
+//! and the launch sizes (threads, shared memory, resident blocks) are computed from it.
+
+use super::{Gpu, View};
+use crate::conv::ConvGeom;
+use crate::engine::Direction;
+use crate::error::{drv, CudaError, Result};
+use crate::precision::{DType, Precision};
+use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+use cudarc::driver::{CudaFunction, CudaModule, LaunchConfig, PushKernelArg};
+use std::sync::Arc;
+
+pub const CONV_MMA_CU: &str = include_str!("../kernels/conv_mma.cu");
+
+/// Forward (and backward-data) kernel variants per (cin, cout): (tile rows TH, tile rows per warp WM, minimum
+/// resident blocks MINB, which caps the registers, tap-loop unrolling TU, k-loop version PIPE: 0 loads each
+/// fragment right before its MMAs, 1 loads the next k step's fragments during the current one's MMAs, 2 loads each
+/// halo row's fragment once for the three kernel rows that use it). Warps split
+/// the TH × 16 tile by rows; each keeps WM × cout / 8 MMA accumulators. The first variant of each is the default
+/// when a call cannot be tuned.
+type FwdVariant = (usize, usize, usize, usize, usize);
+const FWD: [((usize, usize), &[FwdVariant]); 4] = [
+    (
+        (32, 32),
+        &[
+            (16, 4, 1, 1, 2),
+            (16, 4, 1, 1, 1),
+            (16, 4, 1, 1, 0),
+            (16, 4, 1, 9, 0),
+            (16, 8, 1, 1, 2),
+            (16, 2, 2, 1, 1),
+            (8, 2, 4, 1, 1),
+        ],
+    ),
+    (
+        (64, 32),
+        &[
+            (8, 2, 1, 1, 1),
+            (8, 2, 1, 9, 0),
+            (8, 1, 1, 1, 0),
+            (16, 2, 1, 1, 1),
+            (16, 4, 1, 1, 2),
+            (8, 4, 1, 1, 2),
+        ],
+    ),
+    (
+        (32, 64),
+        &[
+            (16, 2, 1, 1, 1),
+            (8, 2, 3, 1, 0),
+            (8, 2, 2, 1, 1),
+            (16, 4, 1, 1, 2),
+            (8, 4, 1, 1, 2),
+        ],
+    ),
+    (
+        (64, 64),
+        &[
+            (8, 2, 1, 1, 1),
+            (8, 2, 1, 9, 0),
+            (16, 2, 1, 1, 1),
+            (16, 4, 1, 1, 2),
+            (8, 4, 1, 1, 2),
+        ],
+    ),
+];
+/// Weight-gradient variants per (cin, cout): (tile rows TH, MINB, taps per warp TPW (1, or 3 sharing the dy
+/// fragments), input channels per warp CIW); (9 / TPW) × (cin / CIW) × (cout / 32) warps.
+type WgradVariant = (usize, usize, usize, usize);
+const WGRAD: [((usize, usize), &[WgradVariant]); 4] = [
+    (
+        (32, 32),
+        &[
+            (8, 1, 3, 32),
+            (8, 1, 1, 32),
+            (16, 1, 1, 32),
+            (16, 1, 3, 32),
+            (8, 3, 1, 32),
+        ],
+    ),
+    (
+        (64, 32),
+        &[(8, 1, 3, 32), (8, 1, 1, 64), (16, 1, 1, 64), (16, 1, 3, 32)],
+    ),
+    ((32, 64), &[(8, 1, 3, 32), (8, 1, 1, 32), (16, 1, 1, 32)]),
+    ((64, 64), &[(8, 1, 3, 32), (8, 1, 1, 64), (4, 1, 1, 64)]),
+];
+
+const PAD: usize = 8;
+const TW: usize = 16;
+
+fn fwd_threads(th: usize, wm: usize) -> usize {
+    th / wm * 32
+}
+fn fwd_smem(ci: usize, co: usize, th: usize) -> usize {
+    2 * (co * (9 * ci + PAD) + 2 * (th + 2) * (TW + 2) * (ci + PAD))
+}
+fn wgrad_threads(ci: usize, co: usize, tpw: usize, ciw: usize) -> usize {
+    9 / tpw * (ci / ciw) * (co / 32) * 32
+}
+fn wgrad_smem(ci: usize, co: usize, th: usize) -> usize {
+    2 * 2 * ((th + 2) * (TW + 2) * (ci + PAD) + th * TW * (co + PAD))
+}
+fn fwd_name(ci: usize, co: usize, v: usize) -> String {
+    format!("conv3_fwd_{ci}_{co}_v{v}")
+}
+fn wgrad_name(ci: usize, co: usize, v: usize) -> String {
+    format!("conv3_wgrad_{ci}_{co}_v{v}")
+}
+
+/// The CUDA source with its instantiations.
+pub fn source() -> String {
+    let mut s = CONV_MMA_CU.to_string();
+    for ((ci, co), vs) in FWD {
+        for (v, (th, wm, minb, tu, pipe)) in vs.iter().enumerate() {
+            let name = fwd_name(ci, co, v);
+            s.push_str(&format!(
+                "CONV3_FWD({name}, {ci}, {co}, {th}, {wm}, {minb}, {tu}, {pipe})\n"
+            ));
+        }
+    }
+    for ((ci, co), vs) in WGRAD {
+        for (v, (th, minb, tpw, ciw)) in vs.iter().enumerate() {
+            let name = wgrad_name(ci, co, v);
+            s.push_str(&format!(
+                "CONV3_WGRAD({name}, {ci}, {co}, {th}, {minb}, {tpw}, {ciw})\n"
+            ));
+        }
+    }
+    s
+}
+
+/// Whether cryoden's own convolutions may run (`CRYODEN_MMA_CONV`: `auto`, the default: where they beat cuDNN on
+/// the first call of a shape; `force`: always where they apply, for tests and benchmarks; `off`: never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmaMode {
+    Off,
+    Auto,
+    Force,
+}
+
+pub fn mode_from_env() -> MmaMode {
+    parse_mode(std::env::var("CRYODEN_MMA_CONV").ok().as_deref())
+}
+
+fn parse_mode(v: Option<&str>) -> MmaMode {
+    match v {
+        Some("off") | Some("0") | Some("false") => MmaMode::Off,
+        Some("force") => MmaMode::Force,
+        _ => MmaMode::Auto,
+    }
+}
+
+/// One loaded kernel with its launch shape.
+#[derive(Debug)]
+struct Kernel {
+    f: CudaFunction,
+    threads: u32,
+    smem: u32,
+    /// Grid size: every block resident at once (the blocks loop over tiles).
+    blocks: u32,
+    th: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct MmaKernels {
+    _module: Arc<CudaModule>,
+    fwd: Vec<((usize, usize), Vec<Kernel>)>,
+    wgrad: Vec<((usize, usize), Vec<Kernel>)>,
+    flip: CudaFunction,
+}
+
+fn load(
+    module: &Arc<CudaModule>,
+    name: &str,
+    threads: usize,
+    smem: usize,
+    sms: u32,
+    th: usize,
+) -> Result<Kernel> {
+    let f = module
+        .load_function(name)
+        .map_err(drv("cuModuleGetFunction"))?;
+    f.set_attribute(
+        Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        smem as i32,
+    )
+    .map_err(drv("cuFuncSetAttribute"))?;
+    let per_sm = f
+        .occupancy_max_active_blocks_per_multiprocessor(threads as u32, smem, None)
+        .map_err(drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?;
+    if per_sm == 0 {
+        return Err(CudaError::Shape(format!(
+            "internal: {name} does not fit on this GPU ({threads} threads, {smem} bytes of shared memory)"
+        )));
+    }
+    Ok(Kernel {
+        f,
+        threads: threads as u32,
+        smem: smem as u32,
+        blocks: per_sm * sms,
+        th,
+    })
+}
+
+impl MmaKernels {
+    /// Compiles (or loads from the kernel cache) and loads the kernels; `None` before compute capability 8.0
+    /// (no bf16 MMA).
+    pub(crate) fn open(gpu: &Gpu) -> Result<Option<MmaKernels>> {
+        if gpu.info.compute_capability.0 < 8 {
+            return Ok(None);
+        }
+        let compiled = gpu.compiler.compile("conv_mma.cu", &source(), &[])?;
+        let module = gpu
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin))
+            .map_err(drv("cuModuleLoadData"))?;
+        let sms = gpu.info.multiprocessors.max(1) as u32;
+        let mut fwd = Vec::new();
+        for ((ci, co), vs) in FWD {
+            let mut ks = Vec::new();
+            for (v, &(th, wm, _, _, _)) in vs.iter().enumerate() {
+                let (threads, smem) = (fwd_threads(th, wm), fwd_smem(ci, co, th));
+                ks.push(load(&module, &fwd_name(ci, co, v), threads, smem, sms, th)?);
+            }
+            fwd.push(((ci, co), ks));
+        }
+        let mut wgrad = Vec::new();
+        for ((ci, co), vs) in WGRAD {
+            let mut ks = Vec::new();
+            for (v, &(th, _, tpw, ciw)) in vs.iter().enumerate() {
+                let (threads, smem) = (wgrad_threads(ci, co, tpw, ciw), wgrad_smem(ci, co, th));
+                ks.push(load(
+                    &module,
+                    &wgrad_name(ci, co, v),
+                    threads,
+                    smem,
+                    sms,
+                    th,
+                )?);
+            }
+            wgrad.push(((ci, co), ks));
+        }
+        let flip = module
+            .load_function("conv3_flip_weights_bf16")
+            .map_err(drv("cuModuleGetFunction"))?;
+        Ok(Some(MmaKernels {
+            _module: module,
+            fwd,
+            wgrad,
+            flip,
+        }))
+    }
+
+    fn fwd(&self, ci: usize, co: usize) -> Option<&[Kernel]> {
+        self.fwd
+            .iter()
+            .find(|(k, _)| *k == (ci, co))
+            .map(|(_, k)| k.as_slice())
+    }
+    fn wgrad(&self, ci: usize, co: usize) -> Option<&[Kernel]> {
+        self.wgrad
+            .iter()
+            .find(|(k, _)| *k == (ci, co))
+            .map(|(_, k)| k.as_slice())
+    }
+}
+
+fn tiles(n: usize, h: usize, w: usize, th: usize) -> usize {
+    n * h.div_ceil(th) * w.div_ceil(TW)
+}
+
+/// What tuning picked for one call shape: one of our variants, or cuDNN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmaPick {
+    Ours(usize),
+    Cudnn,
+}
+
+/// The tuning key: geometry, direction and channel strides (a strided view cannot go to cuDNN directly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct MmaKey {
+    geom: ConvGeom,
+    dir: Direction,
+    cs: [usize; 2],
+}
+
+/// One tuning decision, for bench output and docs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MmaChoice {
+    pub geom: ConvGeom,
+    pub direction: Direction,
+    /// Milliseconds of each of our variants, in table order.
+    pub ours_ms: Vec<f32>,
+    /// cuDNN's time on the same tensors (plain call, packed tensors only; None when the views are strided).
+    pub cudnn_ms: Option<f32>,
+    /// Our variant kept, or None when cuDNN was faster.
+    pub picked: Option<usize>,
+}
+
+impl Gpu {
+    /// Whether cryoden's own kernels can run this 3×3 conv (all three directions): bf16, stride 1, padding 1, 32 or
+    /// 64 channels in and out, `x` and `y` (or dx and dy) 16-byte aligned with channel strides of whole 8-channel
+    /// groups. Whether they do run is decided per call shape by tuning (`mma_conv_forward` etc. return false when
+    /// cuDNN is faster).
+    pub fn mma_conv_ok(&self, g: &ConvGeom, x: &View, y: &View) -> bool {
+        let Some(k) = self.mma.as_ref() else {
+            return false;
+        };
+        self.mma_conv != MmaMode::Off
+            && g.k == 3
+            && g.pad == 1
+            && g.stride == 1
+            && k.fwd(g.cin, g.cout).is_some()
+            && k.fwd(g.cout, g.cin).is_some()
+            && k.wgrad(g.cin, g.cout).is_some()
+            && x.shape == g.in_shape()
+            && y.shape == g.out_shape()
+            && [x, y].iter().all(|v| {
+                v.dtype == DType::Bf16 && v.ptr.is_multiple_of(16) && v.cs.is_multiple_of(8)
+            })
+            && x.shape.pixels() < i32::MAX as usize
+    }
+
+    fn mma_check(&self, op: &str, g: &ConvGeom, x: &View, y: &View) -> Result<()> {
+        if !self.mma_conv_ok(g, x, y) {
+            return Err(CudaError::Shape(format!(
+                "{op}: {g} on {} (cs {}) -> {} (cs {}) is not supported by the MMA kernels",
+                x.shape, x.cs, y.shape, y.cs
+            )));
+        }
+        Ok(())
+    }
+
+    /// How many variants of our kernels each direction of `g` has (forward, backward-data, weight gradient); zeros
+    /// when none apply.
+    pub fn mma_variants(&self, g: &ConvGeom) -> [usize; 3] {
+        let Some(k) = self.mma.as_ref() else {
+            return [0; 3];
+        };
+        [
+            k.fwd(g.cin, g.cout).map_or(0, <[Kernel]>::len),
+            k.fwd(g.cout, g.cin).map_or(0, <[Kernel]>::len),
+            k.wgrad(g.cin, g.cout).map_or(0, <[Kernel]>::len),
+        ]
+    }
+
+    /// Every tuning decision so far (for `cudabench` and docs).
+    pub fn mma_choices(&self) -> Vec<MmaChoice> {
+        let mut v: Vec<MmaChoice> = self.mma_tuned.values().cloned().collect();
+        v.sort_by_key(|c| (c.geom.h, c.geom.cin, c.geom.cout, c.direction as u8));
+        v
+    }
+
+    /// The pick for `key`: forced variant, earlier decision, or (outside graph capture, when `tune` can run the
+    /// candidates on the call's own tensors) a new decision. `n_ours`: our variant count; `tune` times candidate
+    /// `Some(v)` (ours) or `None` (cuDNN), returning None for a candidate that cannot run here.
+    fn mma_pick(
+        &mut self,
+        key: MmaKey,
+        n_ours: usize,
+        can_tune: bool,
+        mut tune: impl FnMut(&mut Gpu, Option<usize>) -> Result<Option<f32>>,
+    ) -> Result<MmaPick> {
+        if let Some(v) = self.mma_variant {
+            return Ok(MmaPick::Ours(v.min(n_ours - 1)));
+        }
+        if let Some(c) = self.mma_tuned.get(&key) {
+            return Ok(c.picked.map_or(MmaPick::Cudnn, MmaPick::Ours));
+        }
+        if self.mma_conv == MmaMode::Force && n_ours == 1 {
+            return Ok(MmaPick::Ours(0));
+        }
+        if !can_tune || self.capturing {
+            return Ok(MmaPick::Ours(0));
+        }
+        let mut ours_ms = Vec::new();
+        for v in 0..n_ours {
+            ours_ms.push(tune(self, Some(v))?.unwrap_or(f32::INFINITY));
+        }
+        let cudnn_ms = if self.mma_conv == MmaMode::Auto {
+            tune(self, None)?
+        } else {
+            None
+        };
+        let (best, best_ms) =
+            ours_ms
+                .iter()
+                .copied()
+                .enumerate()
+                .fold(
+                    (0, f32::INFINITY),
+                    |a, (i, t)| if t < a.1 { (i, t) } else { a },
+                );
+        let picked = match cudnn_ms {
+            Some(c) if c <= best_ms => None,
+            _ => Some(best),
+        };
+        self.mma_tuned.insert(
+            key,
+            MmaChoice {
+                geom: key.geom,
+                direction: key.dir,
+                ours_ms,
+                cudnn_ms,
+                picked,
+            },
+        );
+        Ok(picked.map_or(MmaPick::Cudnn, MmaPick::Ours))
+    }
+
+    /// y = act(conv3x3(x, w) + bias) (+ y when `accumulate`), `mma_conv_ok` must hold. w: KRSC bf16; bias: cout
+    /// floats; slope as in elementwise.cu (0 ReLU, 1 identity). Returns false, having done nothing, when tuning
+    /// found cuDNN faster for this call shape.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mma_conv_forward(
+        &mut self,
+        g: &ConvGeom,
+        x: View,
+        w: u64,
+        bias: Option<u64>,
+        y: View,
+        slope: f32,
+        accumulate: bool,
+    ) -> Result<bool> {
+        self.mma_check("mma_conv_forward", g, &x, &y)?;
+        let n = self.mma.as_ref().unwrap().fwd(g.cin, g.cout).unwrap().len();
+        let key = MmaKey {
+            geom: *g,
+            dir: Direction::Forward,
+            cs: [x.cs, y.cs],
+        };
+        // Tuning writes y, so it runs only when the call overwrites y anyway.
+        let packed = x.is_packed() && y.is_packed();
+        let pick = self.mma_pick(key, n, !accumulate, |gpu, cand| match cand {
+            Some(v) => gpu
+                .time_ms(f32::INFINITY, |gpu| {
+                    gpu.mma_launch_fwd(g, v, x, w, bias, y, slope, false)
+                })
+                .map(Some),
+            None if packed => gpu
+                .time_ms(f32::INFINITY, |gpu| {
+                    gpu.conv_forward(Precision::Bf16, g, x, w, y, 0.0)
+                })
+                .map(Some),
+            None => Ok(None),
+        })?;
+        match pick {
+            MmaPick::Ours(v) => self.mma_launch_fwd(g, v, x, w, bias, y, slope, accumulate)?,
+            MmaPick::Cudnn => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// dx (+)= backward-data of the 3×3 conv `g` (`mma_conv_ok(g, dx, dy)` must hold): the forward conv cout → cin
+    /// of the flipped weights, which are written to a scratch buffer first. Returns false, having done nothing, when
+    /// tuning found cuDNN faster.
+    pub fn mma_conv_backward_data(
+        &mut self,
+        g: &ConvGeom,
+        dy: View,
+        w: u64,
+        dx: View,
+        accumulate: bool,
+    ) -> Result<bool> {
+        self.mma_check("mma_conv_backward_data", g, &dx, &dy)?;
+        let back = ConvGeom {
+            cin: g.cout,
+            cout: g.cin,
+            ..*g
+        };
+        let n = self.mma.as_ref().unwrap().fwd(g.cout, g.cin).unwrap().len();
+        let key = MmaKey {
+            geom: *g,
+            dir: Direction::BackwardData,
+            cs: [dx.cs, dy.cs],
+        };
+        let packed = dx.is_packed() && dy.is_packed();
+        let pick = self.mma_pick(key, n, !accumulate, |gpu, cand| match cand {
+            Some(v) => {
+                let wt = gpu.mma_flip(g, w)?;
+                gpu.time_ms(f32::INFINITY, |gpu| {
+                    gpu.mma_launch_fwd(&back, v, dy, wt, None, dx, 1.0, false)
+                })
+                .map(Some)
+            }
+            None if packed => gpu
+                .time_ms(f32::INFINITY, |gpu| {
+                    gpu.conv_backward_data(Precision::Bf16, g, dy, w, dx, 0.0)
+                })
+                .map(Some),
+            None => Ok(None),
+        })?;
+        match pick {
+            MmaPick::Ours(v) => {
+                let wt = self.mma_flip(g, w)?;
+                self.mma_launch_fwd(&back, v, dy, wt, None, dx, 1.0, accumulate)?;
+                Ok(true)
+            }
+            MmaPick::Cudnn => Ok(false),
+        }
+    }
+
+    /// dw += weight gradient of the 3×3 conv `g` (`mma_conv_ok` must hold); dw: KRSC f32. Per-block partial sums
+    /// added up in a fixed order, so the result is bit-reproducible. Returns false, having done nothing, when
+    /// tuning found cuDNN faster.
+    pub fn mma_conv_backward_filter(
+        &mut self,
+        g: &ConvGeom,
+        x: View,
+        dy: View,
+        dw: u64,
+    ) -> Result<bool> {
+        self.mma_check("mma_conv_backward_filter", g, &x, &dy)?;
+        let n = self
+            .mma
+            .as_ref()
+            .unwrap()
+            .wgrad(g.cin, g.cout)
+            .unwrap()
+            .len();
+        let key = MmaKey {
+            geom: *g,
+            dir: Direction::BackwardFilter,
+            cs: [x.cs, dy.cs],
+        };
+        let packed = x.is_packed() && dy.is_packed();
+        // Candidates write partial sums (ours) or a temporary (cuDNN), never dw.
+        let pick = self.mma_pick(key, n, true, |gpu, cand| match cand {
+            Some(v) => gpu
+                .time_ms(f32::INFINITY, |gpu| {
+                    gpu.mma_launch_wgrad(g, v, x, dy, None).map(|_| ())
+                })
+                .map(Some),
+            None if packed => {
+                let tmp = gpu.alloc(g.weight_len(), DType::Bf16)?;
+                gpu.time_ms(f32::INFINITY, |gpu| {
+                    gpu.conv_backward_filter(Precision::Bf16, g, x, dy, tmp.ptr(), 0.0)
+                })
+                .map(Some)
+            }
+            None => Ok(None),
+        })?;
+        match pick {
+            MmaPick::Ours(v) => {
+                self.mma_launch_wgrad(g, v, x, dy, Some(dw))?;
+                Ok(true)
+            }
+            MmaPick::Cudnn => Ok(false),
+        }
+    }
+
+    /// The flipped weights of the backward-data pass (conv3_flip_weights) in a scratch buffer; returns its pointer.
+    fn mma_flip(&mut self, g: &ConvGeom, w: u64) -> Result<u64> {
+        let len = g.weight_len();
+        if self.mma_wt.as_ref().is_none_or(|b| b.len < len) {
+            self.not_capturing("MMA weight scratch reallocation")?;
+            self.realloc_epoch += 1;
+            self.mma_wt = None;
+            self.mma_wt = Some(self.alloc(len, DType::Bf16)?);
+        }
+        let wt = self.mma_wt.as_ref().unwrap().ptr;
+        let k = self.mma.as_ref().unwrap();
+        let (ci, co) = (g.cin as i32, g.cout as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (len.div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&k.flip);
+        b.arg(&w).arg(&wt).arg(&ci).arg(&co);
+        // SAFETY: matches conv3_flip_weights_bf16; w and wt hold cout * 9 * cin bf16.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv3_flip_weights)"))?;
+        Ok(wt)
+    }
+
+    /// Forward variant `v` of (g.cin, g.cout); views already checked.
+    #[allow(clippy::too_many_arguments)]
+    fn mma_launch_fwd(
+        &self,
+        g: &ConvGeom,
+        v: usize,
+        x: View,
+        w: u64,
+        bias: Option<u64>,
+        y: View,
+        slope: f32,
+        accumulate: bool,
+    ) -> Result<()> {
+        let ks = self.mma.as_ref().unwrap().fwd(g.cin, g.cout).unwrap();
+        let k = &ks[v.min(ks.len() - 1)];
+        let blocks = (k.blocks as usize).min(tiles(g.n, g.h, g.w, k.th)).max(1);
+        let (xp, xcs, bp, yp, ycs) = (x.ptr, x.cs as i32, bias.unwrap_or(0), y.ptr, y.cs as i32);
+        let (n, h, wd, acc) = (g.n as i32, g.h as i32, g.w as i32, accumulate as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (k.threads, 1, 1),
+            shared_mem_bytes: k.smem,
+        };
+        let mut b = self.stream.launch_builder(&k.f);
+        b.arg(&xp)
+            .arg(&xcs)
+            .arg(&w)
+            .arg(&bp)
+            .arg(&yp)
+            .arg(&ycs)
+            .arg(&n)
+            .arg(&h)
+            .arg(&wd)
+            .arg(&slope)
+            .arg(&acc);
+        // SAFETY: matches conv3_fwd_*; views checked by mma_check (shapes, alignment, bf16); w holds the KRSC
+        // weights.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv3_fwd)"))?;
+        Ok(())
+    }
+
+    /// Weight-gradient variant `v`: partial sums into the scratch buffer, then (when `dw` is given) their
+    /// fixed-order sum added into dw.
+    fn mma_launch_wgrad(
+        &mut self,
+        g: &ConvGeom,
+        v: usize,
+        x: View,
+        dy: View,
+        dw: Option<u64>,
+    ) -> Result<()> {
+        let (f, threads, smem, parts) = {
+            let ks = self.mma.as_ref().unwrap().wgrad(g.cin, g.cout).unwrap();
+            let k = &ks[v.min(ks.len() - 1)];
+            let parts = (k.blocks as usize).min(tiles(g.n, g.h, g.w, k.th)).max(1);
+            (k.f.clone(), k.threads, k.smem, parts)
+        };
+        let len = g.weight_len();
+        let partial = self.scratch(parts * len)?;
+        let (xp, xcs, dyp, dycs) = (x.ptr, x.cs as i32, dy.ptr, dy.cs as i32);
+        let (n, h, wd) = (g.n as i32, g.h as i32, g.w as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (parts as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&xp)
+            .arg(&xcs)
+            .arg(&dyp)
+            .arg(&dycs)
+            .arg(&partial)
+            .arg(&n)
+            .arg(&h)
+            .arg(&wd);
+        // SAFETY: matches conv3_wgrad_*; views checked by mma_check; partial holds parts * len floats.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv3_wgrad)"))?;
+        match dw {
+            Some(dw) => self.sum_parts_into(partial, parts, len, dw),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tile sizes must fit the kernels' assumptions and the H100/H200's 227 KiB of shared memory per block.
+    #[test]
+    fn configurations_fit() {
+        for ((ci, co), vs) in FWD {
+            assert!(ci % 16 == 0 && co % 16 == 0 && !vs.is_empty());
+            for &(th, wm, minb, tu, pipe) in vs {
+                assert!(pipe <= 2);
+                assert!(th % wm == 0 && minb >= 1, "fwd {ci}->{co} {th}/{wm}");
+                assert!(tu == 1 || tu == 3 || tu == 9, "fwd {ci}->{co}: unroll {tu}");
+                assert!(fwd_smem(ci, co, th) <= 227 << 10, "fwd {ci}->{co} {th}");
+                assert!(fwd_threads(th, wm) <= 1024);
+            }
+        }
+        for ((ci, co), vs) in WGRAD {
+            assert!(ci % 16 == 0 && co % 32 == 0 && !vs.is_empty());
+            for &(th, _, tpw, ciw) in vs {
+                assert!(wgrad_smem(ci, co, th) <= 227 << 10, "wgrad {ci}->{co} {th}");
+                assert!((tpw == 1 || tpw == 3) && ci % ciw == 0 && ciw % 16 == 0);
+                assert!(wgrad_threads(ci, co, tpw, ciw) <= 1024);
+            }
+        }
+        // Backward-data of every forward shape runs the swapped one.
+        for ((ci, co), _) in FWD {
+            assert!(FWD.iter().any(|c| c.0 == (co, ci)));
+        }
+    }
+
+    #[test]
+    fn source_holds_every_instantiation() {
+        let s = source();
+        assert!(s.contains("#define CONV3_FWD(") && s.contains("#define CONV3_WGRAD("));
+        assert!(s.contains("CONV3_FWD(conv3_fwd_64_32_v2, 64, 32, 8, 1, 1, 1, 0)"));
+        assert!(s.contains("CONV3_WGRAD(conv3_wgrad_32_32_v4, 32, 32, 8, 3, 1, 32)"));
+        let n = FWD.iter().map(|v| v.1.len()).sum::<usize>()
+            + WGRAD.iter().map(|v| v.1.len()).sum::<usize>();
+        assert_eq!(s.matches("\nCONV3_").count(), n);
+    }
+
+    #[test]
+    fn mode_parses() {
+        assert_eq!(parse_mode(None), MmaMode::Auto);
+        assert_eq!(parse_mode(Some("auto")), MmaMode::Auto);
+        assert_eq!(parse_mode(Some("off")), MmaMode::Off);
+        assert_eq!(parse_mode(Some("0")), MmaMode::Off);
+        assert_eq!(parse_mode(Some("force")), MmaMode::Force);
+    }
+}

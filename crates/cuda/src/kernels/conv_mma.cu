@@ -1,0 +1,405 @@
+// cryoden's own 3x3 convolutions (stride 1, zero padding 1) for bf16 NHWC tensors on the tensor cores, through
+// mma.sync m16n8k16 (bf16 in, f32 accumulate). Compiled by NVRTC for sm_80 and newer (mma.rs appends the
+// instantiations, one per configuration in its table, so the launch sizes and the kernels come from one place).
+//
+// Why: cuDNN runs the plan's U-Net's wide shallow layers (8 x 1024^2 x 32-64 channels) at 120-360 TFLOP/s of ~790.
+// Such a layer moves 128-192 bytes per pixel for 18-37 kFLOP, so a kernel that reads each input once, keeps the
+// weights in shared memory and writes each output once is bound by memory at ~0.25 ms (cuDNN: 0.8-1.25 ms).
+//
+// Implicit GEMM. A block owns a TH x 16 tile of output pixels (and all output channels) at a time: the input tile
+// with its one-pixel halo and the whole weight tensor sit in shared memory, and each tile row of 16 pixels is one
+// m16 MMA tile, so the A fragment of tap (ky, kx) is 16 consecutive halo pixels of row r + ky starting at kx.
+// Blocks are persistent (as many as fit at once), loop over tiles, and fetch the next tile with cp.async while
+// they compute the current one. Out-of-image pixels are zero-filled by cp.async (that is the padding).
+//
+// Shared-memory rows are padded by 8 elements (16 bytes), so the 8 row addresses of each ldmatrix phase fall into
+// distinct 16-byte bank groups (row strides 80, 144, 592 and 1168 bytes: all odd multiples of 16 modulo 128).
+//
+// Tensor arguments are (pointer, cs) as in elementwise.cu: cs is the channel stride of the underlying buffer, so a
+// channel slice of a concatenation buffer is read or written in place. Pointers and cs: multiples of 8 elements.
+
+typedef unsigned short bf16;
+typedef long long i64;
+
+#define TW 16
+#define PAD 8
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned r;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+    return r;
+}
+// 16-byte global -> shared copy, asynchronous; writes zeros (and reads nothing) when !valid.
+__device__ __forceinline__ void cp16(unsigned dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
+__device__ __forceinline__ void ldsm4(unsigned a, unsigned* r) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void ldsm4t(unsigned a, unsigned* r) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+// c += a (16x16, row) * b (16x8, col).
+__device__ __forceinline__ void mma16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Two floats to a bf16 pair, round to nearest even (lo in the low half: the lower channel).
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+struct TileAt {
+    int n, y0, x0;
+};
+__device__ __forceinline__ TileAt tile_at(int t, int TH, int tiles_y, int tiles_x) {
+    TileAt a;
+    int per_image = tiles_y * tiles_x;
+    a.n = t / per_image;
+    int r = t - a.n * per_image;
+    int ty = r / tiles_x;
+    a.y0 = ty * TH;
+    a.x0 = (r - ty * tiles_x) * TW;
+    return a;
+}
+
+// The input tile with its halo, (TH + 2) x (TW + 2) pixels x C channels, into xs (pixel stride C + PAD).
+template <int C, int TH, int THREADS>
+__device__ __forceinline__ void load_halo(const bf16* x, int x_cs, int H, int W, TileAt a, bf16* xs) {
+    constexpr int CH = C / 8, HW = TW + 2, N = (TH + 2) * HW * CH;
+    for (int i = threadIdx.x; i < N; i += THREADS) {
+        int p = i / CH, c = (i - p * CH) * 8;
+        int r = p / HW, col = p - r * HW;
+        int yy = a.y0 + r - 1, xx = a.x0 + col - 1;
+        bool ok = yy >= 0 && yy < H && xx >= 0 && xx < W;
+        const bf16* src = ok ? x + ((i64)(a.n * H + yy) * W + xx) * x_cs + c : x;
+        cp16(smem_u32(xs + p * (C + PAD) + c), src, ok);
+    }
+}
+
+// The tile itself, TH x TW pixels x C channels (zeros outside the image), into ds (pixel stride C + PAD).
+template <int C, int TH, int THREADS>
+__device__ __forceinline__ void load_tile(const bf16* d, int d_cs, int H, int W, TileAt a, bf16* ds) {
+    constexpr int CH = C / 8, N = TH * TW * CH;
+    for (int i = threadIdx.x; i < N; i += THREADS) {
+        int p = i / CH, c = (i - p * CH) * 8;
+        int r = p / TW, col = p - r * TW;
+        int yy = a.y0 + r, xx = a.x0 + col;
+        bool ok = yy < H && xx < W;
+        const bf16* src = ok ? d + ((i64)(a.n * H + yy) * W + xx) * d_cs + c : d;
+        cp16(smem_u32(ds + p * (C + PAD) + c), src, ok);
+    }
+}
+
+// The A (halo pixels) and B (weights) fragments of one 16-deep k step ks = tap * (CI / 16) + kc of the forward
+// kernel, from this lane's ldmatrix base addresses (shared-state space, bytes).
+template <int CI, int WM, int NT, int XS, int WS>
+__device__ __forceinline__ void fwd_frags(unsigned xs_base, unsigned ws_base, int ks, unsigned (&a)[WM][4],
+                                          unsigned (&b)[NT][2]) {
+    const int tap = ks / (CI / 16), kc = ks % (CI / 16);
+    const int ky = tap / 3, kx = tap % 3;
+#pragma unroll
+    for (int np = 0; np < NT / 2; np++) {
+        unsigned r[4];
+        ldsm4(ws_base + (np * 16 * WS + tap * CI + kc * 16) * 2, r);
+        b[2 * np][0] = r[0];
+        b[2 * np][1] = r[1];
+        b[2 * np + 1][0] = r[2];
+        b[2 * np + 1][1] = r[3];
+    }
+#pragma unroll
+    for (int m = 0; m < WM; m++) ldsm4(xs_base + (((m + ky) * (TW + 2) + kx) * XS + kc * 16) * 2, a[m]);
+}
+
+// Forward: y[p, co] = act(bias[co] + sum_{ky, kx, ci} x[p + (ky - 1, kx - 1), ci] * w[co, ky, kx, ci])
+// (+ y[p, co] when accumulate). w: KRSC [CO, 3, 3, CI] bf16; bias: CO floats or null; act(v) = v > 0 ? v : slope * v
+// (slope 1: identity). Also the backward-data pass, as the forward of the flipped weights (conv3_flip_weights).
+// Warps split the tile's rows (WM rows each) and each computes all CO channels of its rows. TU: how far the tap
+// loop is unrolled (9: the compiler hoists fragment loads across taps, at ~230 registers; 1: ~70-150).
+// Shared memory: weights CO x (9 CI + PAD), then two halo buffers of (TH + 2) x 18 x (CI + PAD).
+template <int CI, int CO, int TH, int WM, int TU, int PIPE>
+__device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, const bf16* __restrict__ w,
+                                          const float* __restrict__ bias, bf16* y, int y_cs, int N, int H, int W,
+                                          float slope, int accumulate) {
+    constexpr int XS = CI + PAD, WS = 9 * CI + PAD, HALO = (TH + 2) * (TW + 2) * XS;
+    constexpr int NT = CO / 8, THREADS = TH / WM * 32;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16* wsm = (bf16*)smem;
+    bf16* xbuf = wsm + CO * WS;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int q = lane >> 3, rr = lane & 7;
+    const int tiles_x = (W + TW - 1) / TW, tiles_y = (H + TH - 1) / TH;
+    const int ntiles = N * tiles_y * tiles_x;
+
+    for (int i = threadIdx.x; i < CO * 9 * CI / 8; i += THREADS) {
+        int co = i / (9 * CI / 8), k = (i - co * (9 * CI / 8)) * 8;
+        cp16(smem_u32(wsm + co * WS + k), w + (i64)co * 9 * CI + k, true);
+    }
+    int t = blockIdx.x, buf = 0;
+    if (t < ntiles) load_halo<CI, TH, THREADS>(x, x_cs, H, W, tile_at(t, TH, tiles_y, tiles_x), xbuf);
+    cp_commit();
+    // This lane's ldmatrix row offsets: B (weights, [co][k]) and A (halo pixels, [pixel][ci]).
+    const int b_row = (q >> 1) * 8 + rr, b_k = (q & 1) * 8;
+    const int a_pix = lane & 15, a_k = (lane >> 4) * 8;
+    for (; t < ntiles; t += gridDim.x) {
+        const int tn = t + gridDim.x;
+        if (tn < ntiles)
+            load_halo<CI, TH, THREADS>(x, x_cs, H, W, tile_at(tn, TH, tiles_y, tiles_x), xbuf + (buf ^ 1) * HALO);
+        cp_commit();
+        cp_wait1();
+        __syncthreads();
+        const bf16* xs = xbuf + buf * HALO;
+        float acc[WM][NT][4];
+#pragma unroll
+        for (int m = 0; m < WM; m++)
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[m][n][e] = 0.f;
+        if (PIPE == 2) {
+            // Version 3: halo row h's A fragment (for one kx and 16 channels) serves output row h - ky for every
+            // ky, so a warp with WM rows loads WM + 2 A fragments per (kx, 16 channels) instead of 3 WM, and the B
+            // fragments of the three ky once: (WM + 2 + 3 NT / 2) ldmatrix per 3 WM NT MMAs (WM = 4, NT = 4: 0.25
+            // per MMA against version 1's 0.375).
+            const unsigned xs_base = smem_u32(xs) + ((warp * WM * (TW + 2) + a_pix) * XS + a_k) * 2;
+            const unsigned ws_base = smem_u32(wsm) + (b_row * WS + b_k) * 2;
+#pragma unroll
+            for (int kx = 0; kx < 3; kx++) {
+#pragma unroll
+                for (int kc = 0; kc < CI / 16; kc++) {
+                    unsigned b[3][NT][2];
+#pragma unroll
+                    for (int ky = 0; ky < 3; ky++)
+#pragma unroll
+                        for (int np = 0; np < NT / 2; np++) {
+                            unsigned r[4];
+                            ldsm4(ws_base + (np * 16 * WS + (ky * 3 + kx) * CI + kc * 16) * 2, r);
+                            b[ky][2 * np][0] = r[0];
+                            b[ky][2 * np][1] = r[1];
+                            b[ky][2 * np + 1][0] = r[2];
+                            b[ky][2 * np + 1][1] = r[3];
+                        }
+#pragma unroll
+                    for (int h = 0; h < WM + 2; h++) {
+                        unsigned a[4];
+                        ldsm4(xs_base + ((h * (TW + 2) + kx) * XS + kc * 16) * 2, a);
+#pragma unroll
+                        for (int ky = 0; ky < 3; ky++) {
+                            const int row = h - ky;
+                            if (row >= 0 && row < WM) {
+#pragma unroll
+                                for (int n = 0; n < NT; n++) mma16816(acc[row][n], a, b[ky][n][0], b[ky][n][1]);
+                            }
+                        }
+                    }
+                }
+            }
+        } else if (PIPE == 1) {
+            // Version 2: the k loop flattened and unrolled, the fragments of step ks + 1 loaded while the MMAs of
+            // step ks run (two register sets), so the ldmatrix latency hides behind the tensor cores.
+            constexpr int KS = 9 * CI / 16;
+            const unsigned xs_base = smem_u32(xs) + ((warp * WM * (TW + 2) + a_pix) * XS + a_k) * 2;
+            const unsigned ws_base = smem_u32(wsm) + (b_row * WS + b_k) * 2;
+            unsigned a[2][WM][4], b[2][NT][2];
+            fwd_frags<CI, WM, NT, XS, WS>(xs_base, ws_base, 0, a[0], b[0]);
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                if (ks + 1 < KS) fwd_frags<CI, WM, NT, XS, WS>(xs_base, ws_base, ks + 1, a[(ks + 1) & 1], b[(ks + 1) & 1]);
+#pragma unroll
+                for (int m = 0; m < WM; m++)
+#pragma unroll
+                    for (int n = 0; n < NT; n++) mma16816(acc[m][n], a[ks & 1][m], b[ks & 1][n][0], b[ks & 1][n][1]);
+            }
+        } else {
+            // Version 1: per tap and 16 channels, load the B fragments, then per row its A fragment and MMAs.
+    #pragma unroll TU
+            for (int tap = 0; tap < 9; tap++) {
+                const int ky = tap / 3, kx = tap % 3;
+    #pragma unroll
+                for (int kc = 0; kc < CI / 16; kc++) {
+                    unsigned b[NT][2];
+    #pragma unroll
+                    for (int np = 0; np < NT / 2; np++) {
+                        unsigned r[4];
+                        ldsm4(smem_u32(wsm + (np * 16 + b_row) * WS + tap * CI + kc * 16 + b_k), r);
+                        b[2 * np][0] = r[0];
+                        b[2 * np][1] = r[1];
+                        b[2 * np + 1][0] = r[2];
+                        b[2 * np + 1][1] = r[3];
+                    }
+    #pragma unroll
+                    for (int m = 0; m < WM; m++) {
+                        const int row = warp * WM + m;
+                        unsigned a[4];
+                        ldsm4(smem_u32(xs + ((row + ky) * (TW + 2) + a_pix + kx) * XS + kc * 16 + a_k), a);
+    #pragma unroll
+                        for (int n = 0; n < NT; n++) mma16816(acc[m][n], a, b[n][0], b[n][1]);
+                    }
+                }
+            }
+        }
+        const TileAt at = tile_at(t, TH, tiles_y, tiles_x);
+#pragma unroll
+        for (int m = 0; m < WM; m++) {
+            const int yy = at.y0 + warp * WM + m;
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                const int xx = at.x0 + (lane >> 2) + half * 8;
+                if (yy < H && xx < W) {
+                    bf16* out = y + ((i64)(at.n * H + yy) * W + xx) * y_cs;
+#pragma unroll
+                    for (int n = 0; n < NT; n++) {
+                        const int co = n * 8 + (lane & 3) * 2;
+                        float v0 = acc[m][n][half * 2], v1 = acc[m][n][half * 2 + 1];
+                        if (bias) {
+                            v0 += bias[co];
+                            v1 += bias[co + 1];
+                        }
+                        v0 = v0 > 0.f ? v0 : v0 * slope;
+                        v1 = v1 > 0.f ? v1 : v1 * slope;
+                        unsigned* o = (unsigned*)(out + co);
+                        if (accumulate) {
+                            unsigned old = *o;
+                            v0 += __uint_as_float(old << 16);
+                            v1 += __uint_as_float(old & 0xffff0000u);
+                        }
+                        *o = pack_bf16x2(v0, v1);
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        buf ^= 1;
+    }
+}
+
+// Weight gradient: partial[blockIdx.x, co, tap, ci] = sum over this block's tiles of dy[p, co] * x[p + tap, ci]
+// (f32; the host adds the blocks up in a fixed order, sum_parts). Each warp computes TPW taps of one kernel row
+// (TPW = 3: taps 3 ky .. 3 ky + 2, sharing the dy fragments; TPW = 1: one tap) for 32 output channels and CIW input
+// channels: an M = 32 (co) x N = CIW (ci) product per tap over K = pixels, 16 pixels (one tile row) per MMA step.
+// Warp w: tap group w % (9 / TPW), then the ci part, then the co half. dy^T and x are read with transposing
+// ldmatrix. Shared memory: two buffers, each a halo tile (TH + 2) x 18 x (CI + PAD) and a dy tile TH x 16 x
+// (CO + PAD).
+template <int CI, int CO, int TH, int TPW, int CIW>
+__device__ __forceinline__ void conv3_wgrad(const bf16* __restrict__ x, int x_cs, const bf16* __restrict__ dy,
+                                            int dy_cs, float* __restrict__ partial, int N, int H, int W) {
+    constexpr int XS = CI + PAD, DS = CO + PAD, HALO = (TH + 2) * (TW + 2) * XS, BUF = HALO + TH * TW * DS;
+    constexpr int NT = CIW / 8, GROUPS = 9 / TPW, THREADS = GROUPS * (CI / CIW) * (CO / 32) * 32;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16* base = (bf16*)smem;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int q = lane >> 3, rr = lane & 7;
+    const int group = warp % GROUPS, cip = (warp / GROUPS) % (CI / CIW), coh = warp / (GROUPS * (CI / CIW));
+    const int tap0 = group * TPW;
+    const int tiles_x = (W + TW - 1) / TW, tiles_y = (H + TH - 1) / TH;
+    const int ntiles = N * tiles_y * tiles_x;
+    float acc[TPW][2][NT][4];
+#pragma unroll
+    for (int j = 0; j < TPW; j++)
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[j][m][n][e] = 0.f;
+
+    int t = blockIdx.x, buf = 0;
+    if (t < ntiles) {
+        const TileAt a = tile_at(t, TH, tiles_y, tiles_x);
+        load_halo<CI, TH, THREADS>(x, x_cs, H, W, a, base);
+        load_tile<CO, TH, THREADS>(dy, dy_cs, H, W, a, base + HALO);
+    }
+    cp_commit();
+    // ldmatrix.trans row offsets: A = dy^T (rows of ds are pixels, columns co), B = x (rows pixels, columns ci).
+    const int a_pix = rr + (q >> 1) * 8, a_co = coh * 32 + (q & 1) * 8;
+    const int b_pix = rr + (q & 1) * 8, b_ci = cip * CIW + (q >> 1) * 8;
+    for (; t < ntiles; t += gridDim.x) {
+        const int tn = t + gridDim.x;
+        if (tn < ntiles) {
+            const TileAt a = tile_at(tn, TH, tiles_y, tiles_x);
+            bf16* nb = base + (buf ^ 1) * BUF;
+            load_halo<CI, TH, THREADS>(x, x_cs, H, W, a, nb);
+            load_tile<CO, TH, THREADS>(dy, dy_cs, H, W, a, nb + HALO);
+        }
+        cp_commit();
+        cp_wait1();
+        __syncthreads();
+        const bf16* xs = base + buf * BUF;
+        const bf16* ds = xs + HALO;
+#pragma unroll 2
+        for (int r = 0; r < TH; r++) {
+            unsigned a[2][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++) ldsm4t(smem_u32(ds + (r * TW + a_pix) * DS + a_co + m * 16), a[m]);
+#pragma unroll
+            for (int j = 0; j < TPW; j++) {
+                const int tap = tap0 + j, ky = tap / 3, kx = tap % 3;
+#pragma unroll
+                for (int np = 0; np < NT / 2; np++) {
+                    unsigned b[4];
+                    ldsm4t(smem_u32(xs + ((r + ky) * (TW + 2) + kx + b_pix) * XS + np * 16 + b_ci), b);
+#pragma unroll
+                    for (int m = 0; m < 2; m++) {
+                        mma16816(acc[j][m][2 * np], a[m], b[0], b[1]);
+                        mma16816(acc[j][m][2 * np + 1], a[m], b[2], b[3]);
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        buf ^= 1;
+    }
+    float* out = partial + (i64)blockIdx.x * (CO * 9 * CI);
+#pragma unroll
+    for (int j = 0; j < TPW; j++)
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const int co = coh * 32 + m * 16 + (lane >> 2) + half * 8;
+                    const int ci = cip * CIW + n * 8 + (lane & 3) * 2;
+                    *(float2*)(out + (co * 9 + tap0 + j) * CI + ci) =
+                        make_float2(acc[j][m][n][half * 2], acc[j][m][n][half * 2 + 1]);
+                }
+}
+
+// wt[ci, 8 - tap, co] = w[co, tap, ci]: the backward-data pass of a 3x3 conv CO -> CI (padding 1) is the forward
+// conv CI' = CO -> CO' = CI with the taps flipped and the channel axes swapped.
+extern "C" __global__ void conv3_flip_weights_bf16(const bf16* __restrict__ w, bf16* __restrict__ wt, int ci_n,
+                                                   int co_n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= co_n * 9 * ci_n) return;
+    int ci = i % ci_n, tap = (i / ci_n) % 9, co = i / (9 * ci_n);
+    wt[((i64)ci * 9 + 8 - tap) * co_n + co] = w[i];
+}
+
+// Kernel variants (llm.c's habit): the tile rows TH, rows per warp WM, the minimum resident blocks MINB (which caps
+// the registers per thread), the tap-loop unrolling TU and the k-loop version PIPE differ per variant; mma.rs times them per shape and keeps
+// the fastest.
+#define CONV3_FWD(NAME, CI, CO, TH, WM, MINB, TU, PIPE)                                                                      \
+    extern "C" __global__ void __launch_bounds__(TH / WM * 32, MINB)                                              \
+        NAME(const bf16* x, int x_cs, const bf16* w, const float* bias, bf16* y, int y_cs, int N, int H, int W,    \
+             float slope, int accumulate) {                                                                       \
+        conv3_fwd<CI, CO, TH, WM, TU, PIPE>(x, x_cs, w, bias, y, y_cs, N, H, W, slope, accumulate);                          \
+    }
+#define CONV3_WGRAD(NAME, CI, CO, TH, MINB, TPW, CIW)                                                            \
+    extern "C" __global__ void __launch_bounds__(9 / TPW * (CI / CIW) * (CO / 32) * 32, MINB)                   \
+        NAME(const bf16* x, int x_cs, const bf16* dy, int dy_cs, float* partial, int N, int H, int W) {         \
+        conv3_wgrad<CI, CO, TH, TPW, CIW>(x, x_cs, dy, dy_cs, partial, N, H, W);                                 \
+    }
+
+// Instantiations follow (appended by mma.rs from its configuration table).
