@@ -30,7 +30,7 @@ for part in "${parts[@]}"; do
         say "cudabench ops bf16 (cuDNN per direction, then ours)"
         "$B/cudabench" ops --precision bf16 2>&1 | grep -v '^JSON' ;;
     train)
-        for m in off on; do
+        for m in ${MODES:-off on}; do
             say "CRYODEN_MMA_CONV=$m cudabench train bf16"
             CRYODEN_MMA_CONV=$m "$B/cudabench" train --precision bf16 2>&1 | grep -v '^JSON'
             say "CRYODEN_MMA_CONV=$m cryoden bench train bf16 8 x 1024²"

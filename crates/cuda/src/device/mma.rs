@@ -17,77 +17,102 @@ use std::sync::Arc;
 pub const CONV_MMA_CU: &str = include_str!("../kernels/conv_mma.cu");
 
 /// Forward (and backward-data) kernel variants per (cin, cout): (tile rows TH, tile rows per warp WM, minimum
-/// resident blocks MINB, which caps the registers, tap-loop unrolling TU, k-loop version PIPE: 0 loads each
-/// fragment right before its MMAs, 1 loads the next k step's fragments during the current one's MMAs, 2 loads each
-/// halo row's fragment once for the three kernel rows that use it). Warps split
-/// the TH × 16 tile by rows; each keeps WM × cout / 8 MMA accumulators. The first variant of each is the default
-/// when a call cannot be tuned.
-type FwdVariant = (usize, usize, usize, usize, usize);
+/// resident blocks MINB, which caps the registers, tap-loop unrolling TU, k-loop version PIPE, halo buffers NBUF).
+/// PIPE 0 loads each fragment right before its MMAs, 1 loads the next k step's fragments during the current one's
+/// MMAs, 2 loads each halo row's fragment once for the three kernel rows that use it. NBUF 2 fetches the next tile
+/// during this one's MMAs, 1 during its epilogue (less shared memory, so more resident blocks). Warps split the
+/// TH × 16 tile by rows; each keeps WM × cout / 8 MMA accumulators. The first variant of each is the default when
+/// a call cannot be tuned.
+type FwdVariant = (usize, usize, usize, usize, usize, usize);
 const FWD: [((usize, usize), &[FwdVariant]); 4] = [
     (
         (32, 32),
         &[
-            (16, 4, 1, 1, 2),
-            (16, 4, 1, 1, 1),
-            (16, 4, 1, 1, 0),
-            (16, 4, 1, 9, 0),
-            (16, 8, 1, 1, 2),
-            (16, 2, 2, 1, 1),
-            (8, 2, 4, 1, 1),
+            (16, 4, 1, 1, 2, 2),
+            (16, 4, 1, 1, 0, 2),
+            (16, 4, 4, 1, 2, 1),
+            (16, 2, 2, 1, 2, 1),
+            (32, 4, 2, 1, 2, 1),
+            (8, 2, 4, 1, 1, 2),
         ],
     ),
     (
         (64, 32),
         &[
-            (8, 2, 1, 1, 1),
-            (8, 2, 1, 9, 0),
-            (8, 1, 1, 1, 0),
-            (16, 2, 1, 1, 1),
-            (16, 4, 1, 1, 2),
-            (8, 4, 1, 1, 2),
+            (8, 2, 1, 9, 0, 2),
+            (8, 1, 1, 1, 0, 2),
+            (16, 2, 1, 1, 1, 2),
+            (16, 4, 2, 1, 2, 1),
+            (16, 2, 2, 1, 2, 1),
         ],
     ),
     (
         (32, 64),
         &[
-            (16, 2, 1, 1, 1),
-            (8, 2, 3, 1, 0),
-            (8, 2, 2, 1, 1),
-            (16, 4, 1, 1, 2),
-            (8, 4, 1, 1, 2),
+            (8, 2, 3, 1, 0, 2),
+            (16, 2, 1, 1, 1, 2),
+            (16, 4, 1, 1, 2, 2),
+            (16, 4, 2, 1, 2, 1),
+            (16, 2, 2, 1, 2, 1),
         ],
     ),
     (
         (64, 64),
         &[
-            (8, 2, 1, 1, 1),
-            (8, 2, 1, 9, 0),
-            (16, 2, 1, 1, 1),
-            (16, 4, 1, 1, 2),
-            (8, 4, 1, 1, 2),
+            (16, 2, 1, 1, 1, 2),
+            (16, 4, 1, 1, 2, 2),
+            (16, 4, 2, 1, 2, 1),
+            (16, 2, 2, 1, 2, 1),
         ],
     ),
 ];
 /// Weight-gradient variants per (cin, cout): (tile rows TH, MINB, taps per warp TPW (1, or 3 sharing the dy
-/// fragments), input channels per warp CIW); (9 / TPW) × (cin / CIW) × (cout / 32) warps.
-type WgradVariant = (usize, usize, usize, usize);
+/// fragments), input channels per warp CIW, COL: 1 for the three taps of a kernel column, which share the x
+/// fragments as well); (9 / TPW) × (cin / CIW) × (cout / 32) warps.
+type WgradVariant = (usize, usize, usize, usize, usize);
 const WGRAD: [((usize, usize), &[WgradVariant]); 4] = [
     (
         (32, 32),
         &[
-            (8, 1, 3, 32),
-            (8, 1, 1, 32),
-            (16, 1, 1, 32),
-            (16, 1, 3, 32),
-            (8, 3, 1, 32),
+            (8, 1, 3, 32, 0),
+            (8, 1, 1, 32, 0),
+            (16, 1, 1, 32, 0),
+            (16, 1, 3, 32, 0),
+            (8, 3, 1, 32, 0),
+            (8, 1, 3, 32, 1),
+            (16, 1, 3, 32, 1),
         ],
     ),
     (
         (64, 32),
-        &[(8, 1, 3, 32), (8, 1, 1, 64), (16, 1, 1, 64), (16, 1, 3, 32)],
+        &[
+            (8, 1, 3, 32, 0),
+            (8, 1, 1, 64, 0),
+            (16, 1, 1, 64, 0),
+            (16, 1, 3, 32, 0),
+            (8, 1, 3, 32, 1),
+            (16, 1, 3, 32, 1),
+        ],
     ),
-    ((32, 64), &[(8, 1, 3, 32), (8, 1, 1, 32), (16, 1, 1, 32)]),
-    ((64, 64), &[(8, 1, 3, 32), (8, 1, 1, 64), (4, 1, 1, 64)]),
+    (
+        (32, 64),
+        &[
+            (8, 1, 3, 32, 0),
+            (8, 1, 1, 32, 0),
+            (16, 1, 1, 32, 0),
+            (8, 1, 3, 32, 1),
+            (16, 1, 3, 32, 1),
+        ],
+    ),
+    (
+        (64, 64),
+        &[
+            (8, 1, 3, 32, 0),
+            (8, 1, 1, 64, 0),
+            (4, 1, 1, 64, 0),
+            (16, 1, 3, 32, 1),
+        ],
+    ),
 ];
 
 const PAD: usize = 8;
@@ -96,8 +121,8 @@ const TW: usize = 16;
 fn fwd_threads(th: usize, wm: usize) -> usize {
     th / wm * 32
 }
-fn fwd_smem(ci: usize, co: usize, th: usize) -> usize {
-    2 * (co * (9 * ci + PAD) + 2 * (th + 2) * (TW + 2) * (ci + PAD))
+fn fwd_smem(ci: usize, co: usize, th: usize, nbuf: usize) -> usize {
+    2 * (co * (9 * ci + PAD) + nbuf * (th + 2) * (TW + 2) * (ci + PAD))
 }
 fn wgrad_threads(ci: usize, co: usize, tpw: usize, ciw: usize) -> usize {
     9 / tpw * (ci / ciw) * (co / 32) * 32
@@ -116,30 +141,36 @@ fn wgrad_name(ci: usize, co: usize, v: usize) -> String {
 pub fn source() -> String {
     let mut s = CONV_MMA_CU.to_string();
     for ((ci, co), vs) in FWD {
-        for (v, (th, wm, minb, tu, pipe)) in vs.iter().enumerate() {
+        for (v, (th, wm, minb, tu, pipe, nbuf)) in vs.iter().enumerate() {
             let name = fwd_name(ci, co, v);
             s.push_str(&format!(
-                "CONV3_FWD({name}, {ci}, {co}, {th}, {wm}, {minb}, {tu}, {pipe})\n"
+                "CONV3_FWD({name}, {ci}, {co}, {th}, {wm}, {minb}, {tu}, {pipe}, {nbuf})\n"
             ));
         }
     }
     for ((ci, co), vs) in WGRAD {
-        for (v, (th, minb, tpw, ciw)) in vs.iter().enumerate() {
+        for (v, (th, minb, tpw, ciw, col)) in vs.iter().enumerate() {
             let name = wgrad_name(ci, co, v);
             s.push_str(&format!(
-                "CONV3_WGRAD({name}, {ci}, {co}, {th}, {minb}, {tpw}, {ciw})\n"
+                "CONV3_WGRAD({name}, {ci}, {co}, {th}, {minb}, {tpw}, {ciw}, {col})\n"
             ));
         }
     }
     s
 }
 
-/// Whether cryoden's own convolutions may run (`CRYODEN_MMA_CONV`: `auto`, the default: where they beat cuDNN on
-/// the first call of a shape; `force`: always where they apply, for tests and benchmarks; `off`: never).
+/// Where cryoden's own convolutions run (`CRYODEN_MMA_CONV`):
+/// - `auto` (default): the fixed choices of [`AUTO`] (measured on an H200), so a training run is bit-reproducible
+///   from its seed — run-time timing could pick differently from one run to the next;
+/// - `tune`: per call shape, our variants and cuDNN are timed on the first call and the fastest kept (for
+///   benchmarks and other GPUs; not reproducible across runs);
+/// - `force`: ours wherever they apply, the fastest variant (tests and benchmarks);
+/// - `off`: cuDNN everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MmaMode {
     Off,
     Auto,
+    Tune,
     Force,
 }
 
@@ -150,9 +181,32 @@ pub fn mode_from_env() -> MmaMode {
 fn parse_mode(v: Option<&str>) -> MmaMode {
     match v {
         Some("off") | Some("0") | Some("false") => MmaMode::Off,
+        Some("tune") => MmaMode::Tune,
         Some("force") => MmaMode::Force,
         _ => MmaMode::Auto,
     }
+}
+
+/// `auto`'s choice per layer (cin, cout): our variant for [forward, backward-data, weight gradient], or None for
+/// cuDNN. Backward-data runs the forward kernels of (cout, cin), so its index is into that list. From `CRYODEN_MMA_CONV=tune`
+/// on the H200, 8 × 1024² / 8 × 512² (docs/perf/conv-mma.md): ours where it was faster, cuDNN where not.
+const AUTO: [((usize, usize), [Option<usize>; 3]); 4] = [
+    ((32, 32), [Some(4), Some(4), Some(4)]),
+    ((64, 32), [Some(4), None, None]),
+    ((32, 64), [None, Some(4), Some(2)]),
+    ((64, 64), [None, None, None]),
+];
+
+fn auto_pick(g: &ConvGeom, dir: Direction) -> MmaPick {
+    let d = match dir {
+        Direction::Forward => 0,
+        Direction::BackwardData => 1,
+        Direction::BackwardFilter => 2,
+    };
+    AUTO.iter()
+        .find(|(k, _)| *k == (g.cin, g.cout))
+        .and_then(|(_, c)| c[d])
+        .map_or(MmaPick::Cudnn, MmaPick::Ours)
 }
 
 /// One loaded kernel with its launch shape.
@@ -223,8 +277,8 @@ impl MmaKernels {
         let mut fwd = Vec::new();
         for ((ci, co), vs) in FWD {
             let mut ks = Vec::new();
-            for (v, &(th, wm, _, _, _)) in vs.iter().enumerate() {
-                let (threads, smem) = (fwd_threads(th, wm), fwd_smem(ci, co, th));
+            for (v, &(th, wm, _, _, _, nbuf)) in vs.iter().enumerate() {
+                let (threads, smem) = (fwd_threads(th, wm), fwd_smem(ci, co, th, nbuf));
                 ks.push(load(&module, &fwd_name(ci, co, v), threads, smem, sms, th)?);
             }
             fwd.push(((ci, co), ks));
@@ -232,7 +286,7 @@ impl MmaKernels {
         let mut wgrad = Vec::new();
         for ((ci, co), vs) in WGRAD {
             let mut ks = Vec::new();
-            for (v, &(th, _, tpw, ciw)) in vs.iter().enumerate() {
+            for (v, &(th, _, tpw, ciw, _)) in vs.iter().enumerate() {
                 let (threads, smem) = (wgrad_threads(ci, co, tpw, ciw), wgrad_smem(ci, co, th));
                 ks.push(load(
                     &module,
@@ -305,8 +359,8 @@ pub struct MmaChoice {
 impl Gpu {
     /// Whether cryoden's own kernels can run this 3×3 conv (all three directions): bf16, stride 1, padding 1, 32 or
     /// 64 channels in and out, `x` and `y` (or dx and dy) 16-byte aligned with channel strides of whole 8-channel
-    /// groups. Whether they do run is decided per call shape by tuning (`mma_conv_forward` etc. return false when
-    /// cuDNN is faster).
+    /// groups. Whether they do run depends on [`MmaMode`] (`mma_conv_forward` etc. return false when cuDNN is to
+    /// run instead).
     pub fn mma_conv_ok(&self, g: &ConvGeom, x: &View, y: &View) -> bool {
         let Some(k) = self.mma.as_ref() else {
             return false;
@@ -356,9 +410,10 @@ impl Gpu {
         v
     }
 
-    /// The pick for `key`: forced variant, earlier decision, or (outside graph capture, when `tune` can run the
-    /// candidates on the call's own tensors) a new decision. `n_ours`: our variant count; `tune` times candidate
-    /// `Some(v)` (ours) or `None` (cuDNN), returning None for a candidate that cannot run here.
+    /// The pick for `key`: the forced variant, `auto`'s fixed choice, an earlier decision, or (`tune` and `force`,
+    /// outside graph capture, when `tune` can run the candidates on the call's own tensors) a new one. `n_ours`: our
+    /// variant count; `tune` times candidate `Some(v)` (ours) or `None` (cuDNN), returning None for a candidate
+    /// that cannot run here.
     fn mma_pick(
         &mut self,
         key: MmaKey,
@@ -369,20 +424,31 @@ impl Gpu {
         if let Some(v) = self.mma_variant {
             return Ok(MmaPick::Ours(v.min(n_ours - 1)));
         }
+        match self.mma_conv {
+            MmaMode::Off => return Ok(MmaPick::Cudnn),
+            MmaMode::Auto => {
+                return Ok(match auto_pick(&key.geom, key.dir) {
+                    MmaPick::Ours(v) => MmaPick::Ours(v.min(n_ours - 1)),
+                    MmaPick::Cudnn => MmaPick::Cudnn,
+                })
+            }
+            MmaMode::Tune | MmaMode::Force => {}
+        }
         if let Some(c) = self.mma_tuned.get(&key) {
             return Ok(c.picked.map_or(MmaPick::Cudnn, MmaPick::Ours));
         }
-        if self.mma_conv == MmaMode::Force && n_ours == 1 {
-            return Ok(MmaPick::Ours(0));
-        }
-        if !can_tune || self.capturing {
-            return Ok(MmaPick::Ours(0));
+        if !can_tune || self.capturing || n_ours == 1 {
+            return Ok(if self.mma_conv == MmaMode::Force {
+                MmaPick::Ours(0)
+            } else {
+                MmaPick::Cudnn
+            });
         }
         let mut ours_ms = Vec::new();
         for v in 0..n_ours {
             ours_ms.push(tune(self, Some(v))?.unwrap_or(f32::INFINITY));
         }
-        let cudnn_ms = if self.mma_conv == MmaMode::Auto {
+        let cudnn_ms = if self.mma_conv == MmaMode::Tune {
             tune(self, None)?
         } else {
             None
@@ -671,18 +737,22 @@ mod tests {
     fn configurations_fit() {
         for ((ci, co), vs) in FWD {
             assert!(ci % 16 == 0 && co % 16 == 0 && !vs.is_empty());
-            for &(th, wm, minb, tu, pipe) in vs {
-                assert!(pipe <= 2);
+            for &(th, wm, minb, tu, pipe, nbuf) in vs {
+                assert!(pipe <= 2 && (nbuf == 1 || nbuf == 2));
                 assert!(th % wm == 0 && minb >= 1, "fwd {ci}->{co} {th}/{wm}");
                 assert!(tu == 1 || tu == 3 || tu == 9, "fwd {ci}->{co}: unroll {tu}");
-                assert!(fwd_smem(ci, co, th) <= 227 << 10, "fwd {ci}->{co} {th}");
+                assert!(
+                    fwd_smem(ci, co, th, nbuf) <= 227 << 10,
+                    "fwd {ci}->{co} {th}"
+                );
                 assert!(fwd_threads(th, wm) <= 1024);
             }
         }
         for ((ci, co), vs) in WGRAD {
             assert!(ci % 16 == 0 && co % 32 == 0 && !vs.is_empty());
-            for &(th, _, tpw, ciw) in vs {
+            for &(th, _, tpw, ciw, col) in vs {
                 assert!(wgrad_smem(ci, co, th) <= 227 << 10, "wgrad {ci}->{co} {th}");
+                assert!(col == 0 || tpw == 3, "column taps come in threes");
                 assert!((tpw == 1 || tpw == 3) && ci % ciw == 0 && ciw % 16 == 0);
                 assert!(wgrad_threads(ci, co, tpw, ciw) <= 1024);
             }
@@ -697,8 +767,8 @@ mod tests {
     fn source_holds_every_instantiation() {
         let s = source();
         assert!(s.contains("#define CONV3_FWD(") && s.contains("#define CONV3_WGRAD("));
-        assert!(s.contains("CONV3_FWD(conv3_fwd_64_32_v2, 64, 32, 8, 1, 1, 1, 0)"));
-        assert!(s.contains("CONV3_WGRAD(conv3_wgrad_32_32_v4, 32, 32, 8, 3, 1, 32)"));
+        assert!(s.contains("CONV3_FWD(conv3_fwd_64_32_v1, 64, 32, 8, 1, 1, 1, 0, 2)"));
+        assert!(s.contains("CONV3_WGRAD(conv3_wgrad_32_32_v4, 32, 32, 8, 3, 1, 32, 0)"));
         let n = FWD.iter().map(|v| v.1.len()).sum::<usize>()
             + WGRAD.iter().map(|v| v.1.len()).sum::<usize>();
         assert_eq!(s.matches("\nCONV3_").count(), n);
@@ -711,5 +781,45 @@ mod tests {
         assert_eq!(parse_mode(Some("off")), MmaMode::Off);
         assert_eq!(parse_mode(Some("0")), MmaMode::Off);
         assert_eq!(parse_mode(Some("force")), MmaMode::Force);
+        assert_eq!(parse_mode(Some("tune")), MmaMode::Tune);
+    }
+
+    /// `auto`'s fixed choices name variants that exist, for shapes that have kernels; other shapes go to cuDNN.
+    #[test]
+    fn auto_choices_exist() {
+        let count = |ci: usize, co: usize, d: usize| -> usize {
+            match d {
+                0 => FWD.iter().find(|f| f.0 == (ci, co)).unwrap().1.len(),
+                1 => FWD.iter().find(|f| f.0 == (co, ci)).unwrap().1.len(),
+                _ => WGRAD.iter().find(|f| f.0 == (ci, co)).unwrap().1.len(),
+            }
+        };
+        for ((ci, co), picks) in AUTO {
+            for (d, p) in picks.iter().enumerate() {
+                if let Some(v) = p {
+                    assert!(
+                        *v < count(ci, co, d),
+                        "{ci}->{co} direction {d}: variant {v}"
+                    );
+                }
+            }
+        }
+        let g = ConvGeom {
+            n: 1,
+            h: 8,
+            w: 8,
+            cin: 128,
+            cout: 64,
+            k: 3,
+            pad: 1,
+            stride: 1,
+        };
+        assert_eq!(auto_pick(&g, Direction::Forward), MmaPick::Cudnn);
+        let g = ConvGeom {
+            cin: 32,
+            cout: 32,
+            ..g
+        };
+        assert_eq!(auto_pick(&g, Direction::BackwardFilter), MmaPick::Ours(4));
     }
 }

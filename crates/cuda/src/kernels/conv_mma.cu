@@ -35,6 +35,7 @@ __device__ __forceinline__ void cp16(unsigned dst, const void* src, bool valid) 
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_wait0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 __device__ __forceinline__ void ldsm4(unsigned a, unsigned* r) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -128,8 +129,8 @@ __device__ __forceinline__ void fwd_frags(unsigned xs_base, unsigned ws_base, in
 // (slope 1: identity). Also the backward-data pass, as the forward of the flipped weights (conv3_flip_weights).
 // Warps split the tile's rows (WM rows each) and each computes all CO channels of its rows. TU: how far the tap
 // loop is unrolled (9: the compiler hoists fragment loads across taps, at ~230 registers; 1: ~70-150).
-// Shared memory: weights CO x (9 CI + PAD), then two halo buffers of (TH + 2) x 18 x (CI + PAD).
-template <int CI, int CO, int TH, int WM, int TU, int PIPE>
+// Shared memory: weights CO x (9 CI + PAD), then NBUF halo buffers of (TH + 2) x 18 x (CI + PAD).
+template <int CI, int CO, int TH, int WM, int TU, int PIPE, int NBUF>
 __device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, const bf16* __restrict__ w,
                                           const float* __restrict__ bias, bf16* y, int y_cs, int N, int H, int W,
                                           float slope, int accumulate) {
@@ -155,12 +156,16 @@ __device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, 
     const int a_pix = lane & 15, a_k = (lane >> 4) * 8;
     for (; t < ntiles; t += gridDim.x) {
         const int tn = t + gridDim.x;
-        if (tn < ntiles)
-            load_halo<CI, TH, THREADS>(x, x_cs, H, W, tile_at(tn, TH, tiles_y, tiles_x), xbuf + (buf ^ 1) * HALO);
-        cp_commit();
-        cp_wait1();
+        if (NBUF == 2) {
+            if (tn < ntiles)
+                load_halo<CI, TH, THREADS>(x, x_cs, H, W, tile_at(tn, TH, tiles_y, tiles_x), xbuf + (buf ^ 1) * HALO);
+            cp_commit();
+            cp_wait1();
+        } else {
+            cp_wait0();
+        }
         __syncthreads();
-        const bf16* xs = xbuf + buf * HALO;
+        const bf16* xs = xbuf + (NBUF == 2 ? buf * HALO : 0);
         float acc[WM][NT][4];
 #pragma unroll
         for (int m = 0; m < WM; m++)
@@ -250,6 +255,12 @@ __device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, 
                 }
             }
         }
+        if (NBUF == 1) {
+            // One halo buffer: once every warp is done reading it, fetch the next tile during the epilogue.
+            __syncthreads();
+            if (tn < ntiles) load_halo<CI, TH, THREADS>(x, x_cs, H, W, tile_at(tn, TH, tiles_y, tiles_x), xbuf);
+            cp_commit();
+        }
         const TileAt at = tile_at(t, TH, tiles_y, tiles_x);
 #pragma unroll
         for (int m = 0; m < WM; m++) {
@@ -287,12 +298,13 @@ __device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, 
 
 // Weight gradient: partial[blockIdx.x, co, tap, ci] = sum over this block's tiles of dy[p, co] * x[p + tap, ci]
 // (f32; the host adds the blocks up in a fixed order, sum_parts). Each warp computes TPW taps of one kernel row
-// (TPW = 3: taps 3 ky .. 3 ky + 2, sharing the dy fragments; TPW = 1: one tap) for 32 output channels and CIW input
+// (TPW = 3: taps 3 ky .. 3 ky + 2, sharing the dy fragments; TPW = 1: one tap), or with COL the three taps of one
+// kernel column (sharing the x fragments too, see below), for 32 output channels and CIW input
 // channels: an M = 32 (co) x N = CIW (ci) product per tap over K = pixels, 16 pixels (one tile row) per MMA step.
 // Warp w: tap group w % (9 / TPW), then the ci part, then the co half. dy^T and x are read with transposing
 // ldmatrix. Shared memory: two buffers, each a halo tile (TH + 2) x 18 x (CI + PAD) and a dy tile TH x 16 x
 // (CO + PAD).
-template <int CI, int CO, int TH, int TPW, int CIW>
+template <int CI, int CO, int TH, int TPW, int CIW, int COL>
 __device__ __forceinline__ void conv3_wgrad(const bf16* __restrict__ x, int x_cs, const bf16* __restrict__ dy,
                                             int dy_cs, float* __restrict__ partial, int N, int H, int W) {
     constexpr int XS = CI + PAD, DS = CO + PAD, HALO = (TH + 2) * (TW + 2) * XS, BUF = HALO + TH * TW * DS;
@@ -302,6 +314,7 @@ __device__ __forceinline__ void conv3_wgrad(const bf16* __restrict__ x, int x_cs
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int q = lane >> 3, rr = lane & 7;
     const int group = warp % GROUPS, cip = (warp / GROUPS) % (CI / CIW), coh = warp / (GROUPS * (CI / CIW));
+    // Tap of accumulator set j: row taps (ky = group, kx = j) or, with COL, column taps (ky = j, kx = group).
     const int tap0 = group * TPW;
     const int tiles_x = (W + TW - 1) / TW, tiles_y = (H + TH - 1) / TH;
     const int ntiles = N * tiles_y * tiles_x;
@@ -338,22 +351,52 @@ __device__ __forceinline__ void conv3_wgrad(const bf16* __restrict__ x, int x_cs
         __syncthreads();
         const bf16* xs = base + buf * BUF;
         const bf16* ds = xs + HALO;
-#pragma unroll 2
-        for (int r = 0; r < TH; r++) {
-            unsigned a[2][4];
+        if (COL) {
+            // Column taps (one kx, ky = 0..2): halo row h's x fragments serve output rows h - ky for every ky, so per
+            // halo row the warp loads its B fragments once and one new dy row (the last three stay in registers).
+            unsigned a[3][2][4];
 #pragma unroll
-            for (int m = 0; m < 2; m++) ldsm4t(smem_u32(ds + (r * TW + a_pix) * DS + a_co + m * 16), a[m]);
+            for (int h = 0; h < TH + 2; h++) {
+                if (h < TH) {
 #pragma unroll
-            for (int j = 0; j < TPW; j++) {
-                const int tap = tap0 + j, ky = tap / 3, kx = tap % 3;
+                    for (int m = 0; m < 2; m++)
+                        ldsm4t(smem_u32(ds + (h * TW + a_pix) * DS + a_co + m * 16), a[h % 3][m]);
+                }
 #pragma unroll
                 for (int np = 0; np < NT / 2; np++) {
                     unsigned b[4];
-                    ldsm4t(smem_u32(xs + ((r + ky) * (TW + 2) + kx + b_pix) * XS + np * 16 + b_ci), b);
+                    ldsm4t(smem_u32(xs + (h * (TW + 2) + group + b_pix) * XS + np * 16 + b_ci), b);
 #pragma unroll
-                    for (int m = 0; m < 2; m++) {
-                        mma16816(acc[j][m][2 * np], a[m], b[0], b[1]);
-                        mma16816(acc[j][m][2 * np + 1], a[m], b[2], b[3]);
+                    for (int ky = 0; ky < 3; ky++) {
+                        const int r = h - ky;
+                        if (r >= 0 && r < TH) {
+#pragma unroll
+                            for (int m = 0; m < 2; m++) {
+                                mma16816(acc[ky][m][2 * np], a[r % 3][m], b[0], b[1]);
+                                mma16816(acc[ky][m][2 * np + 1], a[r % 3][m], b[2], b[3]);
+                            }
+                        }
+                    }
+                }
+            }
+        } else {
+#pragma unroll 2
+            for (int r = 0; r < TH; r++) {
+                unsigned a[2][4];
+#pragma unroll
+                for (int m = 0; m < 2; m++) ldsm4t(smem_u32(ds + (r * TW + a_pix) * DS + a_co + m * 16), a[m]);
+#pragma unroll
+                for (int j = 0; j < TPW; j++) {
+                    const int tap = tap0 + j, ky = tap / 3, kx = tap % 3;
+#pragma unroll
+                    for (int np = 0; np < NT / 2; np++) {
+                        unsigned b[4];
+                        ldsm4t(smem_u32(xs + ((r + ky) * (TW + 2) + kx + b_pix) * XS + np * 16 + b_ci), b);
+#pragma unroll
+                        for (int m = 0; m < 2; m++) {
+                            mma16816(acc[j][m][2 * np], a[m], b[0], b[1]);
+                            mma16816(acc[j][m][2 * np + 1], a[m], b[2], b[3]);
+                        }
                     }
                 }
             }
@@ -372,7 +415,8 @@ __device__ __forceinline__ void conv3_wgrad(const bf16* __restrict__ x, int x_cs
                 for (int half = 0; half < 2; half++) {
                     const int co = coh * 32 + m * 16 + (lane >> 2) + half * 8;
                     const int ci = cip * CIW + n * 8 + (lane & 3) * 2;
-                    *(float2*)(out + (co * 9 + tap0 + j) * CI + ci) =
+                    const int tap = COL ? j * 3 + group : tap0 + j;
+                    *(float2*)(out + (co * 9 + tap) * CI + ci) =
                         make_float2(acc[j][m][n][half * 2], acc[j][m][n][half * 2 + 1]);
                 }
 }
@@ -388,18 +432,20 @@ extern "C" __global__ void conv3_flip_weights_bf16(const bf16* __restrict__ w, b
 }
 
 // Kernel variants (llm.c's habit): the tile rows TH, rows per warp WM, the minimum resident blocks MINB (which caps
-// the registers per thread), the tap-loop unrolling TU and the k-loop version PIPE differ per variant; mma.rs times them per shape and keeps
+// the registers per thread), the tap-loop unrolling TU, the k-loop version PIPE and the halo buffers NBUF (2: the
+// next tile loads during this one's MMAs; 1: during its epilogue, leaving room for more resident blocks) differ per
+// variant; mma.rs times them per shape and keeps
 // the fastest.
-#define CONV3_FWD(NAME, CI, CO, TH, WM, MINB, TU, PIPE)                                                                      \
+#define CONV3_FWD(NAME, CI, CO, TH, WM, MINB, TU, PIPE, NBUF)                                                                      \
     extern "C" __global__ void __launch_bounds__(TH / WM * 32, MINB)                                              \
         NAME(const bf16* x, int x_cs, const bf16* w, const float* bias, bf16* y, int y_cs, int N, int H, int W,    \
              float slope, int accumulate) {                                                                       \
-        conv3_fwd<CI, CO, TH, WM, TU, PIPE>(x, x_cs, w, bias, y, y_cs, N, H, W, slope, accumulate);                          \
+        conv3_fwd<CI, CO, TH, WM, TU, PIPE, NBUF>(x, x_cs, w, bias, y, y_cs, N, H, W, slope, accumulate);                          \
     }
-#define CONV3_WGRAD(NAME, CI, CO, TH, MINB, TPW, CIW)                                                            \
+#define CONV3_WGRAD(NAME, CI, CO, TH, MINB, TPW, CIW, COL)                                                            \
     extern "C" __global__ void __launch_bounds__(9 / TPW * (CI / CIW) * (CO / 32) * 32, MINB)                   \
         NAME(const bf16* x, int x_cs, const bf16* dy, int dy_cs, float* partial, int N, int H, int W) {         \
-        conv3_wgrad<CI, CO, TH, TPW, CIW>(x, x_cs, dy, dy_cs, partial, N, H, W);                                 \
+        conv3_wgrad<CI, CO, TH, TPW, CIW, COL>(x, x_cs, dy, dy_cs, partial, N, H, W);                                 \
     }
 
 // Instantiations follow (appended by mma.rs from its configuration table).
