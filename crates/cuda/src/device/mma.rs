@@ -191,7 +191,7 @@ fn parse_mode(v: Option<&str>) -> MmaMode {
 /// cuDNN. Backward-data runs the forward kernels of (cout, cin), so its index is into that list. From `CRYODEN_MMA_CONV=tune`
 /// on the H200, 8 × 1024² / 8 × 512² (docs/perf/conv-mma.md): ours where it was faster, cuDNN where not.
 const AUTO: [((usize, usize), [Option<usize>; 3]); 4] = [
-    ((32, 32), [Some(4), Some(4), Some(4)]),
+    ((32, 32), [Some(4), Some(4), Some(6)]),
     ((64, 32), [Some(4), None, None]),
     ((32, 64), [None, Some(4), Some(2)]),
     ((64, 64), [None, None, None]),
@@ -820,6 +820,6 @@ mod tests {
             cout: 32,
             ..g
         };
-        assert_eq!(auto_pick(&g, Direction::BackwardFilter), MmaPick::Ours(4));
+        assert_eq!(auto_pick(&g, Direction::BackwardFilter), MmaPick::Ours(6));
     }
 }
