@@ -1263,13 +1263,12 @@ impl Backend for CudaBackend {
                 .conv1x1_to1_backward_filter(xg, dyg, grads.buf.ptr_at(dw_off))
                 .map_err(be_err);
         }
-        if gpu.mma_conv_ok(&cg, &xg, &dyg) {
-            if gpu
+        if gpu.mma_conv_ok(&cg, &xg, &dyg)
+            && gpu
                 .mma_conv_backward_filter(&cg, xg, dyg, grads.buf.ptr_at(dw_off))
                 .map_err(be_err)?
-            {
-                return Ok(());
-            }
+        {
+            return Ok(());
         }
         let xin = self.packed_in(&mut gpu, xg, S_X)?;
         let dyin = self.packed_in(&mut gpu, dyg, S_Y)?;

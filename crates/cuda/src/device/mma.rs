@@ -190,7 +190,8 @@ fn parse_mode(v: Option<&str>) -> MmaMode {
 /// `auto`'s choice per layer (cin, cout): our variant for [forward, backward-data, weight gradient], or None for
 /// cuDNN. Backward-data runs the forward kernels of (cout, cin), so its index is into that list. From `CRYODEN_MMA_CONV=tune`
 /// on the H200, 8 × 1024² / 8 × 512² (docs/perf/conv-mma.md): ours where it was faster, cuDNN where not.
-const AUTO: [((usize, usize), [Option<usize>; 3]); 4] = [
+type AutoChoice = ((usize, usize), [Option<usize>; 3]);
+const AUTO: [AutoChoice; 4] = [
     ((32, 32), [Some(4), Some(4), Some(6)]),
     ((64, 32), [Some(4), None, None]),
     ((32, 64), [None, Some(4), Some(2)]),
