@@ -9,6 +9,7 @@ use super::{Gpu, View};
 use crate::conv::ConvGeom;
 use crate::engine::Direction;
 use crate::error::{drv, CudaError, Result};
+use crate::nvrtc::Compiler;
 use crate::precision::{DType, Precision};
 use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
 use cudarc::driver::{CudaFunction, CudaModule, LaunchConfig, PushKernelArg};
@@ -66,6 +67,18 @@ const FWD: [((usize, usize), &[FwdVariant]); 4] = [
         ],
     ),
 ];
+/// Hopper (sm_90a) forward variants per (cin, cout): (tile rows TH, halo buffers NBUF). One warpgroup per block,
+/// 64-pixel tile rows, `wgmma` with both operands from shared memory. They follow the `FWD` variants in the variant
+/// numbering, and exist only on compute capability 9.0.
+type WgVariant = (usize, usize);
+const FWD_WG: [((usize, usize), &[WgVariant]); 4] = [
+    ((32, 32), &[(4, 2), (2, 2), (4, 1)]),
+    ((64, 32), &[(4, 2), (2, 2)]),
+    ((32, 64), &[(4, 2), (2, 2)]),
+    ((64, 64), &[(2, 2), (2, 1)]),
+];
+const WG_TW: usize = 64;
+
 /// Weight-gradient variants per (cin, cout): (tile rows TH, MINB, taps per warp TPW (1, or 3 sharing the dy
 /// fragments), input channels per warp CIW, COL: 1 for the three taps of a kernel column, which share the x
 /// fragments as well); (9 / TPW) × (cin / CIW) × (cout / 32) warps.
@@ -121,6 +134,12 @@ const TW: usize = 16;
 fn fwd_threads(th: usize, wm: usize) -> usize {
     th / wm * 32
 }
+fn wg_smem(ci: usize, co: usize, th: usize, nbuf: usize) -> usize {
+    2 * (9 * ci * co + nbuf * (th + 2) * (WG_TW + 2) * ci)
+}
+fn wg_name(ci: usize, co: usize, v: usize) -> String {
+    format!("conv3_fwd_{ci}_{co}_wg{v}")
+}
 fn fwd_smem(ci: usize, co: usize, th: usize, nbuf: usize) -> usize {
     2 * (co * (9 * ci + PAD) + nbuf * (th + 2) * (TW + 2) * (ci + PAD))
 }
@@ -137,9 +156,17 @@ fn wgrad_name(ci: usize, co: usize, v: usize) -> String {
     format!("conv3_wgrad_{ci}_{co}_v{v}")
 }
 
-/// The CUDA source with its instantiations.
-pub fn source() -> String {
+/// The CUDA source with its instantiations (`wgmma`: with the Hopper kernels, compiled for sm_90a).
+pub fn source(wgmma: bool) -> String {
     let mut s = CONV_MMA_CU.to_string();
+    if wgmma {
+        for ((ci, co), vs) in FWD_WG {
+            for (v, (th, nbuf)) in vs.iter().enumerate() {
+                let name = wg_name(ci, co, v);
+                s.push_str(&format!("CONV3_FWD_WG({name}, {ci}, {co}, {th}, {nbuf})\n"));
+            }
+        }
+    }
     for ((ci, co), vs) in FWD {
         for (v, (th, wm, minb, tu, pipe, nbuf)) in vs.iter().enumerate() {
             let name = fwd_name(ci, co, v);
@@ -219,6 +246,8 @@ struct Kernel {
     /// Grid size: every block resident at once (the blocks loop over tiles).
     blocks: u32,
     th: usize,
+    /// Tile width in pixels (16, or 64 for the wgmma kernels).
+    tw: usize,
 }
 
 #[derive(Debug)]
@@ -235,7 +264,7 @@ fn load(
     threads: usize,
     smem: usize,
     sms: u32,
-    th: usize,
+    (th, tw): (usize, usize),
 ) -> Result<Kernel> {
     let f = module
         .load_function(name)
@@ -259,6 +288,7 @@ fn load(
         smem: smem as u32,
         blocks: per_sm * sms,
         th,
+        tw,
     })
 }
 
@@ -269,7 +299,17 @@ impl MmaKernels {
         if gpu.info.compute_capability.0 < 8 {
             return Ok(None);
         }
-        let compiled = gpu.compiler.compile("conv_mma.cu", &source(), &[])?;
+        // wgmma needs the architecture-specific target sm_90a (Hopper only).
+        let wgmma = gpu.info.compute_capability == (9, 0);
+        let compiled = if wgmma {
+            let c = Compiler {
+                arch: "sm_90a".into(),
+                ..gpu.compiler.clone()
+            };
+            c.compile("conv_mma.cu", &source(true), &["-DCRYODEN_SM90A"])?
+        } else {
+            gpu.compiler.compile("conv_mma.cu", &source(false), &[])?
+        };
         let module = gpu
             .ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin))
@@ -280,7 +320,31 @@ impl MmaKernels {
             let mut ks = Vec::new();
             for (v, &(th, wm, _, _, _, nbuf)) in vs.iter().enumerate() {
                 let (threads, smem) = (fwd_threads(th, wm), fwd_smem(ci, co, th, nbuf));
-                ks.push(load(&module, &fwd_name(ci, co, v), threads, smem, sms, th)?);
+                ks.push(load(
+                    &module,
+                    &fwd_name(ci, co, v),
+                    threads,
+                    smem,
+                    sms,
+                    (th, TW),
+                )?);
+            }
+            if wgmma {
+                let wg = FWD_WG
+                    .iter()
+                    .find(|w| w.0 == (ci, co))
+                    .map_or(&[][..], |w| w.1);
+                for (v, &(th, nbuf)) in wg.iter().enumerate() {
+                    let smem = wg_smem(ci, co, th, nbuf);
+                    ks.push(load(
+                        &module,
+                        &wg_name(ci, co, v),
+                        128,
+                        smem,
+                        sms,
+                        (th, WG_TW),
+                    )?);
+                }
             }
             fwd.push(((ci, co), ks));
         }
@@ -295,7 +359,7 @@ impl MmaKernels {
                     threads,
                     smem,
                     sms,
-                    th,
+                    (th, TW),
                 )?);
             }
             wgrad.push(((ci, co), ks));
@@ -325,8 +389,8 @@ impl MmaKernels {
     }
 }
 
-fn tiles(n: usize, h: usize, w: usize, th: usize) -> usize {
-    n * h.div_ceil(th) * w.div_ceil(TW)
+fn tiles(n: usize, h: usize, w: usize, th: usize, tw: usize) -> usize {
+    n * h.div_ceil(th) * w.div_ceil(tw)
 }
 
 /// What tuning picked for one call shape: one of our variants, or cuDNN.
@@ -428,10 +492,11 @@ impl Gpu {
         match self.mma_conv {
             MmaMode::Off => return Ok(MmaPick::Cudnn),
             MmaMode::Auto => {
+                // A Hopper-only variant on another GPU: cuDNN.
                 return Ok(match auto_pick(&key.geom, key.dir) {
-                    MmaPick::Ours(v) => MmaPick::Ours(v.min(n_ours - 1)),
-                    MmaPick::Cudnn => MmaPick::Cudnn,
-                })
+                    MmaPick::Ours(v) if v < n_ours => MmaPick::Ours(v),
+                    _ => MmaPick::Cudnn,
+                });
             }
             MmaMode::Tune | MmaMode::Force => {}
         }
@@ -660,7 +725,9 @@ impl Gpu {
     ) -> Result<()> {
         let ks = self.mma.as_ref().unwrap().fwd(g.cin, g.cout).unwrap();
         let k = &ks[v.min(ks.len() - 1)];
-        let blocks = (k.blocks as usize).min(tiles(g.n, g.h, g.w, k.th)).max(1);
+        let blocks = (k.blocks as usize)
+            .min(tiles(g.n, g.h, g.w, k.th, k.tw))
+            .max(1);
         let (xp, xcs, bp, yp, ycs) = (x.ptr, x.cs as i32, bias.unwrap_or(0), y.ptr, y.cs as i32);
         let (n, h, wd, acc) = (g.n as i32, g.h as i32, g.w as i32, accumulate as i32);
         let cfg = LaunchConfig {
@@ -699,7 +766,9 @@ impl Gpu {
         let (f, threads, smem, parts) = {
             let ks = self.mma.as_ref().unwrap().wgrad(g.cin, g.cout).unwrap();
             let k = &ks[v.min(ks.len() - 1)];
-            let parts = (k.blocks as usize).min(tiles(g.n, g.h, g.w, k.th)).max(1);
+            let parts = (k.blocks as usize)
+                .min(tiles(g.n, g.h, g.w, k.th, k.tw))
+                .max(1);
             (k.f.clone(), k.threads, k.smem, parts)
         };
         let len = g.weight_len();
@@ -758,6 +827,15 @@ mod tests {
                 assert!(wgrad_threads(ci, co, tpw, ciw) <= 1024);
             }
         }
+        for ((ci, co), vs) in FWD_WG {
+            assert!(FWD.iter().any(|f| f.0 == (ci, co)) && (co == 32 || co == 64));
+            for &(th, nbuf) in vs {
+                assert!(
+                    wg_smem(ci, co, th, nbuf) <= 227 << 10,
+                    "wgmma {ci}->{co} {th}"
+                );
+            }
+        }
         // Backward-data of every forward shape runs the swapped one.
         for ((ci, co), _) in FWD {
             assert!(FWD.iter().any(|c| c.0 == (co, ci)));
@@ -766,13 +844,15 @@ mod tests {
 
     #[test]
     fn source_holds_every_instantiation() {
-        let s = source();
+        let s = source(true);
         assert!(s.contains("#define CONV3_FWD(") && s.contains("#define CONV3_WGRAD("));
         assert!(s.contains("CONV3_FWD(conv3_fwd_64_32_v1, 64, 32, 8, 1, 1, 1, 0, 2)"));
         assert!(s.contains("CONV3_WGRAD(conv3_wgrad_32_32_v4, 32, 32, 8, 3, 1, 32, 0)"));
         let n = FWD.iter().map(|v| v.1.len()).sum::<usize>()
             + WGRAD.iter().map(|v| v.1.len()).sum::<usize>();
-        assert_eq!(s.matches("\nCONV3_").count(), n);
+        let wg = FWD_WG.iter().map(|v| v.1.len()).sum::<usize>();
+        assert_eq!(s.matches("\nCONV3_").count(), n + wg);
+        assert_eq!(source(false).matches("\nCONV3_FWD_WG(").count(), 0);
     }
 
     #[test]

@@ -296,6 +296,183 @@ __device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, 
     }
 }
 
+#ifdef CRYODEN_SM90A
+// ---- Hopper version of the forward kernel: warpgroup MMA (wgmma, sm_90a) with both operands read from shared
+// memory through matrix descriptors, issued asynchronously (no ldmatrix, no per-warp fragment traffic). ----
+// A block is one warpgroup (4 warps) and owns a TH x 64 tile: each tile row of 64 pixels is one m64 A operand, so
+// tap (ky, kx)'s A is 64 consecutive halo pixels. Layouts without swizzling, in 8 x 8 "core matrices" of 128
+// contiguous bytes: the halo as CI / 8 planes of (TH + 2) x 66 pixels x 8 channels (8 consecutive pixels of a plane
+// are one core matrix; the next 8 channels are one plane further), the weights as [k / 8][co / 8][8 co][8 k].
+#define WG_TW 64
+
+__device__ __forceinline__ unsigned long long wg_desc(unsigned saddr, unsigned lbo, unsigned sbo) {
+    return (unsigned long long)((saddr & 0x3FFFF) >> 4) | ((unsigned long long)((lbo >> 4) & 0x3FFF) << 16) |
+           ((unsigned long long)((sbo >> 4) & 0x3FFF) << 32);
+}
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// d (64 x 32 f32, 16 per thread) = A (64 x 16) * B (16 x 32) (+ d unless `first`). Starting a sum with scale-d = 0
+// instead of zeroing d keeps ordinary instructions off the accumulators, which would make ptxas serialise the
+// asynchronous MMAs.
+template <int FIRST>
+__device__ __forceinline__ void wgmma_n32(float* d, unsigned long long a, unsigned long long b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "l"(a), "l"(b), "n"(FIRST ? 0 : 1));
+}
+// d (64 x 64 f32, 32 per thread) = A (64 x 16) * B (16 x 64) (+ d unless `first`).
+template <int FIRST>
+__device__ __forceinline__ void wgmma_n64(float* d, unsigned long long a, unsigned long long b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,"
+        "%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(a), "l"(b), "n"(FIRST ? 0 : 1));
+}
+
+template <int C, int TH>
+__device__ __forceinline__ void wg_load_halo(const bf16* x, int x_cs, int H, int W, TileAt a, bf16* xs) {
+    constexpr int CH = C / 8, HW = WG_TW + 2, HP = (TH + 2) * HW, N = HP * CH;
+    for (int i = threadIdx.x; i < N; i += 128) {
+        int p = i / CH, c = i - p * CH;
+        int r = p / HW, col = p - r * HW;
+        int yy = a.y0 + r - 1, xx = a.x0 + col - 1;
+        bool ok = yy >= 0 && yy < H && xx >= 0 && xx < W;
+        const bf16* src = ok ? x + ((i64)(a.n * H + yy) * W + xx) * x_cs + c * 8 : x;
+        cp16(smem_u32(xs + (c * HP + p) * 8), src, ok);
+    }
+}
+
+template <int CI, int CO, int TH, int NBUF>
+__device__ __forceinline__ void conv3_fwd_wg(const bf16* __restrict__ x, int x_cs, const bf16* __restrict__ w,
+                                             const float* __restrict__ bias, bf16* y, int y_cs, int N, int H, int W,
+                                             float slope, int accumulate) {
+    constexpr int HP = (TH + 2) * (WG_TW + 2), HALO = HP * CI, NACC = CO / 2;
+    extern __shared__ __align__(128) unsigned char smem[];
+    bf16* wsm = (bf16*)smem;
+    bf16* xbuf = wsm + 9 * CI * CO;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int tiles_x = (W + WG_TW - 1) / WG_TW, tiles_y = (H + TH - 1) / TH;
+    const int ntiles = N * tiles_y * tiles_x;
+    auto tile = [&](int t) {
+        TileAt a;
+        int per_image = tiles_y * tiles_x;
+        a.n = t / per_image;
+        int r = t - a.n * per_image;
+        int ty = r / tiles_x;
+        a.y0 = ty * TH;
+        a.x0 = (r - ty * tiles_x) * WG_TW;
+        return a;
+    };
+    // Weights into core-matrix order: element (co, k) at ((k / 8) * (CO / 8) + co / 8) * 64 + (co % 8) * 8 + k % 8.
+    for (int i = threadIdx.x; i < CO * 9 * CI / 8; i += 128) {
+        int co = i / (9 * CI / 8), kk = i - co * (9 * CI / 8);
+        cp16(smem_u32(wsm + (kk * (CO / 8) + co / 8) * 64 + (co % 8) * 8), w + (i64)co * 9 * CI + kk * 8, true);
+    }
+    int t = blockIdx.x, buf = 0;
+    if (t < ntiles) wg_load_halo<CI, TH>(x, x_cs, H, W, tile(t), xbuf);
+    cp_commit();
+    const unsigned w_base = smem_u32(wsm);
+    for (; t < ntiles; t += gridDim.x) {
+        const int tn = t + gridDim.x;
+        if (NBUF == 2) {
+            if (tn < ntiles) wg_load_halo<CI, TH>(x, x_cs, H, W, tile(tn), xbuf + (buf ^ 1) * HALO);
+            cp_commit();
+            cp_wait1();
+        } else {
+            cp_wait0();
+        }
+        fence_async_smem();
+        __syncthreads();
+        const unsigned x_base = smem_u32(xbuf + (NBUF == 2 ? buf * HALO : 0));
+        float acc[TH][NACC];
+        wg_fence();
+#pragma unroll
+        for (int r = 0; r < TH; r++)
+#pragma unroll
+            for (int tap = 0; tap < 9; tap++)
+#pragma unroll
+                for (int kc = 0; kc < CI / 16; kc++) {
+                    const int ky = tap / 3, kx = tap % 3;
+                    const unsigned long long da = wg_desc(
+                        x_base + (((2 * kc) * HP + (r + ky) * (WG_TW + 2) + kx) * 8) * 2, HP * 16, 128);
+                    const unsigned long long db =
+                        wg_desc(w_base + ((tap * CI + kc * 16) / 8) * (CO / 8) * 128, (CO / 8) * 128, 128);
+                    const bool first = tap == 0 && kc == 0;
+                    if (CO == 32) {
+                        if (first)
+                            wgmma_n32<1>(acc[r], da, db);
+                        else
+                            wgmma_n32<0>(acc[r], da, db);
+                    } else {
+                        if (first)
+                            wgmma_n64<1>(acc[r], da, db);
+                        else
+                            wgmma_n64<0>(acc[r], da, db);
+                    }
+                }
+        wg_commit();
+        wg_wait0();
+        if (NBUF == 1) {
+            __syncthreads();
+            if (tn < ntiles) wg_load_halo<CI, TH>(x, x_cs, H, W, tile(tn), xbuf);
+            cp_commit();
+        }
+        const TileAt at = tile(t);
+#pragma unroll
+        for (int r = 0; r < TH; r++) {
+            const int yy = at.y0 + r;
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                const int xx = at.x0 + warp * 16 + (lane >> 2) + half * 8;
+                if (yy < H && xx < W) {
+                    bf16* out = y + ((i64)(at.n * H + yy) * W + xx) * y_cs;
+#pragma unroll
+                    for (int j = 0; j < CO / 8; j++) {
+                        const int co = j * 8 + (lane & 3) * 2;
+                        float v0 = acc[r][4 * j + half * 2], v1 = acc[r][4 * j + half * 2 + 1];
+                        if (bias) {
+                            v0 += bias[co];
+                            v1 += bias[co + 1];
+                        }
+                        v0 = v0 > 0.f ? v0 : v0 * slope;
+                        v1 = v1 > 0.f ? v1 : v1 * slope;
+                        unsigned* o = (unsigned*)(out + co);
+                        if (accumulate) {
+                            unsigned old = *o;
+                            v0 += __uint_as_float(old << 16);
+                            v1 += __uint_as_float(old & 0xffff0000u);
+                        }
+                        *o = pack_bf16x2(v0, v1);
+                    }
+                }
+            }
+        }
+        if (NBUF == 2) __syncthreads();
+        buf ^= 1;
+    }
+}
+
+#define CONV3_FWD_WG(NAME, CI, CO, TH, NBUF)                                                                       \
+    extern "C" __global__ void __launch_bounds__(128, 1)                                                          \
+        NAME(const bf16* x, int x_cs, const bf16* w, const float* bias, bf16* y, int y_cs, int N, int H, int W,    \
+             float slope, int accumulate) {                                                                       \
+        conv3_fwd_wg<CI, CO, TH, NBUF>(x, x_cs, w, bias, y, y_cs, N, H, W, slope, accumulate);                     \
+    }
+#endif
+
 // Weight gradient: partial[blockIdx.x, co, tap, ci] = sum over this block's tiles of dy[p, co] * x[p + tap, ci]
 // (f32; the host adds the blocks up in a fixed order, sum_parts). Each warp computes TPW taps of one kernel row
 // (TPW = 3: taps 3 ky .. 3 ky + 2, sharing the dy fragments; TPW = 1: one tap), or with COL the three taps of one
