@@ -1110,7 +1110,7 @@ impl Backend for CudaBackend {
         }
         if gpu.mma_conv_ok(&cg, &xg, &yg) {
             // bf16 3x3 with 32/64 channels: our tensor-core kernel (bias and activation fused, channel slices read
-            // and written in place) where the first call of the shape found it faster than cuDNN (device/mma.rs).
+            // and written in place) where the mode picks it over cuDNN for this shape (device/mma.rs).
             let w = self.weights(&mut gpu, params, w_off)?;
             let b = bias.map(|o| params.buf.ptr_at(o));
             if gpu

@@ -178,10 +178,13 @@ pub struct Gpu {
     mma: Option<mma::MmaKernels>,
     /// The flipped weights of the MMA backward-data pass.
     mma_wt: Option<Buf>,
-    /// Where the MMA kernels run (`CRYODEN_MMA_CONV`: auto (default) where they beat cuDNN, force, off).
+    /// Where the MMA kernels run (`CRYODEN_MMA_CONV`: auto (default, a fixed per-shape choice), tune, force, off;
+    /// see device/mma.rs).
     pub mma_conv: MmaMode,
     /// Run this variant of the MMA kernels instead of tuning (benchmarks; clamped to the shape's variant count).
     pub mma_variant: Option<usize>,
+    /// Cap on the MMA kernels' grid (tests: fewer blocks than tiles exercises the multi-tile paths).
+    pub mma_max_blocks: Option<u32>,
     /// Tuning decisions per call shape.
     mma_tuned: HashMap<mma::MmaKey, MmaChoice>,
     /// Copy stream and device staging of `upload_async` (created on the first upload).
@@ -326,10 +329,21 @@ impl Gpu {
             mma_wt: None,
             mma_conv: mma::mode_from_env(),
             mma_variant: None,
+            mma_max_blocks: None,
             mma_tuned: HashMap::new(),
             arena: Arena::new(ordinal),
         };
-        gpu.mma = mma::MmaKernels::open(&gpu)?;
+        if gpu.mma_conv != MmaMode::Off {
+            // Our conv kernels are an optimisation: if they cannot be built or loaded here, cuDNN does every conv.
+            match mma::MmaKernels::open(&gpu) {
+                Ok(k) => gpu.mma = k,
+                Err(e) => {
+                    eprintln!("warning: cuda:{ordinal}: cryoden's own conv kernels are unavailable, cuDNN runs every convolution ({e})");
+                    gpu.kernels_note
+                        .push_str("; own conv kernels unavailable (cuDNN only)");
+                }
+            }
+        }
         Ok(gpu)
     }
 

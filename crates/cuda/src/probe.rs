@@ -158,6 +158,9 @@ pub struct GpuInfo {
     pub total_memory_bytes: usize,
     pub multiprocessors: i32,
     pub l2_cache_bytes: i32,
+    /// Largest dynamic shared memory one block may opt into (bytes): 227 KiB on H100/H200, 163 KiB on A100, 99 KiB
+    /// on most consumer cards.
+    pub max_shared_per_block_optin: i32,
 }
 
 /// Describes GPU `ordinal` without creating a context (no memory is taken on the GPU).
@@ -179,6 +182,7 @@ pub fn gpu_info(ordinal: usize) -> Result<GpuInfo> {
             .map_err(drv("cuDeviceTotalMem"))?,
         multiprocessors: attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
         l2_cache_bytes: attr(CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?,
+        max_shared_per_block_optin: attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
     })
 }
 

@@ -1281,7 +1281,8 @@ fn backend_engines_deterministic_mode() {
 /// cryoden's own bf16 3x3 conv kernels (device/mma.rs) against the f64 CPU reference on bf16-rounded inputs, for
 /// every channel configuration they cover, sizes that are not multiples of the 16-pixel tile, inputs and outputs
 /// that are channel slices of wider buffers (channels outside the slice must stay untouched), bias + ReLU /
-/// LeakyReLU / identity, accumulation, and the weight gradient added onto existing values.
+/// LeakyReLU / identity, accumulation, the weight gradient added onto existing values, and grids capped below the
+/// tile count (blocks looping over tiles).
 /// Bounds: y and dx are rounded to bf16 once (relative L2 ≈ 1e-3), so ≤ 4e-3; dw is accumulated and stored in f32,
 /// so ≤ 1e-5.
 #[test]
@@ -1334,9 +1335,15 @@ fn mma_conv_matches_cpu() {
         let x = slice(&xw, xc, xo, cin);
         let y0 = slice(&yw, yc, yo, cout);
         let counts = gpu.mma_variants(&c);
-        for v in 0..*counts.iter().max().unwrap() {
+        // Uncapped, each block gets at most one tile of these small images; capped at 2 blocks, each block loops over
+        // several tiles (the prefetch / buffer-swap paths and the weight gradient's sums across tiles).
+        for (cap, v) in [None, Some(2)]
+            .into_iter()
+            .flat_map(|cap| (0..*counts.iter().max().unwrap()).map(move |v| (cap, v)))
+        {
             // Each direction clamps v to its own variant count.
             gpu.mma_variant = Some(v);
+            gpu.mma_max_blocks = cap;
             let xb = gpu.upload(&xw, dt).unwrap();
             let yb = gpu.upload(&yw, dt).unwrap();
             let wb = gpu.upload(&wt, dt).unwrap();
@@ -1345,7 +1352,7 @@ fn mma_conv_matches_cpu() {
             let yv = yb.channels(ys_whole, yo, cout);
             assert!(gpu.mma_conv_ok(&c, &xv, &yv), "{c}: not supported");
             let label = format!(
-                "{c} variant {v}: x[{xo}..] of {xc}, y[{yo}..] of {yc}, slope {slope}, acc {accumulate}"
+                "{c} variant {v}, blocks {cap:?}: x[{xo}..] of {xc}, y[{yo}..] of {yc}, slope {slope}, acc {accumulate}"
             );
             // Forward: y = act(conv + bias) (+ y).
             assert!(gpu
@@ -1407,6 +1414,7 @@ fn mma_conv_matches_cpu() {
         }
     }
     gpu.mma_variant = None;
+    gpu.mma_max_blocks = None;
     // A shape the kernels do not cover is refused, not miscomputed.
     let g = ConvGeom {
         n: 1,

@@ -22,8 +22,8 @@ pub const CONV_MMA_CU: &str = include_str!("../kernels/conv_mma.cu");
 /// PIPE 0 loads each fragment right before its MMAs, 1 loads the next k step's fragments during the current one's
 /// MMAs, 2 loads each halo row's fragment once for the three kernel rows that use it. NBUF 2 fetches the next tile
 /// during this one's MMAs, 1 during its epilogue (less shared memory, so more resident blocks). Warps split the
-/// TH × 16 tile by rows; each keeps WM × cout / 8 MMA accumulators. The first variant of each is the default when
-/// a call cannot be tuned.
+/// TH × 16 tile by rows; each keeps WM × cout / 8 MMA accumulators. `force` runs the first variant when a call
+/// cannot be tuned.
 type FwdVariant = (usize, usize, usize, usize, usize, usize);
 const FWD: [((usize, usize), &[FwdVariant]); 4] = [
     (
@@ -62,8 +62,8 @@ const FWD: [((usize, usize), &[FwdVariant]); 4] = [
         &[
             (16, 2, 1, 1, 1, 2),
             (16, 4, 1, 1, 2, 2),
-            (16, 4, 2, 1, 2, 1),
-            (16, 2, 2, 1, 2, 1),
+            (16, 4, 1, 1, 2, 1),
+            (16, 2, 1, 1, 2, 1),
         ],
     ),
 ];
@@ -188,10 +188,12 @@ pub fn source(wgmma: bool) -> String {
 
 /// Where cryoden's own convolutions run (`CRYODEN_MMA_CONV`):
 /// - `auto` (default): the fixed choices of [`AUTO`] (measured on an H200), so a training run is bit-reproducible
-///   from its seed — run-time timing could pick differently from one run to the next;
+///   from its seed on the same GPU model — run-time timing could pick differently from one run to the next (the
+///   weight gradient's partial count follows the GPU's SM count, so another model sums in another order);
 /// - `tune`: per call shape, our variants and cuDNN are timed on the first call and the fastest kept (for
 ///   benchmarks and other GPUs; not reproducible across runs);
-/// - `force`: ours wherever they apply, the fastest variant (tests and benchmarks);
+/// - `force`: ours wherever they apply, the fastest variant where the call can be timed, else the first (tests and
+///   benchmarks);
 /// - `off`: cuDNN everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MmaMode {
@@ -250,11 +252,16 @@ struct Kernel {
     tw: usize,
 }
 
+/// (cin, cout) of a kernel list, and its variant slots.
+type Shape = (usize, usize);
+type Slots = Vec<Option<Kernel>>;
+
 #[derive(Debug)]
 pub(crate) struct MmaKernels {
     _module: Arc<CudaModule>,
-    fwd: Vec<((usize, usize), Vec<Kernel>)>,
-    wgrad: Vec<((usize, usize), Vec<Kernel>)>,
+    /// Per shape, one slot per table variant: None where the variant does not fit this GPU (shared memory).
+    fwd: Vec<(Shape, Slots)>,
+    wgrad: Vec<(Shape, Slots)>,
     flip: CudaFunction,
 }
 
@@ -263,9 +270,14 @@ fn load(
     name: &str,
     threads: usize,
     smem: usize,
-    sms: u32,
+    (sms, max_smem): (u32, usize),
     (th, tw): (usize, usize),
-) -> Result<Kernel> {
+) -> Result<Option<Kernel>> {
+    // A variant needing more shared memory than this GPU gives a block (A100: 163 KiB, consumer cards: 99 KiB)
+    // is left out; its slot stays, so variant numbers mean the same on every GPU.
+    if smem > max_smem {
+        return Ok(None);
+    }
     let f = module
         .load_function(name)
         .map_err(drv("cuModuleGetFunction"))?;
@@ -278,18 +290,16 @@ fn load(
         .occupancy_max_active_blocks_per_multiprocessor(threads as u32, smem, None)
         .map_err(drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?;
     if per_sm == 0 {
-        return Err(CudaError::Shape(format!(
-            "internal: {name} does not fit on this GPU ({threads} threads, {smem} bytes of shared memory)"
-        )));
+        return Ok(None);
     }
-    Ok(Kernel {
+    Ok(Some(Kernel {
         f,
         threads: threads as u32,
         smem: smem as u32,
         blocks: per_sm * sms,
         th,
         tw,
-    })
+    }))
 }
 
 impl MmaKernels {
@@ -315,6 +325,7 @@ impl MmaKernels {
             .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin))
             .map_err(drv("cuModuleLoadData"))?;
         let sms = gpu.info.multiprocessors.max(1) as u32;
+        let fit = (sms, gpu.info.max_shared_per_block_optin.max(0) as usize);
         let mut fwd = Vec::new();
         for ((ci, co), vs) in FWD {
             let mut ks = Vec::new();
@@ -325,7 +336,7 @@ impl MmaKernels {
                     &fwd_name(ci, co, v),
                     threads,
                     smem,
-                    sms,
+                    fit,
                     (th, TW),
                 )?);
             }
@@ -341,7 +352,7 @@ impl MmaKernels {
                         &wg_name(ci, co, v),
                         128,
                         smem,
-                        sms,
+                        fit,
                         (th, WG_TW),
                     )?);
                 }
@@ -358,7 +369,7 @@ impl MmaKernels {
                     &wgrad_name(ci, co, v),
                     threads,
                     smem,
-                    sms,
+                    fit,
                     (th, TW),
                 )?);
             }
@@ -375,18 +386,33 @@ impl MmaKernels {
         }))
     }
 
-    fn fwd(&self, ci: usize, co: usize) -> Option<&[Kernel]> {
+    fn fwd(&self, ci: usize, co: usize) -> Option<&[Option<Kernel>]> {
         self.fwd
             .iter()
             .find(|(k, _)| *k == (ci, co))
             .map(|(_, k)| k.as_slice())
     }
-    fn wgrad(&self, ci: usize, co: usize) -> Option<&[Kernel]> {
+    fn wgrad(&self, ci: usize, co: usize) -> Option<&[Option<Kernel>]> {
         self.wgrad
             .iter()
             .find(|(k, _)| *k == (ci, co))
             .map(|(_, k)| k.as_slice())
     }
+}
+
+/// The kernels copy the weights in 16-byte pieces and read the bias as floats.
+fn check_weights(op: &str, w: u64, bias: Option<u64>) -> Result<()> {
+    if !w.is_multiple_of(16) || bias.is_some_and(|b| !b.is_multiple_of(4)) {
+        return Err(CudaError::Shape(format!(
+            "{op}: the weights must be 16-byte aligned and the bias 4-byte aligned (weights at {w:#x}, bias {bias:?})"
+        )));
+    }
+    Ok(())
+}
+
+/// Which variant slots hold a kernel on this GPU.
+fn avail(ks: Option<&[Option<Kernel>]>) -> Vec<bool> {
+    ks.map_or(vec![], |ks| ks.iter().map(Option::is_some).collect())
 }
 
 fn tiles(n: usize, h: usize, w: usize, th: usize, tw: usize) -> usize {
@@ -434,9 +460,9 @@ impl Gpu {
             && g.k == 3
             && g.pad == 1
             && g.stride == 1
-            && k.fwd(g.cin, g.cout).is_some()
-            && k.fwd(g.cout, g.cin).is_some()
-            && k.wgrad(g.cin, g.cout).is_some()
+            && avail(k.fwd(g.cin, g.cout)).contains(&true)
+            && avail(k.fwd(g.cout, g.cin)).contains(&true)
+            && avail(k.wgrad(g.cin, g.cout)).contains(&true)
             && x.shape == g.in_shape()
             && y.shape == g.out_shape()
             && [x, y].iter().all(|v| {
@@ -462,9 +488,9 @@ impl Gpu {
             return [0; 3];
         };
         [
-            k.fwd(g.cin, g.cout).map_or(0, <[Kernel]>::len),
-            k.fwd(g.cout, g.cin).map_or(0, <[Kernel]>::len),
-            k.wgrad(g.cin, g.cout).map_or(0, <[Kernel]>::len),
+            k.fwd(g.cin, g.cout).map_or(0, <[Option<Kernel>]>::len),
+            k.fwd(g.cout, g.cin).map_or(0, <[Option<Kernel>]>::len),
+            k.wgrad(g.cin, g.cout).map_or(0, <[Option<Kernel>]>::len),
         ]
     }
 
@@ -475,26 +501,29 @@ impl Gpu {
         v
     }
 
-    /// The pick for `key`: the forced variant, `auto`'s fixed choice, an earlier decision, or (`tune` and `force`,
-    /// outside graph capture, when `tune` can run the candidates on the call's own tensors) a new one. `n_ours`: our
-    /// variant count; `tune` times candidate `Some(v)` (ours) or `None` (cuDNN), returning None for a candidate
-    /// that cannot run here.
+    /// The pick for `key`: the forced variant (or the next one that exists on this GPU), `auto`'s fixed choice,
+    /// an earlier decision, or (`tune` and `force`, outside graph capture, when `tune` can run the candidates on
+    /// the call's own tensors) a new one. Otherwise `force` runs its first available variant and `tune` cuDNN.
+    /// `avail`: which of our variant slots exist here; `tune` times candidate `Some(v)` (ours) or `None` (cuDNN),
+    /// returning None for a candidate that cannot run here.
     fn mma_pick(
         &mut self,
         key: MmaKey,
-        n_ours: usize,
+        avail: &[bool],
         can_tune: bool,
         mut tune: impl FnMut(&mut Gpu, Option<usize>) -> Result<Option<f32>>,
     ) -> Result<MmaPick> {
+        let first = avail.iter().position(|&a| a).unwrap_or(0);
         if let Some(v) = self.mma_variant {
-            return Ok(MmaPick::Ours(v.min(n_ours - 1)));
+            let v = v.min(avail.len().saturating_sub(1));
+            return Ok(MmaPick::Ours(if avail[v] { v } else { first }));
         }
         match self.mma_conv {
             MmaMode::Off => return Ok(MmaPick::Cudnn),
             MmaMode::Auto => {
-                // A Hopper-only variant on another GPU: cuDNN.
+                // A variant this GPU lacks (a Hopper-only one, or one too large for its shared memory): cuDNN.
                 return Ok(match auto_pick(&key.geom, key.dir) {
-                    MmaPick::Ours(v) if v < n_ours => MmaPick::Ours(v),
+                    MmaPick::Ours(v) if avail.get(v) == Some(&true) => MmaPick::Ours(v),
                     _ => MmaPick::Cudnn,
                 });
             }
@@ -503,16 +532,21 @@ impl Gpu {
         if let Some(c) = self.mma_tuned.get(&key) {
             return Ok(c.picked.map_or(MmaPick::Cudnn, MmaPick::Ours));
         }
-        if !can_tune || self.capturing || n_ours == 1 {
+        let only_one = avail.iter().filter(|&&a| a).count() == 1;
+        if !can_tune || self.capturing || (self.mma_conv == MmaMode::Force && only_one) {
             return Ok(if self.mma_conv == MmaMode::Force {
-                MmaPick::Ours(0)
+                MmaPick::Ours(first)
             } else {
                 MmaPick::Cudnn
             });
         }
         let mut ours_ms = Vec::new();
-        for v in 0..n_ours {
-            ours_ms.push(tune(self, Some(v))?.unwrap_or(f32::INFINITY));
+        for (v, &a) in avail.iter().enumerate() {
+            ours_ms.push(if a {
+                tune(self, Some(v))?.unwrap_or(f32::INFINITY)
+            } else {
+                f32::INFINITY
+            });
         }
         let cudnn_ms = if self.mma_conv == MmaMode::Tune {
             tune(self, None)?
@@ -560,7 +594,8 @@ impl Gpu {
         accumulate: bool,
     ) -> Result<bool> {
         self.mma_check("mma_conv_forward", g, &x, &y)?;
-        let n = self.mma.as_ref().unwrap().fwd(g.cin, g.cout).unwrap().len();
+        check_weights("mma_conv_forward", w, bias)?;
+        let av = avail(self.mma.as_ref().unwrap().fwd(g.cin, g.cout));
         let key = MmaKey {
             geom: *g,
             dir: Direction::Forward,
@@ -568,7 +603,7 @@ impl Gpu {
         };
         // Tuning writes y, so it runs only when the call overwrites y anyway.
         let packed = x.is_packed() && y.is_packed();
-        let pick = self.mma_pick(key, n, !accumulate, |gpu, cand| match cand {
+        let pick = self.mma_pick(key, &av, !accumulate, |gpu, cand| match cand {
             Some(v) => gpu
                 .time_ms(f32::INFINITY, |gpu| {
                     gpu.mma_launch_fwd(g, v, x, w, bias, y, slope, false)
@@ -600,19 +635,20 @@ impl Gpu {
         accumulate: bool,
     ) -> Result<bool> {
         self.mma_check("mma_conv_backward_data", g, &dx, &dy)?;
+        check_weights("mma_conv_backward_data", w, None)?;
         let back = ConvGeom {
             cin: g.cout,
             cout: g.cin,
             ..*g
         };
-        let n = self.mma.as_ref().unwrap().fwd(g.cout, g.cin).unwrap().len();
+        let av = avail(self.mma.as_ref().unwrap().fwd(g.cout, g.cin));
         let key = MmaKey {
             geom: *g,
             dir: Direction::BackwardData,
             cs: [dx.cs, dy.cs],
         };
         let packed = dx.is_packed() && dy.is_packed();
-        let pick = self.mma_pick(key, n, !accumulate, |gpu, cand| match cand {
+        let pick = self.mma_pick(key, &av, !accumulate, |gpu, cand| match cand {
             Some(v) => {
                 let wt = gpu.mma_flip(g, w)?;
                 gpu.time_ms(f32::INFINITY, |gpu| {
@@ -648,13 +684,7 @@ impl Gpu {
         dw: u64,
     ) -> Result<bool> {
         self.mma_check("mma_conv_backward_filter", g, &x, &dy)?;
-        let n = self
-            .mma
-            .as_ref()
-            .unwrap()
-            .wgrad(g.cin, g.cout)
-            .unwrap()
-            .len();
+        let av = avail(self.mma.as_ref().unwrap().wgrad(g.cin, g.cout));
         let key = MmaKey {
             geom: *g,
             dir: Direction::BackwardFilter,
@@ -662,7 +692,7 @@ impl Gpu {
         };
         let packed = x.is_packed() && dy.is_packed();
         // Candidates write partial sums (ours) or a temporary (cuDNN), never dw.
-        let pick = self.mma_pick(key, n, true, |gpu, cand| match cand {
+        let pick = self.mma_pick(key, &av, true, |gpu, cand| match cand {
             Some(v) => gpu
                 .time_ms(f32::INFINITY, |gpu| {
                     gpu.mma_launch_wgrad(g, v, x, dy, None).map(|_| ())
@@ -724,8 +754,12 @@ impl Gpu {
         accumulate: bool,
     ) -> Result<()> {
         let ks = self.mma.as_ref().unwrap().fwd(g.cin, g.cout).unwrap();
-        let k = &ks[v.min(ks.len() - 1)];
-        let blocks = (k.blocks as usize)
+        let k = ks.get(v).and_then(Option::as_ref).ok_or_else(|| {
+            CudaError::Shape(format!(
+                "internal: MMA forward variant {v} of {g} is not loaded"
+            ))
+        })?;
+        let blocks = (k.blocks.min(self.mma_max_blocks.unwrap_or(u32::MAX)) as usize)
             .min(tiles(g.n, g.h, g.w, k.th, k.tw))
             .max(1);
         let (xp, xcs, bp, yp, ycs) = (x.ptr, x.cs as i32, bias.unwrap_or(0), y.ptr, y.cs as i32);
@@ -765,8 +799,12 @@ impl Gpu {
     ) -> Result<()> {
         let (f, threads, smem, parts) = {
             let ks = self.mma.as_ref().unwrap().wgrad(g.cin, g.cout).unwrap();
-            let k = &ks[v.min(ks.len() - 1)];
-            let parts = (k.blocks as usize)
+            let k = ks.get(v).and_then(Option::as_ref).ok_or_else(|| {
+                CudaError::Shape(format!(
+                    "internal: MMA weight-gradient variant {v} of {g} is not loaded"
+                ))
+            })?;
+            let parts = (k.blocks.min(self.mma_max_blocks.unwrap_or(u32::MAX)) as usize)
                 .min(tiles(g.n, g.h, g.w, k.th, k.tw))
                 .max(1);
             (k.f.clone(), k.threads, k.smem, parts)
@@ -814,6 +852,11 @@ mod tests {
                 assert!(
                     fwd_smem(ci, co, th, nbuf) <= 227 << 10,
                     "fwd {ci}->{co} {th}"
+                );
+                // A register cap for more resident blocks than the shared memory allows buys nothing.
+                assert!(
+                    minb * (fwd_smem(ci, co, th, nbuf) + 1024) <= 228 << 10,
+                    "fwd {ci}->{co} {th}/{wm}: {minb} blocks do not fit"
                 );
                 assert!(fwd_threads(th, wm) <= 1024);
             }

@@ -294,6 +294,7 @@ __device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, 
         __syncthreads();
         buf ^= 1;
     }
+    cp_wait0();  // a block that got no tile still has its weight copies in flight
 }
 
 #ifdef CRYODEN_SM90A
@@ -463,6 +464,7 @@ __device__ __forceinline__ void conv3_fwd_wg(const bf16* __restrict__ x, int x_c
         if (NBUF == 2) __syncthreads();
         buf ^= 1;
     }
+    cp_wait0();  // a block that got no tile still has its weight copies in flight
 }
 
 #define CONV3_FWD_WG(NAME, CI, CO, TH, NBUF)                                                                       \
@@ -611,7 +613,7 @@ extern "C" __global__ void conv3_flip_weights_bf16(const bf16* __restrict__ w, b
 // Kernel variants (llm.c's habit): the tile rows TH, rows per warp WM, the minimum resident blocks MINB (which caps
 // the registers per thread), the tap-loop unrolling TU, the k-loop version PIPE and the halo buffers NBUF (2: the
 // next tile loads during this one's MMAs; 1: during its epilogue, leaving room for more resident blocks) differ per
-// variant; mma.rs times them per shape and keeps
+// variant; `cudabench ops` times them all, and mma.rs's AUTO table names the one each shape runs by default.
 // the fastest.
 #define CONV3_FWD(NAME, CI, CO, TH, WM, MINB, TU, PIPE, NBUF)                                                                      \
     extern "C" __global__ void __launch_bounds__(TH / WM * 32, MINB)                                              \
