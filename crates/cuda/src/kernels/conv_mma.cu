@@ -62,6 +62,25 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
     return r;
 }
 
+// The forward kernels' epilogue for two adjacent output channels co, co + 1 of one pixel (`out`: its first channel):
+// + bias, activation (slope 1: identity), + the old value when accumulating, rounded to bf16.
+__device__ __forceinline__ void store_pair(bf16* out, int co, float v0, float v1, const float* bias, float slope,
+                                           int accumulate) {
+    if (bias) {
+        v0 += bias[co];
+        v1 += bias[co + 1];
+    }
+    v0 = v0 > 0.f ? v0 : v0 * slope;
+    v1 = v1 > 0.f ? v1 : v1 * slope;
+    unsigned* o = (unsigned*)(out + co);
+    if (accumulate) {
+        unsigned old = *o;
+        v0 += __uint_as_float(old << 16);
+        v1 += __uint_as_float(old & 0xffff0000u);
+    }
+    *o = pack_bf16x2(v0, v1);
+}
+
 struct TileAt {
     int n, y0, x0;
 };
@@ -271,23 +290,9 @@ __device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, 
                 if (yy < H && xx < W) {
                     bf16* out = y + ((i64)(at.n * H + yy) * W + xx) * y_cs;
 #pragma unroll
-                    for (int n = 0; n < NT; n++) {
-                        const int co = n * 8 + (lane & 3) * 2;
-                        float v0 = acc[m][n][half * 2], v1 = acc[m][n][half * 2 + 1];
-                        if (bias) {
-                            v0 += bias[co];
-                            v1 += bias[co + 1];
-                        }
-                        v0 = v0 > 0.f ? v0 : v0 * slope;
-                        v1 = v1 > 0.f ? v1 : v1 * slope;
-                        unsigned* o = (unsigned*)(out + co);
-                        if (accumulate) {
-                            unsigned old = *o;
-                            v0 += __uint_as_float(old << 16);
-                            v1 += __uint_as_float(old & 0xffff0000u);
-                        }
-                        *o = pack_bf16x2(v0, v1);
-                    }
+                    for (int n = 0; n < NT; n++)
+                        store_pair(out, n * 8 + (lane & 3) * 2, acc[m][n][half * 2], acc[m][n][half * 2 + 1], bias,
+                                   slope, accumulate);
                 }
             }
         }
@@ -441,23 +446,9 @@ __device__ __forceinline__ void conv3_fwd_wg(const bf16* __restrict__ x, int x_c
                 if (yy < H && xx < W) {
                     bf16* out = y + ((i64)(at.n * H + yy) * W + xx) * y_cs;
 #pragma unroll
-                    for (int j = 0; j < CO / 8; j++) {
-                        const int co = j * 8 + (lane & 3) * 2;
-                        float v0 = acc[r][4 * j + half * 2], v1 = acc[r][4 * j + half * 2 + 1];
-                        if (bias) {
-                            v0 += bias[co];
-                            v1 += bias[co + 1];
-                        }
-                        v0 = v0 > 0.f ? v0 : v0 * slope;
-                        v1 = v1 > 0.f ? v1 : v1 * slope;
-                        unsigned* o = (unsigned*)(out + co);
-                        if (accumulate) {
-                            unsigned old = *o;
-                            v0 += __uint_as_float(old << 16);
-                            v1 += __uint_as_float(old & 0xffff0000u);
-                        }
-                        *o = pack_bf16x2(v0, v1);
-                    }
+                    for (int j = 0; j < CO / 8; j++)
+                        store_pair(out, j * 8 + (lane & 3) * 2, acc[r][4 * j + half * 2], acc[r][4 * j + half * 2 + 1],
+                                   bias, slope, accumulate);
                 }
             }
         }
