@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # cryoden's own bf16 3x3 conv kernels (crates/cuda/src/device/mma.rs) on the GPU machine (device tool): their
 # correctness test, per-layer times against cuDNN, and the training step with them off and on.
-#   CARRY=.gpucarry/NAME bash scripts/gpu/conv_mma.sh [tests] [alltests] [ops] [train]
+#   CARRY=.gpucarry/NAME bash scripts/gpu/conv_mma.sh [tests] [fused] [alltests] [ops] [train] [ncu]
 # Carry: $CARRY/{gpu_tests,model_tests,arena_tests,denoise_tests,cudabench,cryoden} (built here, docs/CUDA.md).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,6 +17,9 @@ for part in "${parts[@]}"; do
     tests)
         say "mma_conv_matches_cpu"
         "$B/gpu_tests" --ignored --exact mma_conv_matches_cpu --nocapture 2>&1 | grep -E '^mma|^test |test result|panicked|skipped' ;;
+    fused)
+        say "fused_activation_backward_matches_two_passes"
+        "$B/gpu_tests" --ignored --exact fused_activation_backward_matches_two_passes --nocapture 2>&1 | grep -E '^fused|^test |test result|panicked' | tail -40 ;;
     alltests)
         say "gpu_tests"
         "$B/gpu_tests" --ignored --test-threads=1 2>&1 | grep -E '^test |test result|panicked|FAILED' | tail -30

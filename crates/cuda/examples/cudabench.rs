@@ -13,7 +13,7 @@
 //! Timing: CUDA events around each op (or step) on the backend's stream, after warm-up (which also runs
 //! cudnnFind for the shape), median of `--reps`. Inputs are random, never zeros.
 
-use cryoden_cuda::{ConvGeom, CudaBackend, DType, Gpu, LossKind, Nhwc, Precision};
+use cryoden_cuda::{ActGrad, ConvGeom, CudaBackend, DType, Gpu, LossKind, Nhwc, Precision};
 use cryoden_nn::{AdamParams, Arch, Backend, Model, TrainState};
 use std::time::Instant;
 
@@ -305,8 +305,9 @@ fn ops(args: &[String]) {
             if gpu.mma_conv_ok(&g, &x.view(xs), &y.view(ys)) {
                 let b32 = random(&mut gpu, g.cout, DType::F32, 40);
                 let dw32 = gpu.alloc(g.weight_len(), DType::F32).unwrap();
+                let db_in = gpu.alloc(g.cin, DType::F32).unwrap();
                 let counts = gpu.mma_variants(&g);
-                let mut rows = [vec![], vec![], vec![]];
+                let mut rows = [vec![], vec![], vec![], vec![]];
                 for v in 0..*counts.iter().max().unwrap() {
                     gpu.mma_variant = Some(v);
                     if v < counts[0] {
@@ -331,6 +332,25 @@ fn ops(args: &[String]) {
                                 w.ptr(),
                                 dx.view(xs),
                                 false,
+                                None,
+                            )
+                            .unwrap();
+                        }));
+                        // Fused with the previous layer's ReLU backward + bias gradient (x stands in for that
+                        // layer's output); unfused shapes run it as a second pass.
+                        rows[3].push(time_ms(&mut gpu, reps, |gpu| {
+                            let act = ActGrad {
+                                y: x.view(xs),
+                                slope: 0.0,
+                                db: Some(db_in.ptr()),
+                            };
+                            gpu.mma_conv_backward_data(
+                                &g,
+                                dy.view(ys),
+                                w.ptr(),
+                                dx.view(xs),
+                                false,
+                                Some(act),
                             )
                             .unwrap();
                         }));
@@ -354,17 +374,18 @@ fn ops(args: &[String]) {
                     / ((best(&rows[0]) + best(&rows[1]) + best(&rows[2])) * 1e-3)
                     / 1e12;
                 println!(
-                    "{:<6}   mma variants (ms): fwd+bias+ReLU [{}], bwd-d [{}], bwd-f [{}]; best {:.1} TFLOP/s",
+                    "{:<6}   mma variants (ms): fwd+bias+ReLU [{}], bwd-d [{}], bwd-d + prev ReLU bwd [{}], bwd-f [{}]; best {:.1} TFLOP/s",
                     p.name(),
                     fmt(&rows[0]),
                     fmt(&rows[1]),
+                    fmt(&rows[3]),
                     fmt(&rows[2]),
                     mt
                 );
                 println!(
                     "JSON {}",
                     serde_json::json!({"kind": "conv_mma", "precision": p.name(), "geom": g, "fwd_bias_relu_ms": rows[0],
-                        "bwd_data_ms": rows[1], "bwd_filter_ms": rows[2], "best_tflops": mt})
+                        "bwd_data_ms": rows[1], "bwd_data_act_ms": rows[3], "bwd_filter_ms": rows[2], "best_tflops": mt})
                 );
             }
             println!(
@@ -655,6 +676,48 @@ fn ops(args: &[String]) {
                 2.25 * s0.len() as f64 * e,
             ));
         }
+        // The U-Net's pool backward: added into the skip connection's gradient, then that conv's ReLU backward +
+        // bias gradient; as two passes, then fused.
+        let skip = b.channels(cat, widths[0], widths[0]);
+        let gcat = random(&mut gpu, cat.len(), dt, 12);
+        let gskip = gcat.channels(cat, widths[0], widths[0]);
+        let t2 = time_ms(&mut gpu, reps, |gpu| {
+            gpu.maxpool2_backward(skip, pooled.view(ps), gskip, true)
+                .unwrap();
+            gpu.act_backward(
+                gskip,
+                Some(skip),
+                gskip,
+                0.0,
+                Some((db.ptr(), DType::F32)),
+                true,
+            )
+            .unwrap()
+        });
+        rows.push((
+            "maxpool2 bwd (accumulate) + ReLU bwd + bias grad, two passes".into(),
+            t2,
+            (2.25 + 1.0 + 3.0) * s0.len() as f64 * e,
+        ));
+        let t = time_ms(&mut gpu, reps, |gpu| {
+            gpu.maxpool2_backward_act(skip, pooled.view(ps), gskip, true, 0.0, Some(db.ptr()))
+                .unwrap()
+        });
+        rows.push((
+            "maxpool2 bwd (accumulate) + ReLU bwd + bias grad, fused".into(),
+            t,
+            (2.25 + 1.0) * s0.len() as f64 * e,
+        ));
+        // The transposed conv's bias gradient (identity): reads its output gradient, writes nothing back.
+        let t = time_ms(&mut gpu, reps, |gpu| {
+            gpu.act_backward(gskip, None, gskip, 1.0, Some((db.ptr(), DType::F32)), true)
+                .unwrap()
+        });
+        rows.push((
+            "identity bias grad in place (read only)".into(),
+            t,
+            s0.len() as f64 * e,
+        ));
         let img = Nhwc::new(batch, size, size, 1);
         let pred = random(&mut gpu, img.len(), dt, 10);
         let target = random(&mut gpu, img.len(), DType::F32, 11);

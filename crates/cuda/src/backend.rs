@@ -15,12 +15,12 @@
 mod transfer;
 
 use crate::conv::{transpose_geom, ConvGeom as CGeom};
-use crate::device::{Buf, Gpu, LossKind as GLoss, Nhwc, View as GView};
+use crate::device::{ActGrad, Buf, Gpu, LossKind as GLoss, Nhwc, View as GView};
 use crate::error::CudaError;
 use crate::precision::{DType, Precision};
 use cryoden_nn::{
-    Activation, AdamParams, Backend, BufKind, ConvGeom, ConvTGeom, LossKind, NnError, PoolGeom,
-    UpsampleGeom, View,
+    ActBackward, Activation, AdamParams, Backend, BufKind, ConvGeom, ConvTGeom, LossKind, NnError,
+    PoolGeom, UpsampleGeom, View,
 };
 use cudarc::driver::CudaEvent;
 use std::collections::hash_map::DefaultHasher;
@@ -743,6 +743,62 @@ impl CudaBackend {
         r
     }
 
+    /// Backward-data of a conv into dx (+ dx when `accumulate`), then `act`'s backward over dx where given: our
+    /// MMA kernels or the output layer's direct kernel fuse it, cuDNN's path runs it as a second pass.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_data_run(
+        &self,
+        cg: &CGeom,
+        dyg: GView,
+        params: &CudaBuf,
+        w_off: usize,
+        dxg: GView,
+        accumulate: bool,
+        act: Option<ActGrad>,
+    ) -> cryoden_nn::Result<()> {
+        let mut gpu = self.gpu();
+        if gpu.mma_conv_ok(cg, &dxg, &dyg) {
+            let w = self.weights(&mut gpu, params, w_off)?;
+            if gpu
+                .mma_conv_backward_data(cg, dyg, w, dxg, accumulate, act)
+                .map_err(be_err)?
+            {
+                return Ok(());
+            }
+        }
+        if let Some(a) = act {
+            let dt = self.precision.dtype();
+            let direct = cg.k == 1 && cg.cout == 1 && cg.pad == 0 && cg.stride == 1;
+            // The output layer's direct kernel, as conv_backward_data would run it (packed, compute dtype).
+            if direct
+                && [&dyg, &dxg].iter().all(|v| v.is_packed() && v.dtype == dt)
+                && a.y.dtype == dt
+            {
+                let w = self.weights(&mut gpu, params, w_off)?;
+                return gpu
+                    .conv1x1_to1_backward_data_act(dyg, w, dxg, a)
+                    .map_err(be_err);
+            }
+        }
+        let dyin = self.packed_in(&mut gpu, dyg, S_X)?;
+        let w = self.weights(&mut gpu, params, w_off)?;
+        let out = self.packed_out(&mut gpu, dxg, S_Y)?;
+        let direct = out == dxg;
+        let beta = if direct && accumulate { 1.0 } else { 0.0 };
+        gpu.conv_backward_data(self.precision, cg, dyin, w, out, beta)
+            .map_err(be_err)?;
+        if !direct {
+            gpu.bias_act_acc(out, None, dxg, 1.0, accumulate)
+                .map_err(be_err)?;
+        }
+        if let Some(a) = act {
+            let db = a.db.map(|d| (d, DType::F32));
+            gpu.act_backward(dxg, Some(a.y), dxg, a.slope, db, true)
+                .map_err(be_err)?;
+        }
+        Ok(())
+    }
+
     fn geom(g: &ConvGeom) -> CGeom {
         CGeom {
             n: g.dims.n,
@@ -1190,28 +1246,60 @@ impl Backend for CudaBackend {
         ) {
             return Ok(());
         }
-        let mut gpu = self.gpu();
-        if gpu.mma_conv_ok(&cg, &dxg, &dyg) {
-            let w = self.weights(&mut gpu, params, w_off)?;
-            if gpu
-                .mma_conv_backward_data(&cg, dyg, w, dxg, accumulate)
-                .map_err(be_err)?
-            {
-                return Ok(());
-            }
+        self.backward_data_run(&cg, dyg, params, w_off, dxg, accumulate, None)
+    }
+
+    fn conv2d_backward_data_act(
+        &self,
+        g: &ConvGeom,
+        dy: &CudaBuf,
+        dyv: View,
+        params: &CudaBuf,
+        w_off: usize,
+        x: &CudaBuf,
+        xv: View,
+        dx: &mut CudaBuf,
+        dxv: View,
+        act: ActBackward,
+        grads: &mut CudaBuf,
+        _ws: &mut CudaBuf,
+    ) -> cryoden_nn::Result<()> {
+        let op = "conv2d_backward_data_act";
+        let _t = self.timer(op);
+        let cg = Self::geom(g);
+        let (d, px) = (cg.in_shape(), g.dims.pixels());
+        let dyg = self.view(op, dy, dyv, px, g.cout, d)?;
+        let dxg = self.view(op, dx, dxv, px, g.cin, d)?;
+        let xg = self.view(op, x, xv, px, g.cin, d)?;
+        check_param(op, params, w_off, g.weight_len(), None, 0)?;
+        check_param(op, grads, 0, 0, act.db_off, g.cin)?;
+        dx.touched();
+        grads.touched();
+        if sig!(
+            self,
+            op,
+            *g,
+            dy.ptr(),
+            dyv,
+            params.ptr(),
+            w_off,
+            x.ptr(),
+            xv,
+            dx.ptr(),
+            dxv,
+            slope(act.act).to_bits(),
+            grads.ptr(),
+            act.db_off,
+            self.weights_fresh(params)
+        ) {
+            return Ok(());
         }
-        let dyin = self.packed_in(&mut gpu, dyg, S_X)?;
-        let w = self.weights(&mut gpu, params, w_off)?;
-        let out = self.packed_out(&mut gpu, dxg, S_Y)?;
-        let direct = out == dxg;
-        let beta = if direct && accumulate { 1.0 } else { 0.0 };
-        gpu.conv_backward_data(self.precision, &cg, dyin, w, out, beta)
-            .map_err(be_err)?;
-        if !direct {
-            gpu.bias_act_acc(out, None, dxg, 1.0, accumulate)
-                .map_err(be_err)?;
-        }
-        Ok(())
+        let a = ActGrad {
+            y: xg,
+            slope: slope(act.act),
+            db: act.db_off.map(|o| grads.buf.ptr_at(o)),
+        };
+        self.backward_data_run(&cg, dyg, params, w_off, dxg, false, Some(a))
     }
 
     fn conv2d_backward_filter(
@@ -1427,6 +1515,55 @@ impl Backend for CudaBackend {
         }
         self.gpu()
             .maxpool2_backward(xg, dyg, dxg, accumulate)
+            .map_err(be_err)
+    }
+
+    fn maxpool2_backward_act(
+        &self,
+        g: &PoolGeom,
+        x: &CudaBuf,
+        xv: View,
+        _y: &CudaBuf,
+        _yv: View,
+        dy: &CudaBuf,
+        dyv: View,
+        dx: &mut CudaBuf,
+        dxv: View,
+        accumulate: bool,
+        act: ActBackward,
+        grads: &mut CudaBuf,
+    ) -> cryoden_nn::Result<()> {
+        let op = "maxpool2_backward_act";
+        let _t = self.timer(op);
+        let od = g.out_dims();
+        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.c);
+        let yd = Nhwc::new(od.n, od.h, od.w, g.c);
+        let xg = self.view(op, x, xv, g.dims.pixels(), g.c, xd)?;
+        let dyg = self.view(op, dy, dyv, od.pixels(), g.c, yd)?;
+        let dxg = self.view(op, dx, dxv, g.dims.pixels(), g.c, xd)?;
+        check_param(op, grads, 0, 0, act.db_off, g.c)?;
+        dx.touched();
+        grads.touched();
+        if sig!(
+            self,
+            op,
+            *g,
+            x.ptr(),
+            xv,
+            dy.ptr(),
+            dyv,
+            dx.ptr(),
+            dxv,
+            accumulate,
+            slope(act.act).to_bits(),
+            grads.ptr(),
+            act.db_off
+        ) {
+            return Ok(());
+        }
+        let db = act.db_off.map(|o| grads.buf.ptr_at(o));
+        self.gpu()
+            .maxpool2_backward_act(xg, dyg, dxg, accumulate, slope(act.act), db)
             .map_err(be_err)
     }
 

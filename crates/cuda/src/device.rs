@@ -140,6 +140,18 @@ impl View {
     }
 }
 
+/// The backward of a bias + activation, fused into the op that writes that activation's output gradient `dx`:
+/// `dx ← dx · act'(y)` and `db += Σ_pixels dx` (elementwise.cu's act_bwd, without its pass over dx).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActGrad {
+    /// The activation's output (same shape as dx; the derivative is taken from it).
+    pub y: View,
+    /// The activation's negative slope (0 ReLU, 1 identity).
+    pub slope: f32,
+    /// The f32 bias gradient to add to, if the layer has a bias.
+    pub db: Option<u64>,
+}
+
 /// A cuDNN handle bound to our stream.
 pub(crate) struct CudnnHandle(pub(crate) cudarc::cudnn::sys::cudnnHandle_t);
 
@@ -832,8 +844,7 @@ impl Gpu {
         }
         let c = dy.shape.c;
         let np = dy.shape.pixels();
-        // Block shape as in elementwise.cu's act_bwd; enough partial rows to fill the GPU, few enough that the
-        // final sum is cheap.
+        // Block shape as in elementwise.cu's act_bwd (cfg_partials).
         // bf16 with even channels, strides and 4-byte alignment: the channel-pair kernel (4-byte accesses).
         let mut views = vec![&dy, &dx];
         if let Some(y) = y.as_ref() {
@@ -856,13 +867,7 @@ impl Gpu {
         } else {
             c
         };
-        let bx = if lanes >= 32 {
-            32
-        } else {
-            lanes.max(1).next_power_of_two()
-        };
-        let by = 256 / bx;
-        let parts = (np.div_ceil(by * 64)).clamp(1, 4 * self.info.multiprocessors.max(1) as usize);
+        let (cfg, parts) = self.cfg_partials(np, lanes);
         let partial = if dbias.is_some() {
             self.scratch(parts * c)?
         } else {
@@ -880,11 +885,6 @@ impl Gpu {
         let (dxp, dxcs) = (dx.ptr, dx.cs as i32);
         // The pair and 16-byte kernels take the number of channel groups in place of C.
         let (npi, ci) = (np as i64, lanes as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (lanes.div_ceil(bx) as u32, parts as u32, 1),
-            block_dim: (bx as u32, by as u32, 1),
-            shared_mem_bytes: 0,
-        };
         let f = self.func(&name)?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&dyp)
@@ -900,21 +900,55 @@ impl Gpu {
         // SAFETY: matches act_bwd_* ; partial has parts * C floats.
         unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(act_bwd)"))?;
         if let Some((db, dt)) = dbias {
-            let name = format!("sum_parts_{}", dt.suffix());
-            let (pi, acc) = (parts as i32, accumulate as i32);
-            let cfg = LaunchConfig {
-                grid_dim: (c.div_ceil(128) as u32, 1, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let f = self.func(&name)?;
-            let mut b = self.stream.launch_builder(f);
-            let c_all = c as i32; // all channels (ci counts pairs in the pair kernel)
-            b.arg(&partial).arg(&pi).arg(&c_all).arg(&db).arg(&acc);
-            // SAFETY: matches sum_parts_*; db holds C elements.
-            unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(sum_parts)"))?;
+            self.sum_parts(partial, parts, c, db, dt, accumulate)?;
         }
         Ok(())
+    }
+
+    /// out[c] (+)= Σ over parts of partial[part, c] (elementwise.cu's sum_parts, fixed order); out holds `c`
+    /// elements of `dt`, partial `parts * c` floats.
+    fn sum_parts(
+        &mut self,
+        partial: u64,
+        parts: usize,
+        c: usize,
+        out: u64,
+        dt: DType,
+        accumulate: bool,
+    ) -> Result<()> {
+        let name = format!("sum_parts_{}", dt.suffix());
+        let (pi, ci, acc) = (parts as i32, c as i32, accumulate as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (c.div_ceil(128) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&partial).arg(&pi).arg(&ci).arg(&out).arg(&acc);
+        // SAFETY: matches sum_parts_*; the callers size partial as parts * c floats and out as c elements.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(sum_parts)"))?;
+        Ok(())
+    }
+
+    /// Launch shape of the kernels that keep one channel group per thread and write per-block partial channel
+    /// sums (act_bwd_vec and the fused kernels): blocks (bx, by) with bx · by = 256, grid (groups / bx, parts);
+    /// enough partial rows to fill the GPU, few enough that their sum is cheap.
+    fn cfg_partials(&self, rows: usize, groups: usize) -> (LaunchConfig, usize) {
+        let bx = if groups >= 32 {
+            32
+        } else {
+            groups.max(1).next_power_of_two()
+        };
+        let by = 256 / bx;
+        let parts =
+            (rows.div_ceil(by * 64)).clamp(1, 4 * self.info.multiprocessors.max(1) as usize);
+        let cfg = LaunchConfig {
+            grid_dim: (groups.div_ceil(bx) as u32, parts as u32, 1),
+            block_dim: (bx as u32, by as u32, 1),
+            shared_mem_bytes: 0,
+        };
+        (cfg, parts)
     }
 
     /// 2x2 max-pool, stride 2 (floor).
@@ -1032,6 +1066,78 @@ impl Gpu {
         // SAFETY: matches maxpool2_bwd_*.
         unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(maxpool2_bwd)"))?;
         Ok(())
+    }
+
+    /// [`Gpu::maxpool2_backward`] fused with the backward of the bias + activation that produced x (the pool's
+    /// input): dx ← act'(x) · (routed dy (+ dx)), db += Σ dx, in one pass over dx. Where the 16-byte kernel does not
+    /// apply, the two ops in turn.
+    pub fn maxpool2_backward_act(
+        &mut self,
+        x: View,
+        dy: View,
+        dx: View,
+        accumulate: bool,
+        slope: f32,
+        db: Option<u64>,
+    ) -> Result<()> {
+        let s = x.shape;
+        let fused = self.maxpool_bwd_version >= 3
+            && s.h >= 2
+            && s.w >= 2
+            && vec_ok(s.c, &[&x, &dy, &dx])
+            && dy.shape.pixels() < i32::MAX as usize;
+        if !fused {
+            self.maxpool2_backward(x, dy, dx, accumulate)?;
+            return self.act_backward(dx, Some(x), dx, slope, db.map(|d| (d, DType::F32)), true);
+        }
+        same_shape("maxpool2_backward_act", s, dx.shape)?;
+        same_dtype("maxpool2_backward_act", x.dtype, dy.dtype)?;
+        same_dtype("maxpool2_backward_act", x.dtype, dx.dtype)?;
+        same_shape(
+            "maxpool2_backward_act",
+            Nhwc::new(s.n, s.h / 2, s.w / 2, s.c),
+            dy.shape,
+        )?;
+        let groups = s.c / x.dtype.vec_len();
+        let (cfg, parts) = self.cfg_partials(dy.shape.pixels(), groups);
+        let partial = self.scratch(parts * s.c)?;
+        let name = format!("maxpool2_bwd_act_vec_{}", x.dtype.suffix());
+        let (xp, xcs, dyp, dycs, dxp, dxcs) = (
+            x.ptr,
+            x.cs as i32,
+            dy.ptr,
+            dy.cs as i32,
+            dx.ptr,
+            dx.cs as i32,
+        );
+        let (n, h, w, c, acc) = (
+            s.n as i32,
+            s.h as i32,
+            s.w as i32,
+            groups as i32,
+            accumulate as i32,
+        );
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&xp)
+            .arg(&xcs)
+            .arg(&dyp)
+            .arg(&dycs)
+            .arg(&dxp)
+            .arg(&dxcs)
+            .arg(&n)
+            .arg(&h)
+            .arg(&w)
+            .arg(&c)
+            .arg(&acc)
+            .arg(&slope)
+            .arg(&partial);
+        // SAFETY: matches maxpool2_bwd_act_vec_*; partial holds parts * C floats.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(maxpool2_bwd_act)"))?;
+        match db {
+            Some(db) => self.sum_parts(partial, parts, s.c, db, DType::F32, true),
+            None => Ok(()),
+        }
     }
 
     /// Nearest upsampling of x to y's height and width (PyTorch's legacy 'nearest').
@@ -1317,6 +1423,55 @@ impl Gpu {
         // SAFETY: matches conv1x1_to1_bwd_data_*; w holds C elements of dy's dtype.
         unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv1x1_to1_bwd_data)"))?;
         Ok(())
+    }
+
+    /// [`Gpu::conv1x1_to1_backward_data`] (dx overwritten) fused with the backward of the bias + activation that
+    /// produced the conv's input: one pass over dx instead of two. Where the 16-byte kernel does not apply, the two
+    /// ops in turn.
+    pub fn conv1x1_to1_backward_data_act(
+        &mut self,
+        dy: View,
+        w: u64,
+        dx: View,
+        act: ActGrad,
+    ) -> Result<()> {
+        let fused = self.bias_act_version >= 4
+            && vec_ok(dx.shape.c, &[&dx, &act.y])
+            && dy.shape.c == 1
+            && dy.is_packed()
+            && dx.is_packed()
+            && dy.dtype == dx.dtype
+            && dy.shape.pixels() == dx.shape.pixels();
+        let db = act.db.map(|d| (d, DType::F32));
+        if !fused {
+            self.conv1x1_to1_backward_data(dy, w, dx, false)?;
+            return self.act_backward(dx, Some(act.y), dx, act.slope, db, true);
+        }
+        same_shape("conv1x1_to1_backward_data_act", dx.shape, act.y.shape)?;
+        let c = dx.shape.c;
+        let groups = c / dx.dtype.vec_len();
+        let (cfg, parts) = self.cfg_partials(dx.shape.pixels(), groups);
+        let partial = self.scratch(parts * c)?;
+        let name = format!("conv1x1_to1_bwd_data_act_vec_{}", dx.dtype.suffix());
+        let (dyp, dxp, np, cv) = (dy.ptr, dx.ptr, dx.shape.pixels() as i64, groups as i32);
+        let (yp, ycs) = (act.y.ptr, act.y.cs as i32);
+        let f = self.func(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&dyp)
+            .arg(&w)
+            .arg(&dxp)
+            .arg(&np)
+            .arg(&cv)
+            .arg(&yp)
+            .arg(&ycs)
+            .arg(&act.slope)
+            .arg(&partial);
+        // SAFETY: matches conv1x1_to1_bwd_data_act_vec_*; w holds C elements of dy's dtype, partial parts * C.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv1x1_to1_bwd_data_act)"))?;
+        match db {
+            Some((db, dt)) => self.sum_parts(partial, parts, c, db, dt, true),
+            None => Ok(()),
+        }
     }
 
     /// Whether the direct kernels for a 3x3 conv with one input channel apply: `cout` output channels in whole

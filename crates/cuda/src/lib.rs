@@ -19,6 +19,6 @@ pub mod probe;
 
 pub use backend::{CudaBackend, CudaBuf};
 pub use conv::ConvGeom;
-pub use device::{AdamStep, Buf, Gpu, LossKind, MmaChoice, MmaMode, Nhwc, View};
+pub use device::{ActGrad, AdamStep, Buf, Gpu, LossKind, MmaChoice, MmaMode, Nhwc, View};
 pub use error::{CudaError, Library, Result};
 pub use precision::{DType, Precision};

@@ -1380,7 +1380,7 @@ fn mma_conv_matches_cpu() {
             let dxb = gpu.upload(&xw, dt).unwrap();
             let dxv = dxb.channels(xs_whole, xo, cin);
             assert!(gpu
-                .mma_conv_backward_data(&c, yv, wb.ptr(), dxv, accumulate)
+                .mma_conv_backward_data(&c, yv, wb.ptr(), dxv, accumulate, None)
                 .unwrap());
             let want_dx: Vec<f32> = conv_bwd_data(&g, &dy, &wt)
                 .iter()
@@ -1440,4 +1440,239 @@ fn mma_conv_matches_cpu() {
             false
         )
         .is_err());
+}
+
+/// The fused activation backwards (the pool backward, the output layer's backward-data and our MMA backward-data,
+/// each followed by the previous layer's bias + activation backward in the same kernel) give the same dx, bit for
+/// bit, as the two passes they replace, and the same bias gradient up to summation order; the identity's in-place
+/// bias gradient leaves dy as it was.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn fused_activation_backward_matches_two_passes() {
+    let mut gpu = gpu();
+    let mut rng = Rng::new(31);
+    let dbias = |gpu: &mut Gpu, c: usize| {
+        let b = gpu.alloc(c, DType::F32).unwrap();
+        gpu.fill(&b, 0.5).unwrap();
+        b
+    };
+    let check = |label: &str, dx: (Vec<f32>, Vec<f32>), db: (Vec<f32>, Vec<f32>)| {
+        assert!(
+            dx.0.iter()
+                .zip(&dx.1)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{label}: dx differs from the two passes"
+        );
+        let e = rel_l2(&db.0, &db.1);
+        println!("fused {label}: dx identical, db {e:.2e}");
+        assert!(e <= 1e-5, "{label}: bias gradient {e:e}");
+    };
+    // Max-pool backward (accumulating into a concat slice, as the U-Net does) + ReLU / LeakyReLU backward: odd sizes
+    // take the dropped-row/column path, strided slices the channel strides.
+    for dt in [DType::F32, DType::Bf16] {
+        for (n, h, w, c, slope, accumulate) in [
+            (2usize, 8usize, 10usize, 32usize, 0.0f32, true),
+            (1, 7, 9, 16, 0.1, false),
+            (3, 5, 6, 8, 0.0, true),
+            (1, 33, 17, 64, 0.0, false),
+        ] {
+            let (xs, ys) = (Nhwc::new(n, h, w, c), Nhwc::new(n, h / 2, w / 2, c));
+            let cat = Nhwc::new(n, h, w, 2 * c);
+            let x = rng.vec(cat.len(), 1.0);
+            let dy = rng.vec(ys.len(), 1.0);
+            let g0 = rng.vec(cat.len(), 1.0);
+            let xb = gpu.upload(&x, dt).unwrap();
+            let dyb = gpu.upload(&dy, dt).unwrap();
+            let mut got = Vec::new();
+            for fused in [false, true] {
+                let gb = gpu.upload(&g0, dt).unwrap();
+                let db = dbias(&mut gpu, c);
+                let (xv, gv) = (xb.channels(cat, c, c), gb.channels(cat, c, c));
+                if fused {
+                    gpu.maxpool2_backward_act(
+                        xv,
+                        dyb.view(ys),
+                        gv,
+                        accumulate,
+                        slope,
+                        Some(db.ptr()),
+                    )
+                    .unwrap();
+                } else {
+                    gpu.maxpool2_backward(xv, dyb.view(ys), gv, accumulate)
+                        .unwrap();
+                    gpu.act_backward(gv, Some(xv), gv, slope, Some((db.ptr(), DType::F32)), true)
+                        .unwrap();
+                }
+                got.push((gpu.download(&gb).unwrap(), gpu.download(&db).unwrap()));
+            }
+            let (b, a) = (got.pop().unwrap(), got.pop().unwrap());
+            check(
+                &format!("maxpool {dt:?} {xs} slope {slope} acc {accumulate}"),
+                (a.0, b.0),
+                (a.1, b.1),
+            );
+        }
+    }
+    // Backward-data of the 1x1 conv to one channel + the previous layer's ReLU backward.
+    for dt in [DType::F32, DType::Bf16] {
+        let (np, c) = (5000usize, 32usize);
+        let (s1, sc) = (Nhwc::new(1, 1, np, 1), Nhwc::new(1, 1, np, c));
+        let dyb = gpu.upload(&rng.vec(np, 1.0), dt).unwrap();
+        let wb = gpu.upload(&rng.vec(c, 0.5), dt).unwrap();
+        let yb = gpu.upload(&rng.vec(np * c, 1.0), dt).unwrap();
+        let mut got = Vec::new();
+        for fused in [false, true] {
+            let dxb = gpu.alloc(np * c, dt).unwrap();
+            gpu.fill(&dxb, f32::NAN).unwrap();
+            let db = dbias(&mut gpu, c);
+            if fused {
+                let act = cryoden_cuda::ActGrad {
+                    y: yb.view(sc),
+                    slope: 0.0,
+                    db: Some(db.ptr()),
+                };
+                gpu.conv1x1_to1_backward_data_act(dyb.view(s1), wb.ptr(), dxb.view(sc), act)
+                    .unwrap();
+            } else {
+                gpu.conv1x1_to1_backward_data(dyb.view(s1), wb.ptr(), dxb.view(sc), false)
+                    .unwrap();
+                let (dxv, yv) = (dxb.view(sc), yb.view(sc));
+                gpu.act_backward(dxv, Some(yv), dxv, 0.0, Some((db.ptr(), DType::F32)), true)
+                    .unwrap();
+            }
+            got.push((gpu.download(&dxb).unwrap(), gpu.download(&db).unwrap()));
+        }
+        let (b, a) = (got.pop().unwrap(), got.pop().unwrap());
+        check(&format!("1x1->1 {dt:?}"), (a.0, b.0), (a.1, b.1));
+    }
+    // Our MMA backward-data + ReLU backward, every variant, uncapped and with 2 blocks looping over tiles: 32 -> 32
+    // runs the fused kernels, 64 -> 32 the unfused kernel + act_backward. The activation output is a strided slice.
+    if gpu.info.compute_capability.0 >= 8 {
+        gpu.mma_conv = MmaMode::Force;
+        let dt = DType::Bf16;
+        for (n, h, w, cin, cout) in [
+            (2usize, 17usize, 19usize, 32usize, 32usize),
+            (1, 40, 33, 32, 32),
+            (1, 9, 20, 64, 32),
+        ] {
+            let g = ConvGeom {
+                n,
+                h,
+                w,
+                cin,
+                cout,
+                k: 3,
+                pad: 1,
+                stride: 1,
+            };
+            let xs = g.in_shape();
+            let cat = Nhwc::new(n, h, w, 2 * cin);
+            let yb = gpu.upload(&rng.vec(g.out_shape().len(), 1.0), dt).unwrap();
+            let xb = gpu.upload(&rng.vec(cat.len(), 1.0), dt).unwrap();
+            let wb = gpu
+                .upload(
+                    &rng.vec(9 * cin * cout, 1.0 / ((9 * cout) as f32).sqrt()),
+                    dt,
+                )
+                .unwrap();
+            let count = gpu.mma_variants(&g)[1];
+            for (cap, v) in [None, Some(2)]
+                .into_iter()
+                .flat_map(|cap| (0..count).map(move |v| (cap, v)))
+            {
+                gpu.mma_variant = Some(v);
+                gpu.mma_max_blocks = cap;
+                let xv = xb.channels(cat, cin, cin);
+                let mut got = Vec::new();
+                for fused in [false, true] {
+                    let dxb = gpu.alloc(xs.len(), dt).unwrap();
+                    gpu.fill(&dxb, f32::NAN).unwrap();
+                    let db = dbias(&mut gpu, cin);
+                    let dxv = dxb.view(xs);
+                    if fused {
+                        let act = cryoden_cuda::ActGrad {
+                            y: xv,
+                            slope: 0.0,
+                            db: Some(db.ptr()),
+                        };
+                        assert!(gpu
+                            .mma_conv_backward_data(
+                                &g,
+                                yb.view(g.out_shape()),
+                                wb.ptr(),
+                                dxv,
+                                false,
+                                Some(act)
+                            )
+                            .unwrap());
+                    } else {
+                        assert!(gpu
+                            .mma_conv_backward_data(
+                                &g,
+                                yb.view(g.out_shape()),
+                                wb.ptr(),
+                                dxv,
+                                false,
+                                None
+                            )
+                            .unwrap());
+                        gpu.act_backward(
+                            dxv,
+                            Some(xv),
+                            dxv,
+                            0.0,
+                            Some((db.ptr(), DType::F32)),
+                            true,
+                        )
+                        .unwrap();
+                    }
+                    got.push((gpu.download(&dxb).unwrap(), gpu.download(&db).unwrap()));
+                }
+                let (b, a) = (got.pop().unwrap(), got.pop().unwrap());
+                check(
+                    &format!("mma {g} variant {v} blocks {cap:?}"),
+                    (a.0, b.0),
+                    (a.1, b.1),
+                );
+            }
+        }
+        gpu.mma_variant = None;
+        gpu.mma_max_blocks = None;
+    }
+    // The identity's bias gradient in place: dy unchanged, db = its sum.
+    for dt in [DType::F32, DType::Bf16] {
+        let (np, c) = (3001usize, 32usize);
+        let s = Nhwc::new(1, 1, np, c);
+        let dy: Vec<f32> = rng
+            .vec(np * c, 1.0)
+            .into_iter()
+            .map(|v| if dt == DType::Bf16 { bf16_round(v) } else { v })
+            .collect();
+        let dyb = gpu.upload(&dy, dt).unwrap();
+        let db = dbias(&mut gpu, c);
+        gpu.act_backward(
+            dyb.view(s),
+            None,
+            dyb.view(s),
+            1.0,
+            Some((db.ptr(), DType::F32)),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            gpu.download(&dyb).unwrap(),
+            dy,
+            "{dt:?}: identity changed dy"
+        );
+        let mut want = vec![0.5f64; c];
+        for p in 0..np {
+            for k in 0..c {
+                want[k] += dy[p * c + k] as f64;
+            }
+        }
+        let want: Vec<f32> = want.into_iter().map(|v| v as f32).collect();
+        let e = rel_l2(&gpu.download(&db).unwrap(), &want);
+        assert!(e <= 1e-5, "{dt:?}: identity bias gradient {e:e}");
+    }
 }

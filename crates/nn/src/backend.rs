@@ -68,6 +68,16 @@ impl Activation {
     }
 }
 
+/// The backward of a layer's bias + activation, handed to an op that writes that activation's output gradient so
+/// the two can run as one pass (the `*_act` ops): `dx ← dx · act'(y)` and `db += Σ_pixels dx`, as
+/// [`Backend::bias_act_backward`], where `y` (the activation's output) is the tensor the op read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ActBackward {
+    pub act: Activation,
+    /// Offset of the layer's bias gradient in `grads`, if it has a bias.
+    pub db_off: Option<usize>,
+}
+
 /// What a buffer will hold, so a device backend can choose its storage type. The CPU backend stores everything
 /// in f32; the CUDA backend in bf16 mode stores [`BufKind::Activation`] buffers in bf16 (half the bytes moved by
 /// every elementwise op, what PyTorch's autocast does) and keeps everything else in f32.
@@ -240,6 +250,30 @@ pub trait Backend: Send + Sync {
         accumulate: bool,
         ws: &mut Self::Buf,
     ) -> Result<()>;
+    /// [`Backend::conv2d_backward_data`] into `dx` (overwritten), then the backward of the bias + activation that
+    /// produced the conv's input `x` (x is that activation's output): `dx ← act'(x) · conv_transpose(dy, w)`,
+    /// `db += Σ_pixels dx`. A device backend fuses the two where it can (one pass over dx instead of two).
+    /// Default: the two ops in turn.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_backward_data_act(
+        &self,
+        g: &ConvGeom,
+        dy: &Self::Buf,
+        dyv: View,
+        params: &Self::Buf,
+        w_off: usize,
+        x: &Self::Buf,
+        xv: View,
+        dx: &mut Self::Buf,
+        dxv: View,
+        act: ActBackward,
+        grads: &mut Self::Buf,
+        ws: &mut Self::Buf,
+    ) -> Result<()> {
+        self.conv2d_backward_data(g, dy, dyv, params, w_off, dx, dxv, false, ws)?;
+        let px = g.dims.pixels();
+        self.bias_act_backward(px, g.cin, act.act, x, xv, dx, dxv, grads, act.db_off)
+    }
     /// `dw += Σ_pixels x ⊗ dy` (weight gradient, `[cout, k, k, cin]` at `grads[dw_off..]`).
     #[allow(clippy::too_many_arguments)]
     fn conv2d_backward_filter(
@@ -309,6 +343,29 @@ pub trait Backend: Send + Sync {
         dxv: View,
         accumulate: bool,
     ) -> Result<()>;
+    /// [`Backend::maxpool2_backward`], then the backward of the bias + activation that produced the pool's input
+    /// `x` (x is that activation's output) over dx: `dx ← act'(x) · dx`, `db += Σ_pixels dx`. A device backend fuses
+    /// the two (the pool's backward reads x anyway). Default: the two ops in turn.
+    #[allow(clippy::too_many_arguments)]
+    fn maxpool2_backward_act(
+        &self,
+        g: &PoolGeom,
+        x: &Self::Buf,
+        xv: View,
+        y: &Self::Buf,
+        yv: View,
+        dy: &Self::Buf,
+        dyv: View,
+        dx: &mut Self::Buf,
+        dxv: View,
+        accumulate: bool,
+        act: ActBackward,
+        grads: &mut Self::Buf,
+    ) -> Result<()> {
+        self.maxpool2_backward(g, x, xv, y, yv, dy, dyv, dx, dxv, accumulate)?;
+        let px = g.dims.pixels();
+        self.bias_act_backward(px, g.c, act.act, x, xv, dx, dxv, grads, act.db_off)
+    }
 
     // ---- nearest upsampling to an exact size ---------------------------------------------------------------
     /// `y = F.interpolate(x, size=(oh, ow), mode="nearest")`.

@@ -45,7 +45,7 @@ pub mod params;
 pub mod shape;
 pub mod train;
 
-pub use backend::{Activation, AdamParams, Backend, BufKind, LossKind};
+pub use backend::{ActBackward, Activation, AdamParams, Backend, BufKind, LossKind};
 pub use error::{NnError, Result};
 pub use host::{HostBuf, HostMemory};
 pub use models::{Activations, Arch, Model, DEFAULT_UNET_WIDTHS};

@@ -5,7 +5,7 @@
 //! The table below is the single source of the kernels' tile sizes: the CUDA instantiations are generated from it,
 //! and the launch sizes (threads, shared memory, resident blocks) are computed from it.
 
-use super::{Gpu, View};
+use super::{ActGrad, Gpu, View};
 use crate::conv::ConvGeom;
 use crate::engine::Direction;
 use crate::error::{drv, CudaError, Result};
@@ -67,6 +67,10 @@ const FWD: [((usize, usize), &[FwdVariant]); 4] = [
         ],
     ),
 ];
+/// Forward shapes (cin, cout) whose variants are also built fused with the previous layer's activation backward
+/// (`CONV3_FWD_ACT`), for backward-data passes whose output gradient goes on through a bias + ReLU: the plan's
+/// U-Net's 32 → 32 layers at 1024², where that saves a whole pass over a 512 MiB tensor (docs/perf/conv-mma.md).
+const ACT_FUSED: [(usize, usize); 1] = [(32, 32)];
 /// Hopper (sm_90a) forward variants per (cin, cout): (tile rows TH, halo buffers NBUF). One warpgroup per block,
 /// 64-pixel tile rows, `wgmma` with both operands from shared memory. They follow the `FWD` variants in the variant
 /// numbering, and exist only on compute capability 9.0.
@@ -152,6 +156,9 @@ fn wgrad_smem(ci: usize, co: usize, th: usize) -> usize {
 fn fwd_name(ci: usize, co: usize, v: usize) -> String {
     format!("conv3_fwd_{ci}_{co}_v{v}")
 }
+fn act_name(ci: usize, co: usize, v: usize) -> String {
+    format!("conv3_fwd_{ci}_{co}_v{v}_act")
+}
 fn wgrad_name(ci: usize, co: usize, v: usize) -> String {
     format!("conv3_wgrad_{ci}_{co}_v{v}")
 }
@@ -173,6 +180,12 @@ pub fn source(wgmma: bool) -> String {
             s.push_str(&format!(
                 "CONV3_FWD({name}, {ci}, {co}, {th}, {wm}, {minb}, {tu}, {pipe}, {nbuf})\n"
             ));
+            if ACT_FUSED.contains(&(ci, co)) {
+                let name = act_name(ci, co, v);
+                s.push_str(&format!(
+                    "CONV3_FWD_ACT({name}, {ci}, {co}, {th}, {wm}, {minb}, {tu}, {pipe}, {nbuf})\n"
+                ));
+            }
         }
     }
     for ((ci, co), vs) in WGRAD {
@@ -261,6 +274,8 @@ pub(crate) struct MmaKernels {
     _module: Arc<CudaModule>,
     /// Per shape, one slot per table variant: None where the variant does not fit this GPU (shared memory).
     fwd: Vec<(Shape, Slots)>,
+    /// The `ACT_FUSED` shapes' forward variants fused with an activation backward (same slots as `fwd`).
+    fwd_act: Vec<(Shape, Slots)>,
     wgrad: Vec<(Shape, Slots)>,
     flip: CudaFunction,
 }
@@ -327,8 +342,10 @@ impl MmaKernels {
         let sms = gpu.info.multiprocessors.max(1) as u32;
         let fit = (sms, gpu.info.max_shared_per_block_optin.max(0) as usize);
         let mut fwd = Vec::new();
+        let mut fwd_act = Vec::new();
         for ((ci, co), vs) in FWD {
             let mut ks = Vec::new();
+            let mut ka = Vec::new();
             for (v, &(th, wm, _, _, _, nbuf)) in vs.iter().enumerate() {
                 let (threads, smem) = (fwd_threads(th, wm), fwd_smem(ci, co, th, nbuf));
                 ks.push(load(
@@ -339,6 +356,19 @@ impl MmaKernels {
                     fit,
                     (th, TW),
                 )?);
+                if ACT_FUSED.contains(&(ci, co)) {
+                    ka.push(load(
+                        &module,
+                        &act_name(ci, co, v),
+                        threads,
+                        smem,
+                        fit,
+                        (th, TW),
+                    )?);
+                }
+            }
+            if !ka.is_empty() {
+                fwd_act.push(((ci, co), ka));
             }
             if wgmma {
                 let wg = FWD_WG
@@ -381,6 +411,7 @@ impl MmaKernels {
         Ok(Some(MmaKernels {
             _module: module,
             fwd,
+            fwd_act,
             wgrad,
             flip,
         }))
@@ -388,6 +419,12 @@ impl MmaKernels {
 
     fn fwd(&self, ci: usize, co: usize) -> Option<&[Option<Kernel>]> {
         self.fwd
+            .iter()
+            .find(|(k, _)| *k == (ci, co))
+            .map(|(_, k)| k.as_slice())
+    }
+    fn fwd_act(&self, ci: usize, co: usize) -> Option<&[Option<Kernel>]> {
+        self.fwd_act
             .iter()
             .find(|(k, _)| *k == (ci, co))
             .map(|(_, k)| k.as_slice())
@@ -624,8 +661,10 @@ impl Gpu {
     }
 
     /// dx (+)= backward-data of the 3×3 conv `g` (`mma_conv_ok(g, dx, dy)` must hold): the forward conv cout → cin
-    /// of the flipped weights, which are written to a scratch buffer first. Returns false, having done nothing, when
-    /// tuning found cuDNN faster.
+    /// of the flipped weights, which are written to a scratch buffer first. With `act` (dx overwritten), then the
+    /// backward of the bias + activation that produced the conv's input: fused into the kernel's epilogue where the
+    /// shape has `ACT_FUSED` kernels, else as a second pass. Returns false, having done nothing, when tuning found
+    /// cuDNN faster.
     pub fn mma_conv_backward_data(
         &mut self,
         g: &ConvGeom,
@@ -633,8 +672,14 @@ impl Gpu {
         w: u64,
         dx: View,
         accumulate: bool,
+        act: Option<ActGrad>,
     ) -> Result<bool> {
         self.mma_check("mma_conv_backward_data", g, &dx, &dy)?;
+        if act.is_some() && accumulate {
+            return Err(CudaError::Shape(
+                "mma_conv_backward_data: an activation backward needs dx overwritten, not accumulated".into(),
+            ));
+        }
         check_weights("mma_conv_backward_data", w, None)?;
         let back = ConvGeom {
             cin: g.cout,
@@ -663,14 +708,29 @@ impl Gpu {
                 .map(Some),
             None => Ok(None),
         })?;
-        match pick {
-            MmaPick::Ours(v) => {
-                let wt = self.mma_flip(g, w)?;
-                self.mma_launch_fwd(&back, v, dy, wt, None, dx, 1.0, accumulate)?;
-                Ok(true)
+        let MmaPick::Ours(v) = pick else {
+            return Ok(false);
+        };
+        let wt = self.mma_flip(g, w)?;
+        let fused = self.mma.as_ref().unwrap().fwd_act(g.cout, g.cin);
+        match act {
+            Some(a) if fused.is_some_and(|ks| ks.get(v).is_some_and(Option::is_some)) => {
+                self.mma_launch_fwd_act(&back, v, dy, wt, dx, a)?;
             }
-            MmaPick::Cudnn => Ok(false),
+            Some(a) => {
+                self.mma_launch_fwd(&back, v, dy, wt, None, dx, 1.0, false)?;
+                self.act_backward(
+                    dx,
+                    Some(a.y),
+                    dx,
+                    a.slope,
+                    a.db.map(|d| (d, DType::F32)),
+                    true,
+                )?;
+            }
+            None => self.mma_launch_fwd(&back, v, dy, wt, None, dx, 1.0, accumulate)?,
         }
+        Ok(true)
     }
 
     /// dw += weight gradient of the 3×3 conv `g` (`mma_conv_ok` must hold); dw: KRSC f32. Per-block partial sums
@@ -787,6 +847,74 @@ impl Gpu {
         Ok(())
     }
 
+    /// Fused forward variant `v` of (g.cin, g.cout) (`CONV3_FWD_ACT`, no bias, identity): y = conv, then the
+    /// activation backward `act` over y with its bias-gradient partial sums, one per block, added into `act.db`.
+    fn mma_launch_fwd_act(
+        &mut self,
+        g: &ConvGeom,
+        v: usize,
+        x: View,
+        w: u64,
+        y: View,
+        act: ActGrad,
+    ) -> Result<()> {
+        if act.y.shape != y.shape
+            || act.y.dtype != DType::Bf16
+            || !act.y.ptr.is_multiple_of(16)
+            || !act.y.cs.is_multiple_of(8)
+        {
+            return Err(CudaError::Shape(format!(
+                "mma_conv_backward_data: the activation output {} (cs {}) does not match dx {}",
+                act.y.shape, act.y.cs, y.shape
+            )));
+        }
+        let (f, threads, smem, blocks) = {
+            let ks = self.mma.as_ref().unwrap().fwd_act(g.cin, g.cout);
+            let k = ks
+                .and_then(|ks| ks.get(v))
+                .and_then(Option::as_ref)
+                .ok_or_else(|| {
+                    CudaError::Shape(format!(
+                        "internal: fused MMA variant {v} of {g} is not loaded"
+                    ))
+                })?;
+            let blocks = (k.blocks.min(self.mma_max_blocks.unwrap_or(u32::MAX)) as usize)
+                .min(tiles(g.n, g.h, g.w, k.th, k.tw))
+                .max(1);
+            (k.f.clone(), k.threads, k.smem, blocks)
+        };
+        let partial = self.scratch(blocks * g.cout)?;
+        let (xp, xcs, bp, yp, ycs) = (x.ptr, x.cs as i32, 0u64, y.ptr, y.cs as i32);
+        let (n, h, wd, slope) = (g.n as i32, g.h as i32, g.w as i32, 1.0f32);
+        let (ap, acs) = (act.y.ptr, act.y.cs as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&xp)
+            .arg(&xcs)
+            .arg(&w)
+            .arg(&bp)
+            .arg(&yp)
+            .arg(&ycs)
+            .arg(&n)
+            .arg(&h)
+            .arg(&wd)
+            .arg(&slope)
+            .arg(&ap)
+            .arg(&acs)
+            .arg(&act.slope)
+            .arg(&partial);
+        // SAFETY: matches CONV3_FWD_ACT; views checked by mma_check and above; partial holds blocks * cout floats.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv3_fwd_act)"))?;
+        match act.db {
+            Some(db) => self.sum_parts(partial, blocks, g.cout, db, DType::F32, true),
+            None => Ok(()),
+        }
+    }
+
     /// Weight-gradient variant `v`: partial sums into the scratch buffer, then (when `dw` is given) their
     /// fixed-order sum added into dw.
     fn mma_launch_wgrad(
@@ -894,7 +1022,16 @@ mod tests {
         let n = FWD.iter().map(|v| v.1.len()).sum::<usize>()
             + WGRAD.iter().map(|v| v.1.len()).sum::<usize>();
         let wg = FWD_WG.iter().map(|v| v.1.len()).sum::<usize>();
-        assert_eq!(s.matches("\nCONV3_").count(), n + wg);
+        let act = FWD
+            .iter()
+            .filter(|v| ACT_FUSED.contains(&v.0))
+            .map(|v| v.1.len())
+            .sum::<usize>();
+        assert!(
+            act > 0
+                && s.contains("CONV3_FWD_ACT(conv3_fwd_32_32_v4_act, 32, 32, 32, 4, 2, 1, 2, 1)")
+        );
+        assert_eq!(s.matches("\nCONV3_").count(), n + wg + act);
         assert_eq!(source(false).matches("\nCONV3_FWD_WG(").count(), 0);
     }
 

@@ -81,6 +81,27 @@ __device__ __forceinline__ void store_pair(bf16* out, int co, float v0, float v1
     *o = pack_bf16x2(v0, v1);
 }
 
+// store_pair fused with the backward of the bias + activation that produced the conv's input (the backward-data
+// pass): the pair is rounded to bf16 as stored, then scaled by that activation's derivative at its output `mk` (the
+// pair's two bf16 values; slope `mslope`), stored, and added to this thread's bias-gradient sums. Rounding and
+// values as the two passes in turn (elementwise.cu's act_bwd_vec).
+__device__ __forceinline__ void store_pair_act(bf16* out, int co, float v0, float v1, const float* bias, float slope,
+                                               unsigned mk, float mslope, float* bsum) {
+    if (bias) {
+        v0 += bias[co];
+        v1 += bias[co + 1];
+    }
+    v0 = v0 > 0.f ? v0 : v0 * slope;
+    v1 = v1 > 0.f ? v1 : v1 * slope;
+    const unsigned r = pack_bf16x2(v0, v1);
+    float d0 = __uint_as_float(r << 16), d1 = __uint_as_float(r & 0xffff0000u);
+    d0 = __uint_as_float(mk << 16) > 0.f ? d0 : d0 * mslope;
+    d1 = __uint_as_float(mk & 0xffff0000u) > 0.f ? d1 : d1 * mslope;
+    *(unsigned*)(out + co) = pack_bf16x2(d0, d1);
+    bsum[0] += d0;
+    bsum[1] += d1;
+}
+
 struct TileAt {
     int n, y0, x0;
 };
@@ -149,10 +170,14 @@ __device__ __forceinline__ void fwd_frags(unsigned xs_base, unsigned ws_base, in
 // Warps split the tile's rows (WM rows each) and each computes all CO channels of its rows. TU: how far the tap
 // loop is unrolled (9: the compiler hoists fragment loads across taps, at ~230 registers; 1: ~70-150).
 // Shared memory: weights CO x (9 CI + PAD), then NBUF halo buffers of (TH + 2) x 18 x (CI + PAD).
-template <int CI, int CO, int TH, int WM, int TU, int PIPE, int NBUF>
+// ACT = 1 (the backward-data pass fused with the backward of the previous layer's bias + activation, see
+// store_pair_act): `act_y` (channel stride act_cs) is that activation's output, the tensor the conv read, and each block
+// writes its bias-gradient sums to partial[blockIdx.x, CO] (fixed order; the host adds the blocks up). No accumulate.
+template <int CI, int CO, int TH, int WM, int TU, int PIPE, int NBUF, int ACT>
 __device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, const bf16* __restrict__ w,
                                           const float* __restrict__ bias, bf16* y, int y_cs, int N, int H, int W,
-                                          float slope, int accumulate) {
+                                          float slope, int accumulate, const bf16* __restrict__ act_y, int act_cs,
+                                          float mslope, float* __restrict__ partial) {
     constexpr int XS = CI + PAD, WS = 9 * CI + PAD, HALO = (TH + 2) * (TW + 2) * XS;
     constexpr int NT = CO / 8, THREADS = TH / WM * 32;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -170,6 +195,9 @@ __device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, 
     int t = blockIdx.x, buf = 0;
     if (t < ntiles) load_halo<CI, TH, THREADS>(x, x_cs, H, W, tile_at(t, TH, tiles_y, tiles_x), xbuf);
     cp_commit();
+    float bsum[ACT ? NT : 1][2];
+#pragma unroll
+    for (int n = 0; n < (ACT ? NT : 1); n++) bsum[n][0] = bsum[n][1] = 0.f;
     // This lane's ldmatrix row offsets: B (weights, [co][k]) and A (halo pixels, [pixel][ci]).
     const int b_row = (q >> 1) * 8 + rr, b_k = (q & 1) * 8;
     const int a_pix = lane & 15, a_k = (lane >> 4) * 8;
@@ -288,11 +316,18 @@ __device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, 
             for (int half = 0; half < 2; half++) {
                 const int xx = at.x0 + (lane >> 2) + half * 8;
                 if (yy < H && xx < W) {
-                    bf16* out = y + ((i64)(at.n * H + yy) * W + xx) * y_cs;
+                    const i64 pix = (i64)(at.n * H + yy) * W + xx;
+                    bf16* out = y + pix * y_cs;
 #pragma unroll
-                    for (int n = 0; n < NT; n++)
-                        store_pair(out, n * 8 + (lane & 3) * 2, acc[m][n][half * 2], acc[m][n][half * 2 + 1], bias,
-                                   slope, accumulate);
+                    for (int n = 0; n < NT; n++) {
+                        const int co = n * 8 + (lane & 3) * 2;
+                        if (ACT)
+                            store_pair_act(out, co, acc[m][n][half * 2], acc[m][n][half * 2 + 1], bias, slope,
+                                           *(const unsigned*)(act_y + pix * act_cs + co), mslope, bsum[ACT ? n : 0]);
+                        else
+                            store_pair(out, co, acc[m][n][half * 2], acc[m][n][half * 2 + 1], bias, slope,
+                                       accumulate);
+                    }
                 }
             }
         }
@@ -300,6 +335,31 @@ __device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, 
         buf ^= 1;
     }
     cp_wait0();  // a block that got no tile still has its weight copies in flight
+    if (ACT) {
+        // Bias-gradient sums: over the 8 lanes holding the same channels (lane & 3), then over the warps in shared
+        // memory (free now), in a fixed order.
+#pragma unroll
+        for (int n = 0; n < (ACT ? NT : 1); n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+#pragma unroll
+                for (int off = 4; off < 32; off <<= 1) bsum[n][e] += __shfl_xor_sync(0xffffffffu, bsum[n][e], off);
+        __syncthreads();
+        float* red = (float*)smem;
+        if (lane < 4) {
+#pragma unroll
+            for (int n = 0; n < (ACT ? NT : 1); n++) {
+                red[warp * CO + n * 8 + lane * 2] = bsum[n][0];
+                red[warp * CO + n * 8 + lane * 2 + 1] = bsum[n][1];
+            }
+        }
+        __syncthreads();
+        for (int c = threadIdx.x; c < CO; c += THREADS) {
+            float t = 0.f;
+            for (int k = 0; k < THREADS / 32; k++) t += red[k * CO + c];
+            partial[(i64)blockIdx.x * CO + c] = t;
+        }
+    }
 }
 
 #ifdef CRYODEN_SM90A
@@ -610,7 +670,16 @@ extern "C" __global__ void conv3_flip_weights_bf16(const bf16* __restrict__ w, b
     extern "C" __global__ void __launch_bounds__(TH / WM * 32, MINB)                                              \
         NAME(const bf16* x, int x_cs, const bf16* w, const float* bias, bf16* y, int y_cs, int N, int H, int W,    \
              float slope, int accumulate) {                                                                       \
-        conv3_fwd<CI, CO, TH, WM, TU, PIPE, NBUF>(x, x_cs, w, bias, y, y_cs, N, H, W, slope, accumulate);                          \
+        conv3_fwd<CI, CO, TH, WM, TU, PIPE, NBUF, 0>(x, x_cs, w, bias, y, y_cs, N, H, W, slope, accumulate, nullptr, 0,  \
+                                                     0.f, nullptr);                                               \
+    }
+// The same variant fused with the previous layer's activation backward (ACT = 1; backward-data only).
+#define CONV3_FWD_ACT(NAME, CI, CO, TH, WM, MINB, TU, PIPE, NBUF)                                                  \
+    extern "C" __global__ void __launch_bounds__(TH / WM * 32, MINB)                                              \
+        NAME(const bf16* x, int x_cs, const bf16* w, const float* bias, bf16* y, int y_cs, int N, int H, int W,    \
+             float slope, const bf16* act_y, int act_cs, float mslope, float* partial) {                          \
+        conv3_fwd<CI, CO, TH, WM, TU, PIPE, NBUF, 1>(x, x_cs, w, bias, y, y_cs, N, H, W, slope, 0, act_y, act_cs,  \
+                                                     mslope, partial);                                            \
     }
 #define CONV3_WGRAD(NAME, CI, CO, TH, MINB, TPW, CIW, COL)                                                            \
     extern "C" __global__ void __launch_bounds__(9 / TPW * (CI / CIW) * (CO / 32) * 32, MINB)                   \

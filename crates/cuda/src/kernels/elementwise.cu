@@ -239,35 +239,12 @@ __device__ void bias_act_vec(const T* x, int x_cs, const float* bias, T* y, int 
     }
 }
 
-// act_bwd version 3: dx = dy * act'(y) with VN channels per thread, and per-block partial bias sums
-// partial[blockIdx.y, c] (tree reduction over threadIdx.y, fixed order). Blocks (bx, by), bx * by == 256, both
-// powers of two; grid (ceil(CV / bx), parts).
-template <typename T>
-__device__ void act_bwd_vec(const T* dy, int dy_cs, const T* y, int y_cs, T* dx, int dx_cs, i64 npix, int CV,
-                            float slope, float* partial) {
-    const int N = VN<T>::N;
+// Per-block partial channel sums for the bias gradient: acc holds this thread's sums for channels g * N .. g * N + N
+// of its pixels; the block (bx, by) adds them over threadIdx.y (tree, fixed order) into partial[blockIdx.y, c].
+// Every thread of the block must call it.
+template <int N>
+__device__ __forceinline__ void block_partials(float (&acc)[N], float* partial, int CV, int g) {
     __shared__ float s[256 * 8];
-    int g = blockIdx.x * blockDim.x + threadIdx.x;
-    float acc[N];
-#pragma unroll
-    for (int k = 0; k < N; k++) acc[k] = 0.f;
-    if (g < CV) {
-        int c = g * N;
-        for (i64 p = (i64)blockIdx.y * blockDim.y + threadIdx.y; p < npix; p += (i64)gridDim.y * blockDim.y) {
-            float d[N];
-            ldv(dy, p * dy_cs + c, d);
-            if (y) {
-                float yy[N];
-                ldv(y, p * y_cs + c, yy);
-#pragma unroll
-                for (int k = 0; k < N; k++) d[k] = yy[k] > 0.f ? d[k] : d[k] * slope;
-            }
-            stv(dx, p * dx_cs + c, d);
-#pragma unroll
-            for (int k = 0; k < N; k++) acc[k] += d[k];
-        }
-    }
-    if (!partial) return;
     int bx = blockDim.x, t = threadIdx.y * bx + threadIdx.x;
 #pragma unroll
     for (int k = 0; k < N; k++) s[k * 256 + t] = acc[k];
@@ -283,6 +260,42 @@ __device__ void act_bwd_vec(const T* dy, int dy_cs, const T* y, int y_cs, T* dx,
 #pragma unroll
         for (int k = 0; k < N; k++) partial[(i64)blockIdx.y * CV * N + g * N + k] = s[k * 256 + threadIdx.x];
     }
+}
+
+// The value a storage type keeps of v (bf16: rounded to nearest even), as a float.
+__device__ __forceinline__ float kept(float v, const float*) { return v; }
+__device__ __forceinline__ float kept(float v, const bf16*) { return __uint_as_float(((unsigned)f2bf(v)) << 16); }
+
+// act_bwd version 3: dx = dy * act'(y) with VN channels per thread, and per-block partial bias sums
+// partial[blockIdx.y, c] (tree reduction over threadIdx.y, fixed order). Blocks (bx, by), bx * by == 256, both
+// powers of two; grid (ceil(CV / bx), parts). With no y (identity) and dx == dy nothing changes, so nothing is
+// written (the bias gradient of the transposed conv only reads its output gradient).
+template <typename T>
+__device__ void act_bwd_vec(const T* dy, int dy_cs, const T* y, int y_cs, T* dx, int dx_cs, i64 npix, int CV,
+                            float slope, float* partial) {
+    const int N = VN<T>::N;
+    const bool store = y || dx != dy || dx_cs != dy_cs;
+    int g = blockIdx.x * blockDim.x + threadIdx.x;
+    float acc[N];
+#pragma unroll
+    for (int k = 0; k < N; k++) acc[k] = 0.f;
+    if (g < CV) {
+        int c = g * N;
+        for (i64 p = (i64)blockIdx.y * blockDim.y + threadIdx.y; p < npix; p += (i64)gridDim.y * blockDim.y) {
+            float d[N];
+            ldv(dy, p * dy_cs + c, d);
+            if (y) {
+                float yy[N];
+                ldv(y, p * y_cs + c, yy);
+#pragma unroll
+                for (int k = 0; k < N; k++) d[k] = yy[k] > 0.f ? d[k] : d[k] * slope;
+            }
+            if (store) stv(dx, p * dx_cs + c, d);
+#pragma unroll
+            for (int k = 0; k < N; k++) acc[k] += d[k];
+        }
+    }
+    if (partial) block_partials<N>(acc, partial, CV, g);
 }
 
 // 2x2 max-pool forward, version 2: VN channels per thread; threadIdx.x over channel groups, the rest over output
@@ -360,6 +373,107 @@ __device__ void maxpool2_bwd_vec(const T* x, int x_cs, const T* dy, int dy_cs, T
             }
         }
     }
+}
+
+// Max-pool gradient version 3 fused with the backward of the bias + activation that produced x (the pool's input,
+// i.e. that conv's output): dx = act'(x) * (routed dy (+ dx)), and per-block partial bias sums of dx as act_bwd_vec.
+// Saves act_bwd's whole pass over dx (it reads x anyway). Rounding as the two kernels in turn: the routed sum is
+// rounded to the storage type before the activation's derivative scales it. Grid (ceil(CV / bx), parts): each
+// thread keeps one channel group; blocks (bx, by) as act_bwd_vec.
+template <typename T>
+__device__ void maxpool2_bwd_act_vec(const T* x, int x_cs, const T* dy, int dy_cs, T* dx, int dx_cs, int N, int H,
+                                     int W, int CV, int accumulate, float slope, float* partial) {
+    const int V = VN<T>::N;
+    int Ho = H / 2, Wo = W / 2;
+    int nq = N * Ho * Wo;
+    int gi = blockIdx.x * blockDim.x + threadIdx.x;
+    float acc[V];
+#pragma unroll
+    for (int k = 0; k < V; k++) acc[k] = 0.f;
+    if (gi < CV) {
+        int c = gi * V;
+        for (int q = blockIdx.y * blockDim.y + threadIdx.y; q < nq; q += gridDim.y * blockDim.y) {
+            int j = q % Wo, t = q / Wo;
+            int r = t % Ho, n = t / Ho;
+            int rows = (r == Ho - 1 && (H & 1)) ? 3 : 2;
+            int cols = (j == Wo - 1 && (W & 1)) ? 3 : 2;
+            i64 base = (((i64)n * H + 2 * r) * W + 2 * j) * x_cs + c;
+            float v[4][V], g[V];
+            ldv(x, base, v[0]);
+            ldv(x, base + x_cs, v[1]);
+            ldv(x, base + (i64)W * x_cs, v[2]);
+            ldv(x, base + (i64)W * x_cs + x_cs, v[3]);
+            ldv(dy, (i64)q * dy_cs + c, g);
+            int arg[V];
+#pragma unroll
+            for (int k = 0; k < V; k++) {
+                float m = v[0][k];
+                arg[k] = 0;
+                if (v[1][k] > m) { m = v[1][k]; arg[k] = 1; }
+                if (v[2][k] > m) { m = v[2][k]; arg[k] = 2; }
+                if (v[3][k] > m) { arg[k] = 3; }
+            }
+            // Unrolled so that v[a * 2 + b] stays in registers; the third row and column exist only at an odd
+            // height or width (pixels dropped by the floor: no gradient from the pool).
+#pragma unroll
+            for (int a = 0; a < 3; a++) {
+#pragma unroll
+                for (int b = 0; b < 3; b++) {
+                    if (a >= rows || b >= cols) continue;
+                    i64 o = (((i64)n * H + 2 * r + a) * W + 2 * j + b) * dx_cs + c;
+                    float out[V], xe[V];
+                    const bool in_window = a < 2 && b < 2;
+                    if (!in_window) ldv(x, (((i64)n * H + 2 * r + a) * W + 2 * j + b) * x_cs + c, xe);
+                    if (accumulate) ldv(dx, o, out);
+#pragma unroll
+                    for (int k = 0; k < V; k++) {
+                        float u = (in_window && a * 2 + b == arg[k]) ? g[k] : 0.f;
+                        u = kept(accumulate ? out[k] + u : u, dx);
+                        float xk = in_window ? v[(a & 1) * 2 + (b & 1)][k] : xe[k];
+                        u = xk > 0.f ? u : u * slope;
+                        out[k] = u;
+                        acc[k] += u;
+                    }
+                    stv(dx, o, out);
+                }
+            }
+        }
+    }
+    block_partials<V>(acc, partial, CV, gi);
+}
+
+// conv1x1_to1_bwd_data_vec fused with the backward of the bias + activation that produced the conv's input y (the
+// U-Net's last 3x3 conv): dx[p, c] = act'(y[p, c]) * dy[p] * w[c] (rounded to the storage type first), with
+// per-block partial bias sums as act_bwd_vec. Grid (ceil(CV / bx), parts). dx packed (stride C).
+template <typename T>
+__device__ void conv1x1_to1_bwd_data_act_vec(const T* dy, const T* w, T* dx, i64 npix, int CV, const T* y, int y_cs,
+                                             float slope, float* partial) {
+    const int V = VN<T>::N;
+    int C = CV * V;
+    int g = blockIdx.x * blockDim.x + threadIdx.x;
+    float acc[V];
+#pragma unroll
+    for (int k = 0; k < V; k++) acc[k] = 0.f;
+    if (g < CV) {
+        int c = g * V;
+        float wk[V];
+#pragma unroll
+        for (int k = 0; k < V; k++) wk[k] = ldf(w, c + k);
+        for (i64 p = (i64)blockIdx.y * blockDim.y + threadIdx.y; p < npix; p += (i64)gridDim.y * blockDim.y) {
+            float d = ldf(dy, p);
+            float yy[V], o[V];
+            ldv(y, p * y_cs + c, yy);
+#pragma unroll
+            for (int k = 0; k < V; k++) {
+                float u = kept(d * wk[k], dx);
+                u = yy[k] > 0.f ? u : u * slope;
+                o[k] = u;
+                acc[k] += u;
+            }
+            stv(dx, p * C + c, o);
+        }
+    }
+    block_partials<V>(acc, partial, CV, g);
 }
 
 // ---- Direct kernels for the U-Net's one-channel layers (cuDNN runs them at 1-4 TFLOP/s: ~1 ms each at 8x1024^2) ----
@@ -889,6 +1003,16 @@ __device__ void fill(T* p, i64 n, float v) {
     extern "C" __global__ void maxpool2_bwd_vec_##sfx(const T* x, int x_cs, const T* dy, int dy_cs, T* dx,         \
                                                       int dx_cs, int N, int H, int W, int CV, int accumulate) {    \
         maxpool2_bwd_vec<T>(x, x_cs, dy, dy_cs, dx, dx_cs, N, H, W, CV, accumulate);                               \
+    }                                                                                                              \
+    extern "C" __global__ void maxpool2_bwd_act_vec_##sfx(const T* x, int x_cs, const T* dy, int dy_cs, T* dx,     \
+                                                          int dx_cs, int N, int H, int W, int CV, int accumulate,  \
+                                                          float slope, float* partial) {                           \
+        maxpool2_bwd_act_vec<T>(x, x_cs, dy, dy_cs, dx, dx_cs, N, H, W, CV, accumulate, slope, partial);           \
+    }                                                                                                              \
+    extern "C" __global__ void conv1x1_to1_bwd_data_act_vec_##sfx(const T* dy, const T* w, T* dx, i64 npix,        \
+                                                                  int CV, const T* y, int y_cs, float slope,       \
+                                                                  float* partial) {                                \
+        conv1x1_to1_bwd_data_act_vec<T>(dy, w, dx, npix, CV, y, y_cs, slope, partial);                             \
     }                                                                                                              \
     extern "C" __global__ void conv_in3_fwd_##sfx(const T* x, int x_cs, const T* wt, const float* bias, T* y,      \
                                                   int y_cs, int N, int H, int W, int CV, float slope) {            \

@@ -8,7 +8,7 @@
 mod topaz;
 mod unet;
 
-use crate::backend::{Activation, Backend, BufKind};
+use crate::backend::{ActBackward, Activation, Backend, BufKind};
 use crate::params::ParamTable;
 use crate::shape::{ConvGeom, Dims, View};
 use crate::{NnError, Result};
@@ -491,7 +491,8 @@ impl ConvLayer {
     }
 
     /// Backward of [`ConvLayer::forward`]: `dy` (in place) becomes the pre-activation gradient, `db` and `dw`
-    /// accumulate into `grads`, and `dx` (if wanted) receives the input gradient (added when `accumulate`).
+    /// accumulate into `grads`, and `dx` receives the input gradient. `dy_pre`: an earlier op already did this
+    /// layer's activation backward (it wrote `dy` through [`InputGrad::ThroughAct`] or a fused pool backward).
     #[allow(clippy::too_many_arguments)]
     pub fn backward<B: Backend>(
         &self,
@@ -505,27 +506,66 @@ impl ConvLayer {
         yv: View,
         dy: &mut B::Buf,
         dyv: View,
-        dx: Option<(&mut B::Buf, View, bool)>,
+        dy_pre: bool,
+        dx: InputGrad<'_, B>,
         ws: &mut B::Buf,
     ) -> Result<()> {
         let g = self.geom(dims);
-        be.bias_act_backward(
-            dims.pixels(),
-            self.cout,
-            self.act,
-            y,
-            yv,
-            dy,
-            dyv,
-            grads,
-            Some(self.b),
-        )?;
-        be.conv2d_backward_filter(&g, x, xv, dy, dyv, grads, self.w, ws)?;
-        if let Some((dx, dxv, accumulate)) = dx {
-            be.conv2d_backward_data(&g, dy, dyv, params, self.w, dx, dxv, accumulate, ws)?;
+        if !dy_pre {
+            be.bias_act_backward(
+                dims.pixels(),
+                self.cout,
+                self.act,
+                y,
+                yv,
+                dy,
+                dyv,
+                grads,
+                Some(self.b),
+            )?;
         }
-        Ok(())
+        be.conv2d_backward_filter(&g, x, xv, dy, dyv, grads, self.w, ws)?;
+        match dx {
+            InputGrad::None => Ok(()),
+            InputGrad::Into(dx, dxv, accumulate) => {
+                be.conv2d_backward_data(&g, dy, dyv, params, self.w, dx, dxv, accumulate, ws)
+            }
+            InputGrad::ThroughAct(dx, dxv, producer) => be.conv2d_backward_data_act(
+                &g,
+                dy,
+                dyv,
+                params,
+                self.w,
+                x,
+                xv,
+                dx,
+                dxv,
+                producer.act_backward(),
+                grads,
+                ws,
+            ),
+        }
     }
+
+    /// This layer's bias + activation backward, for the ops that fuse it.
+    pub fn act_backward(&self) -> ActBackward {
+        ActBackward {
+            act: self.act,
+            db_off: Some(self.b),
+        }
+    }
+}
+
+/// Where a conv layer's input gradient goes ([`ConvLayer::backward`]).
+pub(crate) enum InputGrad<'a, B: Backend> {
+    /// Nowhere (the network's input).
+    None,
+    /// Into the buffer at the view, added to what is there when the flag is set.
+    Into(&'a mut B::Buf, View, bool),
+    /// Into the buffer at the view (overwritten), then through the backward of the given layer's bias +
+    /// activation — the layer whose output is this conv's input — fused where the backend can. That layer's
+    /// backward then runs with `dy_pre`.
+    ThroughAct(&'a mut B::Buf, View, &'a ConvLayer),
 }
 
 /// Nearest valid sizes around `v` for divisor `d` (at least `d`).

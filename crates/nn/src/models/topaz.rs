@@ -14,7 +14,7 @@
 //! Max-pooling floors odd sizes, and the nearest upsampling goes back to the skip's exact size, so any input of at
 //! least 2^P pixels a side works.
 
-use super::{two_mut, Activations, Arch, ConvLayer, Plan, TensorSpec};
+use super::{two_mut, Activations, Arch, ConvLayer, InputGrad, Plan, TensorSpec};
 use crate::backend::{Activation, Backend};
 use crate::params::ParamTable;
 use crate::shape::{ConvGeom, Dims, PoolGeom, UpsampleGeom, View};
@@ -340,7 +340,8 @@ impl Topaz {
                     v1,
                     gy,
                     v1,
-                    Some((gb, v32, false)),
+                    false,
+                    InputGrad::Into(gb, v32, false),
                     ws,
                 )?;
                 let (gb, ga) = two_mut(grads, ix.b1, ix.a[0]);
@@ -355,7 +356,8 @@ impl Topaz {
                     v32,
                     gb,
                     v32,
-                    Some((ga, v64, false)),
+                    false,
+                    InputGrad::Into(ga, v64, false),
                     ws,
                 )?;
                 let (ga, gc) = two_mut(grads, ix.a[0], ix.cat[0]);
@@ -370,7 +372,8 @@ impl Topaz {
                     v64,
                     ga,
                     v64,
-                    Some((gc, catv, false)),
+                    false,
+                    InputGrad::Into(gc, catv, false),
                     ws,
                 )?;
             } else {
@@ -388,7 +391,8 @@ impl Topaz {
                     d2,
                     gh,
                     d2,
-                    Some((ga, d2, false)),
+                    false,
+                    InputGrad::Into(ga, d2, false),
                     ws,
                 )?;
                 let (ga, gc) = two_mut(grads, ix.a[j - 1], ix.cat[j - 1]);
@@ -403,7 +407,8 @@ impl Topaz {
                     d2,
                     ga,
                     d2,
-                    Some((gc, catv, false)),
+                    false,
+                    InputGrad::Into(gc, catv, false),
                     ws,
                 )?;
             }
@@ -440,7 +445,8 @@ impl Topaz {
                 dn,
                 gh,
                 dn,
-                Some((gp, dn, false)),
+                false,
+                InputGrad::Into(gp, dn, false),
                 ws,
             )?;
         }
@@ -476,7 +482,8 @@ impl Topaz {
                     dn,
                     gc,
                     dn,
-                    None,
+                    false,
+                    InputGrad::None,
                     ws,
                 )?;
             } else {
@@ -494,7 +501,8 @@ impl Topaz {
                     dn,
                     gc,
                     dn,
-                    Some((gx, xv, true)),
+                    false,
+                    InputGrad::Into(gx, xv, true),
                     ws,
                 )?;
             }

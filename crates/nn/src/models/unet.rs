@@ -10,7 +10,9 @@
 //! Parameter names: `enc{l}.conv1.weight`, `enc{l}.conv2.bias`, `up{l}.weight` `[in, out, 2, 2]`,
 //! `dec{l}.conv1.*`, `dec{l}.conv2.*`, `out.weight`, `out.bias`.
 
-use super::{nearest_multiples, ref_mut, two_mut, Activations, Arch, ConvLayer, Plan, TensorSpec};
+use super::{
+    nearest_multiples, ref_mut, two_mut, Activations, Arch, ConvLayer, InputGrad, Plan, TensorSpec,
+};
 use crate::backend::{Activation, Backend};
 use crate::params::{ParamKind, ParamTable};
 use crate::shape::{ConvTGeom, Dims, PoolGeom, View};
@@ -294,10 +296,18 @@ impl Unet {
             vals, grads, ws, ..
         } = acts;
         let w0 = self.widths[0];
-        // Output conv: d_0 → y.
+        // Every ReLU layer's activation backward runs fused into the op that writes its output gradient (the next
+        // conv's backward-data, or the pool's backward), except where that gradient comes from the transposed
+        // conv (decoder levels ≥ 1 and the bottom): those layers run it themselves (`dy_pre` false).
+        // Output conv: d_0 → y, through the activation of the layer that wrote d_0.
+        let d0_producer = if dd > 1 {
+            &self.dec[0][1]
+        } else {
+            &self.enc[0][1]
+        };
         {
             let (dy, dd0) = two_mut(grads, out, lv[0].d);
-            let dx = Some((dd0, View::dense(w0), false));
+            let dx = InputGrad::ThroughAct(dd0, View::dense(w0), d0_producer);
             self.out.backward(
                 be,
                 dims,
@@ -309,6 +319,7 @@ impl Unet {
                 View::dense(1),
                 dy,
                 View::dense(1),
+                false,
                 dx,
                 ws,
             )?;
@@ -330,7 +341,8 @@ impl Unet {
                 dense,
                 gd,
                 dense,
-                Some((gb, dense, false)),
+                l == 0,
+                InputGrad::ThroughAct(gb, dense, &self.dec[l][0]),
                 ws,
             )?;
             let (gb, gcat) = two_mut(grads, lv[l].b, lv[l].e);
@@ -346,7 +358,8 @@ impl Unet {
                 dense,
                 gb,
                 dense,
-                Some((gcat, cat, false)),
+                true,
+                InputGrad::Into(gcat, cat, false),
                 ws,
             )?;
             // Transposed conv: its output is channels [0, w) of cat_l.
@@ -390,7 +403,7 @@ impl Unet {
             if l + 1 < dd {
                 let pg = PoolGeom { dims: dl, c: w };
                 let (gx1, ge) = two_mut(grads, lv[l + 1].x, lv[l].e);
-                be.maxpool2_backward(
+                be.maxpool2_backward_act(
                     &pg,
                     &vals[lv[l].e],
                     ev,
@@ -401,6 +414,8 @@ impl Unet {
                     ge,
                     ev,
                     true,
+                    self.enc[l][1].act_backward(),
+                    g,
                 )?;
             }
             let dense = View::dense(w);
@@ -416,7 +431,8 @@ impl Unet {
                 ev,
                 ge,
                 ev,
-                Some((ga, dense, false)),
+                l + 1 < dd || dd == 1,
+                InputGrad::ThroughAct(ga, dense, &self.enc[l][0]),
                 ws,
             )?;
             let cin = self.enc[l][0].cin;
@@ -434,7 +450,8 @@ impl Unet {
                     dense,
                     ga,
                     dense,
-                    Some((gx, xv, false)),
+                    true,
+                    InputGrad::Into(gx, xv, false),
                     ws,
                 )?;
             } else {
@@ -450,7 +467,8 @@ impl Unet {
                     dense,
                     ga,
                     dense,
-                    None,
+                    true,
+                    InputGrad::None,
                     ws,
                 )?;
             }
