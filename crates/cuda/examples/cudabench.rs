@@ -544,6 +544,8 @@ fn ops(args: &[String]) {
                     )
                     .unwrap();
                 });
+                let mode = gpu.mma_conv;
+                gpu.mma_conv = cryoden_cuda::MmaMode::Off; // v2 itself, not our kernel (below)
                 let v2 = time_ms(&mut gpu, reps, |gpu| {
                     assert!(gpu
                         .conv_transpose_forward_bias_act(
@@ -556,6 +558,32 @@ fn ops(args: &[String]) {
                         )
                         .unwrap());
                 });
+                gpu.mma_conv = mode;
+                // v3: cryoden's own kernel (device/mma.rs `CONVT`), every variant.
+                let mut v3 = Vec::new();
+                let own = if p == Precision::Bf16 {
+                    gpu.mma_convt_variants(widths[1], widths[0])
+                } else {
+                    0
+                };
+                for v in 0..own {
+                    gpu.mma_variant = Some(v);
+                    v3.push(time_ms(&mut gpu, reps, |gpu| {
+                        assert!(gpu
+                            .mma_convt_forward(
+                                x.view(xs),
+                                w.ptr(),
+                                Some(bias.ptr()),
+                                cb.channels(cat, widths[0], widths[0]),
+                                1.0,
+                            )
+                            .unwrap());
+                    }));
+                }
+                gpu.mma_variant = None;
+                if !v3.is_empty() {
+                    println!("{:<6}   convT fwd + bias into concat slice, v3 (own kernel) variants: {:?} ms", p.name(), v3);
+                }
                 println!(
                     "{:<6}   convT fwd + bias into concat slice: v1 {:.3} ms, v2 (GEMM + fused shuffle) {:.3} ms",
                     p.name(),

@@ -799,6 +799,59 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// dx (+)= the transposed conv's backward-data from a packed dy of the compute dtype.
+    fn convt_backward_data_run(
+        &self,
+        gpu: &mut Gpu,
+        dyin: GView,
+        params: &CudaBuf,
+        w_off: usize,
+        dxg: GView,
+        accumulate: bool,
+    ) -> cryoden_nn::Result<()> {
+        let w = self.weights(gpu, params, w_off)?;
+        let out = self.packed_out(gpu, dxg, S_Y)?;
+        let direct = out == dxg;
+        let beta = if direct && accumulate { 1.0 } else { 0.0 };
+        gpu.conv_transpose_backward_data(self.precision, dyin, w, out, beta)
+            .map_err(be_err)?;
+        if !direct {
+            gpu.bias_act_acc(out, None, dxg, 1.0, accumulate)
+                .map_err(be_err)?;
+        }
+        Ok(())
+    }
+
+    /// dw += the transposed conv's weight gradient from packed x and dy of the compute dtype (reduced precisions
+    /// through a temporary, added into the f32 gradient).
+    fn convt_backward_filter_run(
+        &self,
+        gpu: &mut Gpu,
+        xin: GView,
+        dyin: GView,
+        grads: &CudaBuf,
+        dw_off: usize,
+        g: &ConvTGeom,
+    ) -> cryoden_nn::Result<()> {
+        if self.precision.dtype() == DType::F32 {
+            gpu.conv_transpose_backward_filter(
+                self.precision,
+                xin,
+                dyin,
+                grads.buf.ptr_at(dw_off),
+                1.0,
+            )
+            .map_err(be_err)
+        } else {
+            let tmp = gpu
+                .staging(S_W, g.weight_len(), self.precision.dtype())
+                .map_err(be_err)?;
+            gpu.conv_transpose_backward_filter(self.precision, xin, dyin, tmp, 0.0)
+                .map_err(be_err)?;
+            self.add_into(gpu, tmp, grads.buf.ptr_at(dw_off), g.weight_len())
+        }
+    }
+
     fn geom(g: &ConvGeom) -> CGeom {
         CGeom {
             n: g.dims.n,
@@ -1767,17 +1820,7 @@ impl Backend for CudaBackend {
         }
         let mut gpu = self.gpu();
         let dyin = self.packed_in(&mut gpu, dyg, S_X)?;
-        let w = self.weights(&mut gpu, params, w_off)?;
-        let out = self.packed_out(&mut gpu, dxg, S_Y)?;
-        let direct = out == dxg;
-        let beta = if direct && accumulate { 1.0 } else { 0.0 };
-        gpu.conv_transpose_backward_data(self.precision, dyin, w, out, beta)
-            .map_err(be_err)?;
-        if !direct {
-            gpu.bias_act_acc(out, None, dxg, 1.0, accumulate)
-                .map_err(be_err)?;
-        }
-        Ok(())
+        self.convt_backward_data_run(&mut gpu, dyin, params, w_off, dxg, accumulate)
     }
 
     fn convt2x2_backward_filter(
@@ -1830,23 +1873,91 @@ impl Backend for CudaBackend {
         let mut gpu = self.gpu();
         let xin = self.packed_in(&mut gpu, xg, S_X)?;
         let dyin = self.packed_in(&mut gpu, dyg, S_Y)?;
-        if self.precision.dtype() == DType::F32 {
-            gpu.conv_transpose_backward_filter(
-                self.precision,
-                xin,
-                dyin,
-                grads.buf.ptr_at(dw_off),
-                1.0,
-            )
-            .map_err(be_err)
-        } else {
-            let tmp = gpu
-                .staging(S_W, g.weight_len(), self.precision.dtype())
-                .map_err(be_err)?;
-            gpu.conv_transpose_backward_filter(self.precision, xin, dyin, tmp, 0.0)
-                .map_err(be_err)?;
-            self.add_into(&mut gpu, tmp, grads.buf.ptr_at(dw_off), g.weight_len())
+        self.convt_backward_filter_run(&mut gpu, xin, dyin, grads, dw_off, g)
+    }
+
+    fn convt2x2_backward(
+        &self,
+        g: &ConvTGeom,
+        x: &CudaBuf,
+        xv: View,
+        _y: &CudaBuf,
+        _yv: View,
+        dy: &mut CudaBuf,
+        dyv: View,
+        params: &CudaBuf,
+        w_off: usize,
+        grads: &mut CudaBuf,
+        dw_off: usize,
+        db_off: Option<usize>,
+        dx: &mut CudaBuf,
+        dxv: View,
+        accumulate: bool,
+        _ws: &mut CudaBuf,
+    ) -> cryoden_nn::Result<()> {
+        let op = "convt2x2_backward";
+        let _t = self.timer(op);
+        let od = g.out_dims();
+        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.cin);
+        let yd = Nhwc::new(od.n, od.h, od.w, g.cout);
+        let xg = self.view(op, x, xv, g.dims.pixels(), g.cin, xd)?;
+        let dyg = self.view(op, dy, dyv, od.pixels(), g.cout, yd)?;
+        let dxg = self.view(op, dx, dxv, g.dims.pixels(), g.cin, xd)?;
+        check_param(op, params, w_off, g.weight_len(), None, 0)?;
+        check_param(op, grads, dw_off, g.weight_len(), db_off, g.cout)?;
+        grads.touched();
+        dx.touched();
+        if sig!(
+            self,
+            op,
+            *g,
+            x.ptr(),
+            xv,
+            dy.ptr(),
+            dyv,
+            params.ptr(),
+            w_off,
+            grads.ptr(),
+            dw_off,
+            db_off,
+            dx.ptr(),
+            dxv,
+            accumulate,
+            self.weights_fresh(params)
+        ) {
+            return Ok(());
         }
+        let mut gpu = self.gpu();
+        // dy packed once (it is a channel slice of the concatenation's gradient), in the same pass as the bias
+        // gradient: the identity's act_backward writes its input unchanged to the packed copy.
+        let dt = self.precision.dtype();
+        let dyin = if dyg.dtype == dt && dyg.is_packed() {
+            dyg
+        } else {
+            let p = gpu.staging(S_X, yd.len(), dt).map_err(be_err)?;
+            GView {
+                ptr: p,
+                dtype: dt,
+                shape: yd,
+                cs: yd.c,
+            }
+        };
+        let db = db_off.map(|o| (grads.buf.ptr_at(o), DType::F32));
+        if db.is_some() || dyin != dyg {
+            if dyin.dtype == dyg.dtype {
+                gpu.act_backward(dyg, None, dyin, 1.0, db, true)
+                    .map_err(be_err)?;
+            } else {
+                gpu.bias_act(dyg, None, dyin, 1.0).map_err(be_err)?;
+                if db.is_some() {
+                    gpu.act_backward(dyg, None, dyg, 1.0, db, true)
+                        .map_err(be_err)?;
+                }
+            }
+        }
+        let xin = self.packed_in(&mut gpu, xg, S_Y)?;
+        self.convt_backward_filter_run(&mut gpu, xin, dyin, grads, dw_off, g)?;
+        self.convt_backward_data_run(&mut gpu, dyin, params, w_off, dxg, accumulate)
     }
 
     fn loss_forward_backward(

@@ -1254,6 +1254,10 @@ impl Gpu {
         y: View,
         slope: f32,
     ) -> Result<bool> {
+        // bf16 on the U-Net's upper levels: cryoden's own kernel, output written once (device/mma.rs).
+        if p == Precision::Bf16 && self.mma_convt_forward(x, w, bias, y, slope)? {
+            return Ok(true);
+        }
         let v = p.dtype().vec_len();
         let aligned = y.cs.is_multiple_of(v) && y.ptr.is_multiple_of(16);
         if !self.convt_gemm_fused

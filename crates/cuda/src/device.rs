@@ -2313,6 +2313,8 @@ fn kernel_names() -> Vec<String> {
             "act_bwd_vec",
             "maxpool2_fwd_vec",
             "maxpool2_bwd_vec",
+            "maxpool2_bwd_act_vec",
+            "conv1x1_to1_bwd_data_act_vec",
             "conv_in3_fwd",
             "conv_in3_bwd_filter",
             "conv1x1_to1_bwd_data_vec",
@@ -2396,6 +2398,34 @@ mod tests {
                 .or(base.strip_suffix("_bf16"))
                 .unwrap_or(base);
             assert!(ELEMENTWISE_CU.contains(base), "{name}");
+        }
+    }
+
+    /// The other direction: every kernel the source instantiates is loaded (a missing name fails only on a GPU).
+    #[test]
+    fn every_kernel_in_the_source_is_loaded() {
+        let names = kernel_names();
+        for line in ELEMENTWISE_CU.lines() {
+            let Some(rest) = line.split("__global__ void ").nth(1) else {
+                continue;
+            };
+            let Some(name) = rest.split('(').next() else {
+                continue;
+            };
+            let wanted: Vec<String> = match name.strip_suffix("##sfx") {
+                Some(base) => ["f32", "bf16"]
+                    .iter()
+                    .map(|t| format!("{base}{t}"))
+                    .collect(),
+                None if name.contains("##") => continue, // two-type instantiations, listed by hand
+                None => vec![name.to_string()],
+            };
+            for w in wanted {
+                assert!(
+                    names.contains(&w),
+                    "{w} is in elementwise.cu but not in kernel_names()"
+                );
+            }
         }
     }
 

@@ -1676,3 +1676,86 @@ fn fused_activation_backward_matches_two_passes() {
         assert!(e <= 1e-5, "{dt:?}: identity bias gradient {e:e}");
     }
 }
+
+/// cryoden's own transposed-conv forward (bf16, the U-Net's two upper levels) against the CPU, every variant, with
+/// and without the grid capped at 2 blocks (blocks loop over tiles), into a channel slice whose other channels must
+/// stay untouched; pixel counts that are not whole 64-pixel tiles.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn mma_convt_matches_cpu() {
+    let mut gpu = gpu();
+    if gpu.info.compute_capability.0 < 8 {
+        println!("skipped: compute capability below 8.0 has no bf16 MMA");
+        return;
+    }
+    let mut rng = Rng::new(41);
+    let dt = DType::Bf16;
+    for (n, h, w, cin, cout, off, wc, slope) in [
+        (
+            2usize, 7usize, 9usize, 64usize, 32usize, 0usize, 64usize, 1.0f32,
+        ),
+        (1, 13, 11, 64, 32, 32, 64, 0.0),
+        (3, 5, 4, 128, 64, 0, 128, 0.1),
+        (1, 16, 16, 128, 64, 8, 72, 1.0),
+    ] {
+        let x: Vec<f32> = rng
+            .vec(n * h * w * cin, 1.0)
+            .into_iter()
+            .map(bf16_round)
+            .collect();
+        let wt: Vec<f32> = rng
+            .vec(cin * 4 * cout, 1.0 / (cin as f32).sqrt())
+            .into_iter()
+            .map(bf16_round)
+            .collect();
+        let bias = rng.vec(cout, 0.5);
+        let xs = Nhwc::new(n, h, w, cin);
+        let whole = Nhwc::new(n, 2 * h, 2 * w, wc);
+        let xb = gpu.upload(&x, dt).unwrap();
+        let wb = gpu.upload(&wt, dt).unwrap();
+        let bb = gpu.upload(&bias, DType::F32).unwrap();
+        let conv = convt_fwd(n, h, w, cin, cout, &x, &wt);
+        let variants = gpu.mma_convt_variants(cin, cout);
+        assert!(variants > 0, "{cin}->{cout}: no kernel");
+        for (cap, v) in [None, Some(2)]
+            .into_iter()
+            .flat_map(|cap| (0..variants).map(move |v| (cap, v)))
+        {
+            gpu.mma_variant = Some(v);
+            gpu.mma_max_blocks = cap;
+            let cat = gpu.alloc(whole.len(), dt).unwrap();
+            gpu.fill(&cat, 7.0).unwrap();
+            let ran = gpu
+                .mma_convt_forward(
+                    xb.view(xs),
+                    wb.ptr(),
+                    Some(bb.ptr()),
+                    cat.channels(whole, off, cout),
+                    slope,
+                )
+                .unwrap();
+            assert!(ran, "{cin}->{cout} variant {v}: did not run");
+            let got = gpu.download(&cat).unwrap();
+            let (mut gy, mut wy) = (Vec::new(), Vec::new());
+            for px in 0..whole.pixels() {
+                for c in 0..wc {
+                    let g = got[px * wc + c];
+                    if (off..off + cout).contains(&c) {
+                        gy.push(g);
+                        wy.push(act(conv[px * cout + c - off] + bias[c - off], slope));
+                    } else {
+                        assert_eq!(
+                            g, 7.0,
+                            "variant {v}: channel {c} outside the slice was touched"
+                        );
+                    }
+                }
+            }
+            let e = rel_l2(&gy, &wy);
+            println!("mma convT2x2 {xs} {cin}->{cout} into {off}.. of {wc}, slope {slope}, variant {v}, blocks {cap:?}: rel L2 {e:.2e}");
+            assert!(e <= 4e-3, "variant {v}: {e:e}");
+        }
+    }
+    gpu.mma_variant = None;
+    gpu.mma_max_blocks = None;
+}

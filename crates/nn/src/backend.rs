@@ -434,6 +434,48 @@ pub trait Backend: Send + Sync {
         dw_off: usize,
         ws: &mut Self::Buf,
     ) -> Result<()>;
+    /// The whole backward of [`Backend::convt2x2_forward`] with the identity: `db += Σ_pixels dy` (when `db_off` is
+    /// given), then [`Backend::convt2x2_backward_filter`] and [`Backend::convt2x2_backward_data`]. `y` is the
+    /// forward's output (the identity's backward does not read it). One call, so that a device backend that needs
+    /// `dy` packed (it is a channel slice of the decoder's concatenation) packs it once for all three, in the
+    /// same pass as the bias gradient. Default: the three ops in turn.
+    #[allow(clippy::too_many_arguments)]
+    fn convt2x2_backward(
+        &self,
+        g: &ConvTGeom,
+        x: &Self::Buf,
+        xv: View,
+        y: &Self::Buf,
+        yv: View,
+        dy: &mut Self::Buf,
+        dyv: View,
+        params: &Self::Buf,
+        w_off: usize,
+        grads: &mut Self::Buf,
+        dw_off: usize,
+        db_off: Option<usize>,
+        dx: &mut Self::Buf,
+        dxv: View,
+        accumulate: bool,
+        ws: &mut Self::Buf,
+    ) -> Result<()> {
+        if db_off.is_some() {
+            let px = g.out_dims().pixels();
+            self.bias_act_backward(
+                px,
+                g.cout,
+                Activation::Identity,
+                y,
+                yv,
+                dy,
+                dyv,
+                grads,
+                db_off,
+            )?;
+        }
+        self.convt2x2_backward_filter(g, x, xv, dy, dyv, grads, dw_off, ws)?;
+        self.convt2x2_backward_data(g, dy, dyv, params, w_off, dx, dxv, accumulate, ws)
+    }
 
     // ---- loss ------------------------------------------------------------------------------------------------
     /// Loss of `pred` against `target` (dense, `len` floats each): writes the mean loss to `loss[0]` and its

@@ -71,6 +71,11 @@ const FWD: [((usize, usize), &[FwdVariant]); 4] = [
 /// (`CONV3_FWD_ACT`), for backward-data passes whose output gradient goes on through a bias + ReLU: the plan's
 /// U-Net's 32 → 32 layers at 1024², where that saves a whole pass over a 512 MiB tensor (docs/perf/conv-mma.md).
 const ACT_FUSED: [(usize, usize); 1] = [(32, 32)];
+/// 2×2 stride-2 transposed-conv forward variants per (cin, cout): warps along the 4·cout outputs (WN; 4 warps
+/// along a tile's 64 input pixels). The weights (cin × 4 cout bf16) sit in shared memory, so the U-Net's two upper
+/// levels are covered; the deeper, smaller ones keep the GEMM + shuffle path.
+const CONVT: [((usize, usize), &[usize]); 2] = [((64, 32), &[2, 4, 1]), ((128, 64), &[4, 2])];
+const CONVT_TM: usize = 64;
 /// Hopper (sm_90a) forward variants per (cin, cout): (tile rows TH, halo buffers NBUF). One warpgroup per block,
 /// 64-pixel tile rows, `wgmma` with both operands from shared memory. They follow the `FWD` variants in the variant
 /// numbering, and exist only on compute capability 9.0.
@@ -159,6 +164,12 @@ fn fwd_name(ci: usize, co: usize, v: usize) -> String {
 fn act_name(ci: usize, co: usize, v: usize) -> String {
     format!("conv3_fwd_{ci}_{co}_v{v}_act")
 }
+fn convt_name(ci: usize, co: usize, v: usize) -> String {
+    format!("convt2_fwd_{ci}_{co}_v{v}")
+}
+fn convt_smem(ci: usize, co: usize) -> usize {
+    2 * (ci * (4 * co + PAD) + CONVT_TM * (ci + PAD))
+}
 fn wgrad_name(ci: usize, co: usize, v: usize) -> String {
     format!("conv3_wgrad_{ci}_{co}_v{v}")
 }
@@ -167,6 +178,16 @@ fn wgrad_name(ci: usize, co: usize, v: usize) -> String {
 pub fn source(wgmma: bool) -> String {
     let mut s = CONV_MMA_CU.to_string();
     if wgmma {
+        for ((ci, co), vs) in CONVT {
+            assert!(ci % 16 == 0 && co % 8 == 0 && !vs.is_empty());
+            for &wn in vs {
+                assert!(
+                    (4 * co) % (16 * wn) == 0,
+                    "convT {ci}->{co}: {wn} warps along 4 cout"
+                );
+                assert!(convt_smem(ci, co) <= 227 << 10 && 4 * wn * 32 <= 1024);
+            }
+        }
         for ((ci, co), vs) in FWD_WG {
             for (v, (th, nbuf)) in vs.iter().enumerate() {
                 let name = wg_name(ci, co, v);
@@ -186,6 +207,12 @@ pub fn source(wgmma: bool) -> String {
                     "CONV3_FWD_ACT({name}, {ci}, {co}, {th}, {wm}, {minb}, {tu}, {pipe}, {nbuf})\n"
                 ));
             }
+        }
+    }
+    for ((ci, co), vs) in CONVT {
+        for (v, wn) in vs.iter().enumerate() {
+            let name = convt_name(ci, co, v);
+            s.push_str(&format!("CONVT2_FWD({name}, {ci}, {co}, {wn})\n"));
         }
     }
     for ((ci, co), vs) in WGRAD {
@@ -277,6 +304,8 @@ pub(crate) struct MmaKernels {
     /// The `ACT_FUSED` shapes' forward variants fused with an activation backward (same slots as `fwd`).
     fwd_act: Vec<(Shape, Slots)>,
     wgrad: Vec<(Shape, Slots)>,
+    /// Transposed-conv forward (`CONVT`).
+    convt: Vec<(Shape, Slots)>,
     flip: CudaFunction,
 }
 
@@ -405,6 +434,22 @@ impl MmaKernels {
             }
             wgrad.push(((ci, co), ks));
         }
+        let mut convt = Vec::new();
+        for ((ci, co), vs) in CONVT {
+            let mut ks = Vec::new();
+            for (v, &wn) in vs.iter().enumerate() {
+                let smem = convt_smem(ci, co);
+                ks.push(load(
+                    &module,
+                    &convt_name(ci, co, v),
+                    4 * wn * 32,
+                    smem,
+                    fit,
+                    (CONVT_TM, 1),
+                )?);
+            }
+            convt.push(((ci, co), ks));
+        }
         let flip = module
             .load_function("conv3_flip_weights_bf16")
             .map_err(drv("cuModuleGetFunction"))?;
@@ -413,6 +458,7 @@ impl MmaKernels {
             fwd,
             fwd_act,
             wgrad,
+            convt,
             flip,
         }))
     }
@@ -425,6 +471,12 @@ impl MmaKernels {
     }
     fn fwd_act(&self, ci: usize, co: usize) -> Option<&[Option<Kernel>]> {
         self.fwd_act
+            .iter()
+            .find(|(k, _)| *k == (ci, co))
+            .map(|(_, k)| k.as_slice())
+    }
+    fn convt(&self, ci: usize, co: usize) -> Option<&[Option<Kernel>]> {
+        self.convt
             .iter()
             .find(|(k, _)| *k == (ci, co))
             .map(|(_, k)| k.as_slice())
@@ -915,6 +967,74 @@ impl Gpu {
         }
     }
 
+    /// How many transposed-conv forward variants (cin, cout) has here (0: none; the GEMM + shuffle path runs).
+    pub fn mma_convt_variants(&self, cin: usize, cout: usize) -> usize {
+        self.mma
+            .as_ref()
+            .and_then(|k| k.convt(cin, cout))
+            .map_or(0, <[Option<Kernel>]>::len)
+    }
+
+    /// y = act(conv_transpose2x2(x, w) + bias) written into y's channel window by our kernel (`CONVT`); w:
+    /// `[cin, 2, 2, cout]` bf16. Returns false, having done nothing, where it does not apply (not bf16, a shape
+    /// without a kernel, misaligned views, `CRYODEN_MMA_CONV=off`): the caller runs the GEMM + shuffle path.
+    /// `mma_variant` picks the variant (benchmarks); else the first in the table.
+    pub fn mma_convt_forward(
+        &mut self,
+        x: View,
+        w: u64,
+        bias: Option<u64>,
+        y: View,
+        slope: f32,
+    ) -> Result<bool> {
+        let (xs, ys) = (x.shape, y.shape);
+        let Some(ks) = self.mma.as_ref().and_then(|k| k.convt(xs.c, ys.c)) else {
+            return Ok(false);
+        };
+        let v = self.mma_variant.unwrap_or(0).min(ks.len() - 1);
+        let ok = self.mma_conv != MmaMode::Off
+            && x.dtype == DType::Bf16
+            && y.dtype == DType::Bf16
+            && ys.n == xs.n
+            && ys.h == 2 * xs.h
+            && ys.w == 2 * xs.w
+            && x.ptr.is_multiple_of(16)
+            && x.cs.is_multiple_of(8)
+            && y.ptr.is_multiple_of(4)
+            && y.cs.is_multiple_of(2)
+            && w.is_multiple_of(16)
+            && bias.is_none_or(|b| b.is_multiple_of(4))
+            && ys.pixels() < i32::MAX as usize;
+        let Some(k) = ks.get(v).and_then(Option::as_ref).filter(|_| ok) else {
+            return Ok(false);
+        };
+        let tiles = xs.pixels().div_ceil(CONVT_TM);
+        let blocks = (k.blocks.min(self.mma_max_blocks.unwrap_or(u32::MAX)) as usize)
+            .min(tiles)
+            .max(1);
+        let (xp, xcs, bp, yp, ycs) = (x.ptr, x.cs as i32, bias.unwrap_or(0), y.ptr, y.cs as i32);
+        let (n, h, wd) = (xs.n as i32, xs.h as i32, xs.w as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (k.threads, 1, 1),
+            shared_mem_bytes: k.smem,
+        };
+        let mut b = self.stream.launch_builder(&k.f);
+        b.arg(&xp)
+            .arg(&xcs)
+            .arg(&w)
+            .arg(&bp)
+            .arg(&yp)
+            .arg(&ycs)
+            .arg(&n)
+            .arg(&h)
+            .arg(&wd)
+            .arg(&slope);
+        // SAFETY: matches CONVT2_FWD; shapes and alignment checked above; w holds cin * 4 * cout bf16.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(convt2_fwd)"))?;
+        Ok(true)
+    }
+
     /// Weight-gradient variant `v`: partial sums into the scratch buffer, then (when `dw` is given) their
     /// fixed-order sum added into dw.
     fn mma_launch_wgrad(
@@ -1032,6 +1152,9 @@ mod tests {
                 && s.contains("CONV3_FWD_ACT(conv3_fwd_32_32_v4_act, 32, 32, 32, 4, 2, 1, 2, 1)")
         );
         assert_eq!(s.matches("\nCONV3_").count(), n + wg + act);
+        let convt = CONVT.iter().map(|v| v.1.len()).sum::<usize>();
+        assert_eq!(s.matches("\nCONVT2_FWD(").count(), convt);
+        assert!(s.contains("CONVT2_FWD(convt2_fwd_64_32_v0, 64, 32, 2)"));
         assert_eq!(source(false).matches("\nCONV3_FWD_WG(").count(), 0);
     }
 

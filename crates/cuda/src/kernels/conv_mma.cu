@@ -651,6 +651,79 @@ __device__ __forceinline__ void conv3_wgrad(const bf16* __restrict__ x, int x_cs
                 }
 }
 
+// 2x2 stride-2 transposed convolution, forward, with bias + activation fused, written straight into y's channel
+// window (a slice of the decoder's concatenation buffer):
+//   y[n, 2i + a, 2j + b, o] = act(bias[o] + sum_c x[n, i, j, c] * w[c, a, b, o]),   w: [CI, 2, 2, CO] bf16.
+// A GEMM of K = CI over N = 4 CO outputs per input pixel. Why: the GEMM + shuffle path (cuDNN's 1x1 backward-data
+// into a staging tensor, then a pass that scatters the 2x2 sub-pixels into y) moves the output three times; this
+// moves it once. A block keeps the weights in shared memory (k-major, read as B with transposing ldmatrix) and
+// loops over tiles of 64 consecutive input pixels: warp (wm, wn) computes pixels wm * 16 .. + 16 against outputs
+// wn * NW .. + NW (NW = 4 CO / WN). Persistent blocks, one x buffer.
+template <int CI, int CO, int WN>
+__device__ __forceinline__ void convt2_fwd(const bf16* __restrict__ x, int x_cs, const bf16* __restrict__ w,
+                                           const float* __restrict__ bias, bf16* y, int y_cs, int N, int H, int W,
+                                           float slope) {
+    constexpr int NO = 4 * CO, NW = NO / WN, NT = NW / 8, TM = 64, THREADS = 4 * WN * 32;
+    constexpr int WS = NO + PAD, XS = CI + PAD;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16* wsm = (bf16*)smem;
+    bf16* xs = wsm + CI * WS;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int wm = warp & 3, wn = warp >> 2;
+    const int npix = N * H * W, ntiles = (npix + TM - 1) / TM;
+    for (int i = threadIdx.x; i < CI * NO / 8; i += THREADS) {
+        int k = i / (NO / 8), n = (i - k * (NO / 8)) * 8;
+        cp16(smem_u32(wsm + k * WS + n), w + (i64)k * NO + n, true);
+    }
+    const int a_pix = lane & 15, a_k = (lane >> 4) * 8;
+    const int b_k = lane & 15, b_n = (lane >> 4) * 8;
+    for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
+        for (int i = threadIdx.x; i < TM * CI / 8; i += THREADS) {
+            int p = i / (CI / 8), c = (i - p * (CI / 8)) * 8;
+            int q = t * TM + p;
+            bool ok = q < npix;
+            cp16(smem_u32(xs + p * XS + c), ok ? x + (i64)q * x_cs + c : x, ok);
+        }
+        cp_commit();
+        cp_wait0();
+        __syncthreads();
+        float acc[NT][4];
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[n][e] = 0.f;
+#pragma unroll
+        for (int kc = 0; kc < CI / 16; kc++) {
+            unsigned a[4];
+            ldsm4(smem_u32(xs + (wm * 16 + a_pix) * XS + kc * 16 + a_k), a);
+#pragma unroll
+            for (int np = 0; np < NT / 2; np++) {
+                unsigned r[4];
+                ldsm4t(smem_u32(wsm + (kc * 16 + b_k) * WS + wn * NW + np * 16 + b_n), r);
+                mma16816(acc[2 * np], a, r[0], r[1]);
+                mma16816(acc[2 * np + 1], a, r[2], r[3]);
+            }
+        }
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int q = t * TM + wm * 16 + (lane >> 2) + half * 8;
+            if (q < npix) {
+                const int j = q % W, r0 = q / W, i = r0 % H, n = r0 / H;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const int col = wn * NW + nt * 8;  // a, b are constant over an 8-wide tile (CO % 8 == 0)
+                    const int a = col / (2 * CO), b = (col / CO) & 1;
+                    bf16* out = y + ((i64)(n * 2 * H + 2 * i + a) * (2 * W) + 2 * j + b) * y_cs;
+                    store_pair(out, col % CO + (lane & 3) * 2, acc[nt][half * 2], acc[nt][half * 2 + 1], bias,
+                               slope, 0);
+                }
+            }
+        }
+        __syncthreads();
+    }
+    cp_wait0();  // a block that got no tile still has its weight copies in flight
+}
+
 // wt[ci, 8 - tap, co] = w[co, tap, ci]: the backward-data pass of a 3x3 conv CO -> CI (padding 1) is the forward
 // conv CI' = CO -> CO' = CI with the taps flipped and the channel axes swapped.
 extern "C" __global__ void conv3_flip_weights_bf16(const bf16* __restrict__ w, bf16* __restrict__ wt, int ci_n,
@@ -685,6 +758,13 @@ extern "C" __global__ void conv3_flip_weights_bf16(const bf16* __restrict__ w, b
     extern "C" __global__ void __launch_bounds__(9 / TPW * (CI / CIW) * (CO / 32) * 32, MINB)                   \
         NAME(const bf16* x, int x_cs, const bf16* dy, int dy_cs, float* partial, int N, int H, int W) {         \
         conv3_wgrad<CI, CO, TH, TPW, CIW, COL>(x, x_cs, dy, dy_cs, partial, N, H, W);                                 \
+    }
+
+#define CONVT2_FWD(NAME, CI, CO, WN)                                                                               \
+    extern "C" __global__ void __launch_bounds__(4 * WN * 32)                                                     \
+        NAME(const bf16* x, int x_cs, const bf16* w, const float* bias, bf16* y, int y_cs, int N, int H, int W,    \
+             float slope) {                                                                                       \
+        convt2_fwd<CI, CO, WN>(x, x_cs, w, bias, y, y_cs, N, H, W, slope);                                         \
     }
 
 // Instantiations follow (appended by mma.rs from its configuration table).

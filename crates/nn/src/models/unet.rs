@@ -371,28 +371,24 @@ impl Unet {
             };
             let upv = View::channels(2 * w, 0);
             let (gcat, gdn) = two_mut(grads, lv[l].e, lv[l + 1].d);
-            be.bias_act_backward(
-                dl.pixels(),
-                w,
-                Activation::Identity,
+            be.convt2x2_backward(
+                &gt,
+                &vals[lv[l + 1].d],
+                View::dense(u.cin),
                 &vals[lv[l].e],
                 upv,
                 gcat,
                 upv,
-                g,
-                Some(u.b),
-            )?;
-            be.convt2x2_backward_filter(
-                &gt,
-                &vals[lv[l + 1].d],
-                View::dense(u.cin),
-                gcat,
-                upv,
+                p,
+                u.w,
                 g,
                 u.w,
+                Some(u.b),
+                gdn,
+                View::dense(u.cin),
+                false,
                 ws,
             )?;
-            be.convt2x2_backward_data(&gt, gcat, upv, p, u.w, gdn, View::dense(u.cin), false, ws)?;
         }
         // Encoder, bottom to top. The gradient of e_l already holds the decoder's part (from dec conv1's
         // backward-data into cat_l); the pool's part is added to it.
