@@ -409,10 +409,37 @@ fn ops(args: &[String]) {
             let y = gpu.alloc(ys.len(), dt).unwrap();
             let dw = gpu.alloc(9 * widths[0], DType::F32).unwrap();
             if gpu.conv_in3_ok(widths[0], dt, &x.view(xs), &y.view(ys)) {
+                // The direct kernel itself (our tensor-core version, which bf16 runs by default, below).
+                let mode = gpu.mma_conv;
+                gpu.mma_conv = cryoden_cuda::MmaMode::Off;
                 let f = time_ms(&mut gpu, reps, |gpu| {
                     gpu.conv_in3_forward(x.view(xs), w.ptr(), Some(bias.ptr()), y.view(ys), 0.0)
                         .unwrap()
                 });
+                gpu.mma_conv = mode;
+                let mut own = Vec::new();
+                for v in 0..gpu.mma_conv_in3_variants(widths[0]) {
+                    gpu.mma_variant = Some(v);
+                    own.push(time_ms(&mut gpu, reps, |gpu| {
+                        gpu.mma_conv_in3_forward(
+                            x.view(xs),
+                            w.ptr(),
+                            Some(bias.ptr()),
+                            y.view(ys),
+                            0.0,
+                        )
+                        .unwrap();
+                    }));
+                }
+                gpu.mma_variant = None;
+                if p == Precision::Bf16 {
+                    println!(
+                        "{:<6}   conv3x3 1->{} fwd + bias + ReLU on the tensor cores, variants: {:?} ms",
+                        p.name(),
+                        widths[0],
+                        own
+                    );
+                }
                 let bf = time_ms(&mut gpu, reps, |gpu| {
                     gpu.conv_in3_backward_filter(x.view(xs), dy.view(ys), dw.ptr())
                         .unwrap()

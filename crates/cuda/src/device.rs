@@ -867,7 +867,7 @@ impl Gpu {
         } else {
             c
         };
-        let (cfg, parts) = self.cfg_partials(np, lanes);
+        let (cfg, parts) = self.cfg_partials(np, lanes, 4);
         let partial = if dbias.is_some() {
             self.scratch(parts * c)?
         } else {
@@ -933,8 +933,9 @@ impl Gpu {
 
     /// Launch shape of the kernels that keep one channel group per thread and write per-block partial channel
     /// sums (act_bwd_vec and the fused kernels): blocks (bx, by) with bx · by = 256, grid (groups / bx, parts);
-    /// enough partial rows to fill the GPU, few enough that their sum is cheap.
-    fn cfg_partials(&self, rows: usize, groups: usize) -> (LaunchConfig, usize) {
+    /// enough partial rows to fill the GPU (`per_sm` blocks per SM: as many as are resident at once, so there is
+    /// no second wave), few enough that their sum is cheap.
+    fn cfg_partials(&self, rows: usize, groups: usize, per_sm: usize) -> (LaunchConfig, usize) {
         let bx = if groups >= 32 {
             32
         } else {
@@ -942,7 +943,7 @@ impl Gpu {
         };
         let by = 256 / bx;
         let parts =
-            (rows.div_ceil(by * 64)).clamp(1, 4 * self.info.multiprocessors.max(1) as usize);
+            (rows.div_ceil(by * 64)).clamp(1, per_sm * self.info.multiprocessors.max(1) as usize);
         let cfg = LaunchConfig {
             grid_dim: (groups.div_ceil(bx) as u32, parts as u32, 1),
             block_dim: (bx as u32, by as u32, 1),
@@ -1099,7 +1100,8 @@ impl Gpu {
             dy.shape,
         )?;
         let groups = s.c / x.dtype.vec_len();
-        let (cfg, parts) = self.cfg_partials(dy.shape.pixels(), groups);
+        // 80 registers (elementwise.cu's launch bounds): 3 blocks of 256 threads per SM.
+        let (cfg, parts) = self.cfg_partials(dy.shape.pixels(), groups, 3);
         let partial = self.scratch(parts * s.c)?;
         let name = format!("maxpool2_bwd_act_vec_{}", x.dtype.suffix());
         let (xp, xcs, dyp, dycs, dxp, dxcs) = (
@@ -1450,7 +1452,7 @@ impl Gpu {
         same_shape("conv1x1_to1_backward_data_act", dx.shape, act.y.shape)?;
         let c = dx.shape.c;
         let groups = c / dx.dtype.vec_len();
-        let (cfg, parts) = self.cfg_partials(dx.shape.pixels(), groups);
+        let (cfg, parts) = self.cfg_partials(dx.shape.pixels(), groups, 4);
         let partial = self.scratch(parts * c)?;
         let name = format!("conv1x1_to1_bwd_data_act_vec_{}", dx.dtype.suffix());
         let (dyp, dxp, np, cv) = (dy.ptr, dx.ptr, dx.shape.pixels() as i64, groups as i32);
@@ -1594,6 +1596,10 @@ impl Gpu {
                 "conv_in3_forward: {} -> {} not supported",
                 x.shape, y.shape
             )));
+        }
+        // bf16: on the tensor cores (device/mma.rs), where cout has a kernel.
+        if self.mma_conv_in3_forward(x, w, bias, y, slope)? {
+            return Ok(());
         }
         let s = y.shape;
         let groups = s.c / x.dtype.vec_len();
@@ -2408,6 +2414,11 @@ mod tests {
         for line in ELEMENTWISE_CU.lines() {
             let Some(rest) = line.split("__global__ void ").nth(1) else {
                 continue;
+            };
+            // Past `__launch_bounds__(..)`, if any.
+            let rest = match rest.strip_prefix("__launch_bounds__(") {
+                Some(r) => r.split_once(") ").map_or(r, |(_, name)| name),
+                None => rest,
             };
             let Some(name) = rest.split('(').next() else {
                 continue;

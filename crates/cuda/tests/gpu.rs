@@ -1759,3 +1759,88 @@ fn mma_convt_matches_cpu() {
     gpu.mma_variant = None;
     gpu.mma_max_blocks = None;
 }
+
+/// The first layer (one input channel) on the tensor cores against the CPU, every variant, into a channel slice
+/// whose other channels must stay untouched; image sizes that are not whole tiles; x with a channel stride.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn mma_conv_in3_matches_cpu() {
+    let mut gpu = gpu();
+    if gpu.info.compute_capability.0 < 8 {
+        println!("skipped: compute capability below 8.0 has no bf16 MMA");
+        return;
+    }
+    let mut rng = Rng::new(43);
+    let dt = DType::Bf16;
+    for (n, h, w, cout, xc, wc, off, slope) in [
+        (
+            2usize, 17usize, 19usize, 32usize, 1usize, 32usize, 0usize, 0.0f32,
+        ),
+        (1, 40, 33, 32, 2, 64, 32, 0.1),
+        (3, 9, 16, 64, 1, 72, 8, 1.0),
+        (1, 1, 5, 32, 1, 32, 0, 0.0),
+    ] {
+        let g = G {
+            n,
+            h,
+            w,
+            cin: 1,
+            cout,
+            k: 3,
+            pad: 1,
+            stride: 1,
+        };
+        let xwhole = Nhwc::new(n, h, w, xc);
+        let xw: Vec<f32> = rng
+            .vec(xwhole.len(), 1.0)
+            .into_iter()
+            .map(bf16_round)
+            .collect();
+        let x: Vec<f32> = xw.chunks(xc).map(|p| p[0]).collect();
+        let wt: Vec<f32> = rng.vec(cout * 9, 0.5).into_iter().map(bf16_round).collect();
+        let bias = rng.vec(cout, 0.3);
+        let whole = Nhwc::new(n, h, w, wc);
+        let xb = gpu.upload(&xw, dt).unwrap();
+        let wb = gpu.upload(&wt, dt).unwrap();
+        let bb = gpu.upload(&bias, DType::F32).unwrap();
+        let conv = conv_fwd(&g, &x, &wt);
+        let variants = gpu.mma_conv_in3_variants(cout);
+        assert!(variants > 0, "1->{cout}: no kernel");
+        for v in 0..variants {
+            gpu.mma_variant = Some(v);
+            let cat = gpu.alloc(whole.len(), dt).unwrap();
+            gpu.fill(&cat, 7.0).unwrap();
+            let xv = xb.channels(xwhole, 0, 1);
+            let ran = gpu
+                .mma_conv_in3_forward(
+                    xv,
+                    wb.ptr(),
+                    Some(bb.ptr()),
+                    cat.channels(whole, off, cout),
+                    slope,
+                )
+                .unwrap();
+            assert!(ran, "1->{cout} variant {v}: did not run");
+            let got = gpu.download(&cat).unwrap();
+            let (mut gy, mut wy) = (Vec::new(), Vec::new());
+            for p in 0..whole.pixels() {
+                for c in 0..wc {
+                    let val = got[p * wc + c];
+                    if (off..off + cout).contains(&c) {
+                        gy.push(val);
+                        wy.push(act(conv[p * cout + c - off] + bias[c - off], slope));
+                    } else {
+                        assert_eq!(
+                            val, 7.0,
+                            "variant {v}: channel {c} outside the slice was touched"
+                        );
+                    }
+                }
+            }
+            let e = rel_l2(&gy, &wy);
+            println!("mma conv3x3 1->{cout} on {n}x{h}x{w} (x stride {xc}) into {off}.. of {wc}, slope {slope}, variant {v}: rel L2 {e:.2e}");
+            assert!(e <= 4e-3, "variant {v}: {e:e}");
+        }
+    }
+    gpu.mma_variant = None;
+}

@@ -5,7 +5,7 @@
 //! The table below is the single source of the kernels' tile sizes: the CUDA instantiations are generated from it,
 //! and the launch sizes (threads, shared memory, resident blocks) are computed from it.
 
-use super::{ActGrad, Gpu, View};
+use super::{ActGrad, Gpu, Nhwc, View};
 use crate::conv::ConvGeom;
 use crate::engine::Direction;
 use crate::error::{drv, CudaError, Result};
@@ -71,6 +71,9 @@ const FWD: [((usize, usize), &[FwdVariant]); 4] = [
 /// (`CONV3_FWD_ACT`), for backward-data passes whose output gradient goes on through a bias + ReLU: the plan's
 /// U-Net's 32 → 32 layers at 1024², where that saves a whole pass over a 512 MiB tensor (docs/perf/conv-mma.md).
 const ACT_FUSED: [(usize, usize); 1] = [(32, 32)];
+/// First-layer (one input channel) 3×3 forward variants per cout: tile rows TH (4 warps, TH / 4 rows each; one
+/// tile per block).
+const CONV_IN3: [(usize, &[usize]); 2] = [(32, &[16, 32, 8]), (64, &[16, 8])];
 /// 2×2 stride-2 transposed-conv forward variants per (cin, cout): warps along the 4·cout outputs (WN; 4 warps
 /// along a tile's 64 input pixels). The weights (cin × 4 cout bf16) sit in shared memory, so the U-Net's two upper
 /// levels are covered; the deeper, smaller ones keep the GEMM + shuffle path.
@@ -164,6 +167,9 @@ fn fwd_name(ci: usize, co: usize, v: usize) -> String {
 fn act_name(ci: usize, co: usize, v: usize) -> String {
     format!("conv3_fwd_{ci}_{co}_v{v}_act")
 }
+fn conv_in3_name(co: usize, v: usize) -> String {
+    format!("conv_in3_mma_{co}_v{v}")
+}
 fn convt_name(ci: usize, co: usize, v: usize) -> String {
     format!("convt2_fwd_{ci}_{co}_v{v}")
 }
@@ -213,6 +219,12 @@ pub fn source(wgmma: bool) -> String {
         for (v, wn) in vs.iter().enumerate() {
             let name = convt_name(ci, co, v);
             s.push_str(&format!("CONVT2_FWD({name}, {ci}, {co}, {wn})\n"));
+        }
+    }
+    for (co, vs) in CONV_IN3 {
+        for (v, th) in vs.iter().enumerate() {
+            let name = conv_in3_name(co, v);
+            s.push_str(&format!("CONV_IN3_MMA({name}, {co}, {th})\n"));
         }
     }
     for ((ci, co), vs) in WGRAD {
@@ -267,6 +279,11 @@ const AUTO: [AutoChoice; 4] = [
     ((64, 64), [None, None, None]),
 ];
 
+/// `auto`'s backward-data variant when the pass is fused with the previous layer's activation backward (the
+/// `ACT_FUSED` kernels), per layer (cin, cout): the epilogue then also reads that activation, which favours other
+/// tiles (32 → 32 @ 8 × 1024², H200, `cudabench ops`: variant 2 0.715 ms, variant 4 0.764 ms).
+const AUTO_ACT: [((usize, usize), usize); 1] = [((32, 32), 2)];
+
 fn auto_pick(g: &ConvGeom, dir: Direction) -> MmaPick {
     let d = match dir {
         Direction::Forward => 0,
@@ -306,6 +323,8 @@ pub(crate) struct MmaKernels {
     wgrad: Vec<(Shape, Slots)>,
     /// Transposed-conv forward (`CONVT`).
     convt: Vec<(Shape, Slots)>,
+    /// First-layer forward (`CONV_IN3`), per cout.
+    conv_in3: Vec<(usize, Slots)>,
     flip: CudaFunction,
 }
 
@@ -450,6 +469,14 @@ impl MmaKernels {
             }
             convt.push(((ci, co), ks));
         }
+        let mut conv_in3 = Vec::new();
+        for (co, vs) in CONV_IN3 {
+            let mut ks = Vec::new();
+            for (v, &th) in vs.iter().enumerate() {
+                ks.push(load(&module, &conv_in3_name(co, v), 128, 0, fit, (th, TW))?);
+            }
+            conv_in3.push((co, ks));
+        }
         let flip = module
             .load_function("conv3_flip_weights_bf16")
             .map_err(drv("cuModuleGetFunction"))?;
@@ -459,6 +486,7 @@ impl MmaKernels {
             fwd_act,
             wgrad,
             convt,
+            conv_in3,
             flip,
         }))
     }
@@ -760,9 +788,14 @@ impl Gpu {
                 .map(Some),
             None => Ok(None),
         })?;
-        let MmaPick::Ours(v) = pick else {
+        let MmaPick::Ours(mut v) = pick else {
             return Ok(false);
         };
+        if act.is_some() && self.mma_conv == MmaMode::Auto && self.mma_variant.is_none() {
+            if let Some((_, va)) = AUTO_ACT.iter().find(|(k, _)| *k == (g.cin, g.cout)) {
+                v = *va;
+            }
+        }
         let wt = self.mma_flip(g, w)?;
         let fused = self.mma.as_ref().unwrap().fwd_act(g.cout, g.cin);
         match act {
@@ -967,6 +1000,70 @@ impl Gpu {
         }
     }
 
+    /// How many first-layer forward variants cout has here (0: none; elementwise.cu's direct kernel runs).
+    pub fn mma_conv_in3_variants(&self, cout: usize) -> usize {
+        self.mma
+            .as_ref()
+            .and_then(|k| k.conv_in3.iter().find(|(c, _)| *c == cout))
+            .map_or(0, |(_, ks)| ks.len())
+    }
+
+    /// y = act(conv3x3(x, w) + bias) for one input channel on the tensor cores (`CONV_IN3`); w: `[cout, 3, 3]`
+    /// bf16. Returns false, having done nothing, where it does not apply (not bf16, a cout without a kernel,
+    /// misaligned y, `CRYODEN_MMA_CONV=off`): the caller runs the direct kernel. `mma_variant` picks the variant.
+    pub fn mma_conv_in3_forward(
+        &mut self,
+        x: View,
+        w: u64,
+        bias: Option<u64>,
+        y: View,
+        slope: f32,
+    ) -> Result<bool> {
+        let ys = y.shape;
+        let Some((_, ks)) = self
+            .mma
+            .as_ref()
+            .and_then(|k| k.conv_in3.iter().find(|(c, _)| *c == ys.c))
+        else {
+            return Ok(false);
+        };
+        let v = self.mma_variant.unwrap_or(0).min(ks.len() - 1);
+        let ok = self.mma_conv != MmaMode::Off
+            && x.dtype == DType::Bf16
+            && y.dtype == DType::Bf16
+            && x.shape == Nhwc { c: 1, ..ys }
+            && y.ptr.is_multiple_of(4)
+            && y.cs.is_multiple_of(2)
+            && w.is_multiple_of(2)
+            && bias.is_none_or(|b| b.is_multiple_of(4))
+            && ys.pixels() < i32::MAX as usize;
+        let Some(k) = ks.get(v).and_then(Option::as_ref).filter(|_| ok) else {
+            return Ok(false);
+        };
+        let blocks = tiles(ys.n, ys.h, ys.w, k.th, k.tw);
+        let (xp, xcs, bp, yp, ycs) = (x.ptr, x.cs as i32, bias.unwrap_or(0), y.ptr, y.cs as i32);
+        let (n, h, wd) = (ys.n as i32, ys.h as i32, ys.w as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (k.threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&k.f);
+        b.arg(&xp)
+            .arg(&xcs)
+            .arg(&w)
+            .arg(&bp)
+            .arg(&yp)
+            .arg(&ycs)
+            .arg(&n)
+            .arg(&h)
+            .arg(&wd)
+            .arg(&slope);
+        // SAFETY: matches CONV_IN3_MMA; shapes and alignment checked above; w holds cout * 9 bf16, bias cout f32.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv_in3_mma)"))?;
+        Ok(true)
+    }
+
     /// How many transposed-conv forward variants (cin, cout) has here (0: none; the GEMM + shuffle path runs).
     pub fn mma_convt_variants(&self, cin: usize, cout: usize) -> usize {
         self.mma
@@ -1118,6 +1215,13 @@ mod tests {
                 assert!(wgrad_threads(ci, co, tpw, ciw) <= 1024);
             }
         }
+        for (co, vs) in CONV_IN3 {
+            assert!(co % 8 == 0 && !vs.is_empty());
+            assert!(
+                vs.iter().all(|th| th % 4 == 0),
+                "conv_in3 {co}: 4 warps split the rows"
+            );
+        }
         for ((ci, co), vs) in FWD_WG {
             assert!(FWD.iter().any(|f| f.0 == (ci, co)) && (co == 32 || co == 64));
             for &(th, nbuf) in vs {
@@ -1155,6 +1259,8 @@ mod tests {
         let convt = CONVT.iter().map(|v| v.1.len()).sum::<usize>();
         assert_eq!(s.matches("\nCONVT2_FWD(").count(), convt);
         assert!(s.contains("CONVT2_FWD(convt2_fwd_64_32_v0, 64, 32, 2)"));
+        let in3 = CONV_IN3.iter().map(|v| v.1.len()).sum::<usize>();
+        assert_eq!(s.matches("\nCONV_IN3_MMA(").count(), in3);
         assert_eq!(source(false).matches("\nCONV3_FWD_WG(").count(), 0);
     }
 
@@ -1205,5 +1311,12 @@ mod tests {
             ..g
         };
         assert_eq!(auto_pick(&g, Direction::BackwardFilter), MmaPick::Ours(6));
+        for ((ci, co), v) in AUTO_ACT {
+            assert!(
+                ACT_FUSED.contains(&(co, ci)),
+                "{ci}->{co}: no fused kernels"
+            );
+            assert!(v < count(ci, co, 1), "{ci}->{co}: fused variant {v}");
+        }
     }
 }

@@ -398,39 +398,47 @@ __device__ void maxpool2_bwd_act_vec(const T* x, int x_cs, const T* dy, int dy_c
             int rows = (r == Ho - 1 && (H & 1)) ? 3 : 2;
             int cols = (j == Wo - 1 && (W & 1)) ? 3 : 2;
             i64 base = (((i64)n * H + 2 * r) * W + 2 * j) * x_cs + c;
-            float v[4][V], g[V];
-            ldv(x, base, v[0]);
-            ldv(x, base + x_cs, v[1]);
-            ldv(x, base + (i64)W * x_cs, v[2]);
-            ldv(x, base + (i64)W * x_cs + x_cs, v[3]);
-            ldv(dy, (i64)q * dy_cs + c, g);
-            int arg[V];
+            // The window's argmax (2 bits per channel) and which of its 4 pixels are positive (4 bits per channel),
+            // so the 4 x V input values need not stay in registers (version 1 kept them: 115 registers, 2.2 TB/s).
+            unsigned arg = 0, pos = 0;
+            {
+                float v[4][V];
+                ldv(x, base, v[0]);
+                ldv(x, base + x_cs, v[1]);
+                ldv(x, base + (i64)W * x_cs, v[2]);
+                ldv(x, base + (i64)W * x_cs + x_cs, v[3]);
 #pragma unroll
-            for (int k = 0; k < V; k++) {
-                float m = v[0][k];
-                arg[k] = 0;
-                if (v[1][k] > m) { m = v[1][k]; arg[k] = 1; }
-                if (v[2][k] > m) { m = v[2][k]; arg[k] = 2; }
-                if (v[3][k] > m) { arg[k] = 3; }
+                for (int k = 0; k < V; k++) {
+                    float m = v[0][k];
+                    unsigned a = 0;
+                    if (v[1][k] > m) { m = v[1][k]; a = 1; }
+                    if (v[2][k] > m) { m = v[2][k]; a = 2; }
+                    if (v[3][k] > m) { a = 3; }
+                    arg |= a << (2 * k);
+                    pos |= ((v[0][k] > 0.f) | (v[1][k] > 0.f) << 1 | (v[2][k] > 0.f) << 2 | (v[3][k] > 0.f) << 3) << (4 * k);
+                }
             }
-            // Unrolled so that v[a * 2 + b] stays in registers; the third row and column exist only at an odd
+            float g[V];
+            ldv(dy, (i64)q * dy_cs + c, g);
+            // Unrolled so that the window position is a constant; the third row and column exist only at an odd
             // height or width (pixels dropped by the floor: no gradient from the pool).
 #pragma unroll
             for (int a = 0; a < 3; a++) {
 #pragma unroll
                 for (int b = 0; b < 3; b++) {
                     if (a >= rows || b >= cols) continue;
+                    const bool in_window = a < 2 && b < 2;
+                    const unsigned wpos = (a & 1) * 2 + (b & 1);
                     i64 o = (((i64)n * H + 2 * r + a) * W + 2 * j + b) * dx_cs + c;
                     float out[V], xe[V];
-                    const bool in_window = a < 2 && b < 2;
                     if (!in_window) ldv(x, (((i64)n * H + 2 * r + a) * W + 2 * j + b) * x_cs + c, xe);
                     if (accumulate) ldv(dx, o, out);
 #pragma unroll
                     for (int k = 0; k < V; k++) {
-                        float u = (in_window && a * 2 + b == arg[k]) ? g[k] : 0.f;
+                        float u = (in_window && ((arg >> (2 * k)) & 3u) == wpos) ? g[k] : 0.f;
                         u = kept(accumulate ? out[k] + u : u, dx);
-                        float xk = in_window ? v[(a & 1) * 2 + (b & 1)][k] : xe[k];
-                        u = xk > 0.f ? u : u * slope;
+                        bool positive = in_window ? ((pos >> (4 * k + wpos)) & 1u) != 0 : xe[k] > 0.f;
+                        u = positive ? u : u * slope;
                         out[k] = u;
                         acc[k] += u;
                     }
@@ -1004,7 +1012,7 @@ __device__ void fill(T* p, i64 n, float v) {
                                                       int dx_cs, int N, int H, int W, int CV, int accumulate) {    \
         maxpool2_bwd_vec<T>(x, x_cs, dy, dy_cs, dx, dx_cs, N, H, W, CV, accumulate);                               \
     }                                                                                                              \
-    extern "C" __global__ void maxpool2_bwd_act_vec_##sfx(const T* x, int x_cs, const T* dy, int dy_cs, T* dx,     \
+    extern "C" __global__ void __launch_bounds__(256, 3) maxpool2_bwd_act_vec_##sfx(const T* x, int x_cs, const T* dy, int dy_cs, T* dx,     \
                                                           int dx_cs, int N, int H, int W, int CV, int accumulate,  \
                                                           float slope, float* partial) {                           \
         maxpool2_bwd_act_vec<T>(x, x_cs, dy, dy_cs, dx, dx_cs, N, H, W, CV, accumulate, slope, partial);           \
