@@ -416,6 +416,10 @@ fn ops(args: &[String]) {
                     gpu.conv_in3_forward(x.view(xs), w.ptr(), Some(bias.ptr()), y.view(ys), 0.0)
                         .unwrap()
                 });
+                let bf = time_ms(&mut gpu, reps, |gpu| {
+                    gpu.conv_in3_backward_filter(x.view(xs), dy.view(ys), dw.ptr())
+                        .unwrap()
+                });
                 gpu.mma_conv = mode;
                 let mut own = Vec::new();
                 for v in 0..gpu.mma_conv_in3_variants(widths[0]) {
@@ -431,19 +435,24 @@ fn ops(args: &[String]) {
                         .unwrap();
                     }));
                 }
+                let mut own_w = Vec::new();
+                for v in 0..gpu.mma_conv_in3_wgrad_variants(widths[0]) {
+                    gpu.mma_variant = Some(v);
+                    own_w.push(time_ms(&mut gpu, reps, |gpu| {
+                        gpu.mma_conv_in3_backward_filter(x.view(xs), dy.view(ys), dw.ptr())
+                            .unwrap();
+                    }));
+                }
                 gpu.mma_variant = None;
                 if p == Precision::Bf16 {
                     println!(
-                        "{:<6}   conv3x3 1->{} fwd + bias + ReLU on the tensor cores, variants: {:?} ms",
+                        "{:<6}   conv3x3 1->{} on the tensor cores, variants (ms): fwd + bias + ReLU {:?}, weight gradient {:?}",
                         p.name(),
                         widths[0],
-                        own
+                        own,
+                        own_w
                     );
                 }
-                let bf = time_ms(&mut gpu, reps, |gpu| {
-                    gpu.conv_in3_backward_filter(x.view(xs), dy.view(ys), dw.ptr())
-                        .unwrap()
-                });
                 let name = format!("conv3x3 1->{} direct (+bias+ReLU)", widths[0]);
                 println!(
                     "{:<6} {:<44} {:>9.3} {:>9} {:>9.3}",

@@ -1638,6 +1638,10 @@ impl Gpu {
                 x.shape, dy.shape
             )));
         }
+        // bf16: on the tensor cores (device/mma.rs), where cout has a kernel.
+        if self.mma_conv_in3_backward_filter(x, dy, dw)? {
+            return Ok(());
+        }
         let s = dy.shape;
         let groups = s.c / x.dtype.vec_len();
         let by = 256 / groups;

@@ -1841,6 +1841,39 @@ fn mma_conv_in3_matches_cpu() {
             println!("mma conv3x3 1->{cout} on {n}x{h}x{w} (x stride {xc}) into {off}.. of {wc}, slope {slope}, variant {v}: rel L2 {e:.2e}");
             assert!(e <= 4e-3, "variant {v}: {e:e}");
         }
+        // Weight gradient, added onto 1.0, with dy the slice just written; uncapped and with 2 blocks looping
+        // over the tiles.
+        let dy: Vec<f32> = rng
+            .vec(n * h * w * cout, 1.0)
+            .into_iter()
+            .map(bf16_round)
+            .collect();
+        let dyb = gpu.upload(&dy, dt).unwrap();
+        let want: Vec<f32> = conv_bwd_filter(&g, &x, &dy)
+            .into_iter()
+            .map(|v| v + 1.0)
+            .collect();
+        let wv = gpu.mma_conv_in3_wgrad_variants(cout);
+        for (cap, v) in [None, Some(2)]
+            .into_iter()
+            .flat_map(|cap| (0..wv).map(move |v| (cap, v)))
+        {
+            gpu.mma_variant = Some(v);
+            gpu.mma_max_blocks = cap;
+            let dwb = gpu.upload(&vec![1.0; cout * 9], DType::F32).unwrap();
+            let ran = gpu
+                .mma_conv_in3_backward_filter(
+                    xb.channels(xwhole, 0, 1),
+                    dyb.view(Nhwc::new(n, h, w, cout)),
+                    dwb.ptr(),
+                )
+                .unwrap();
+            assert!(ran, "1->{cout} weight gradient variant {v}: did not run");
+            let e = rel_l2(&gpu.download(&dwb).unwrap(), &want);
+            println!("mma conv3x3 1->{cout} on {n}x{h}x{w} weight gradient, variant {v}, blocks {cap:?}: rel L2 {e:.2e}");
+            assert!(e <= 1e-5, "weight gradient variant {v}: {e:e}");
+        }
     }
     gpu.mma_variant = None;
+    gpu.mma_max_blocks = None;
 }

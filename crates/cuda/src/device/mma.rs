@@ -74,6 +74,8 @@ const ACT_FUSED: [(usize, usize); 1] = [(32, 32)];
 /// First-layer (one input channel) 3×3 forward variants per cout: tile rows TH (4 warps, TH / 4 rows each; one
 /// tile per block).
 const CONV_IN3: [(usize, &[usize]); 2] = [(32, &[16, 32, 8]), (64, &[16, 8])];
+/// Its weight gradient, per cout: tile rows TH (persistent blocks of 4 warps).
+const CONV_IN3_WGRAD: [(usize, &[usize]); 2] = [(32, &[16, 8]), (64, &[8, 16])];
 /// 2×2 stride-2 transposed-conv forward variants per (cin, cout): warps along the 4·cout outputs (WN; 4 warps
 /// along a tile's 64 input pixels). The weights (cin × 4 cout bf16) sit in shared memory, so the U-Net's two upper
 /// levels are covered; the deeper, smaller ones keep the GEMM + shuffle path.
@@ -170,11 +172,15 @@ fn act_name(ci: usize, co: usize, v: usize) -> String {
 fn conv_in3_name(co: usize, v: usize) -> String {
     format!("conv_in3_mma_{co}_v{v}")
 }
+fn conv_in3_wgrad_name(co: usize, v: usize) -> String {
+    format!("conv_in3_mma_wgrad_{co}_v{v}")
+}
 fn convt_name(ci: usize, co: usize, v: usize) -> String {
     format!("convt2_fwd_{ci}_{co}_v{v}")
 }
-fn convt_smem(ci: usize, co: usize) -> usize {
-    2 * (ci * (4 * co + PAD) + CONVT_TM * (ci + PAD))
+fn convt_smem(ci: usize, co: usize, wn: usize) -> usize {
+    // weights, the x tile, and each warp's 16-pixel output staging
+    2 * (ci * (4 * co + PAD) + CONVT_TM * (ci + PAD) + 4 * wn * 16 * (co + PAD))
 }
 fn wgrad_name(ci: usize, co: usize, v: usize) -> String {
     format!("conv3_wgrad_{ci}_{co}_v{v}")
@@ -191,7 +197,11 @@ pub fn source(wgmma: bool) -> String {
                     (4 * co) % (16 * wn) == 0,
                     "convT {ci}->{co}: {wn} warps along 4 cout"
                 );
-                assert!(convt_smem(ci, co) <= 227 << 10 && 4 * wn * 32 <= 1024);
+                assert!(convt_smem(ci, co, wn) <= 227 << 10 && 4 * wn * 32 <= 1024);
+                assert!(
+                    (4 * co / wn) % co == 0,
+                    "convT {ci}->{co}: a warp's outputs are whole sub-pixels"
+                );
             }
         }
         for ((ci, co), vs) in FWD_WG {
@@ -225,6 +235,12 @@ pub fn source(wgmma: bool) -> String {
         for (v, th) in vs.iter().enumerate() {
             let name = conv_in3_name(co, v);
             s.push_str(&format!("CONV_IN3_MMA({name}, {co}, {th})\n"));
+        }
+    }
+    for (co, vs) in CONV_IN3_WGRAD {
+        for (v, th) in vs.iter().enumerate() {
+            let name = conv_in3_wgrad_name(co, v);
+            s.push_str(&format!("CONV_IN3_MMA_WGRAD({name}, {co}, {th})\n"));
         }
     }
     for ((ci, co), vs) in WGRAD {
@@ -325,6 +341,8 @@ pub(crate) struct MmaKernels {
     convt: Vec<(Shape, Slots)>,
     /// First-layer forward (`CONV_IN3`), per cout.
     conv_in3: Vec<(usize, Slots)>,
+    /// Its weight gradient (`CONV_IN3_WGRAD`), per cout.
+    conv_in3_wgrad: Vec<(usize, Slots)>,
     flip: CudaFunction,
 }
 
@@ -457,7 +475,7 @@ impl MmaKernels {
         for ((ci, co), vs) in CONVT {
             let mut ks = Vec::new();
             for (v, &wn) in vs.iter().enumerate() {
-                let smem = convt_smem(ci, co);
+                let smem = convt_smem(ci, co, wn);
                 ks.push(load(
                     &module,
                     &convt_name(ci, co, v),
@@ -477,6 +495,21 @@ impl MmaKernels {
             }
             conv_in3.push((co, ks));
         }
+        let mut conv_in3_wgrad = Vec::new();
+        for (co, vs) in CONV_IN3_WGRAD {
+            let mut ks = Vec::new();
+            for (v, &th) in vs.iter().enumerate() {
+                ks.push(load(
+                    &module,
+                    &conv_in3_wgrad_name(co, v),
+                    128,
+                    0,
+                    fit,
+                    (th, TW),
+                )?);
+            }
+            conv_in3_wgrad.push((co, ks));
+        }
         let flip = module
             .load_function("conv3_flip_weights_bf16")
             .map_err(drv("cuModuleGetFunction"))?;
@@ -487,6 +520,7 @@ impl MmaKernels {
             wgrad,
             convt,
             conv_in3,
+            conv_in3_wgrad,
             flip,
         }))
     }
@@ -1032,8 +1066,8 @@ impl Gpu {
             && x.dtype == DType::Bf16
             && y.dtype == DType::Bf16
             && x.shape == Nhwc { c: 1, ..ys }
-            && y.ptr.is_multiple_of(4)
-            && y.cs.is_multiple_of(2)
+            && y.ptr.is_multiple_of(16)
+            && y.cs.is_multiple_of(8)
             && w.is_multiple_of(2)
             && bias.is_none_or(|b| b.is_multiple_of(4))
             && ys.pixels() < i32::MAX as usize;
@@ -1061,6 +1095,67 @@ impl Gpu {
             .arg(&slope);
         // SAFETY: matches CONV_IN3_MMA; shapes and alignment checked above; w holds cout * 9 bf16, bias cout f32.
         unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv_in3_mma)"))?;
+        Ok(true)
+    }
+
+    /// How many first-layer weight-gradient variants cout has here (0: none; elementwise.cu's kernel runs).
+    pub fn mma_conv_in3_wgrad_variants(&self, cout: usize) -> usize {
+        self.mma
+            .as_ref()
+            .and_then(|k| k.conv_in3_wgrad.iter().find(|(c, _)| *c == cout))
+            .map_or(0, |(_, ks)| ks.len())
+    }
+
+    /// dw += the first layer's weight gradient on the tensor cores (`CONV_IN3_WGRAD`); dw: `[cout, 3, 3]` f32, the
+    /// per-block partial sums added in a fixed order. Returns false, having done nothing, where it does not apply
+    /// (the caller runs elementwise.cu's kernel). `mma_variant` picks the variant.
+    pub fn mma_conv_in3_backward_filter(&mut self, x: View, dy: View, dw: u64) -> Result<bool> {
+        let ds = dy.shape;
+        let Some((_, ks)) = self
+            .mma
+            .as_ref()
+            .and_then(|k| k.conv_in3_wgrad.iter().find(|(c, _)| *c == ds.c))
+        else {
+            return Ok(false);
+        };
+        let v = self.mma_variant.unwrap_or(0).min(ks.len() - 1);
+        let ok = self.mma_conv != MmaMode::Off
+            && x.dtype == DType::Bf16
+            && dy.dtype == DType::Bf16
+            && x.shape == Nhwc { c: 1, ..ds }
+            && dy.ptr.is_multiple_of(16)
+            && dy.cs.is_multiple_of(8)
+            && ds.pixels() < i32::MAX as usize;
+        let Some(k) = ks.get(v).and_then(Option::as_ref).filter(|_| ok) else {
+            return Ok(false);
+        };
+        let (f, threads, parts) = {
+            let parts = (k.blocks.min(self.mma_max_blocks.unwrap_or(u32::MAX)) as usize)
+                .min(tiles(ds.n, ds.h, ds.w, k.th, k.tw))
+                .max(1);
+            (k.f.clone(), k.threads, parts)
+        };
+        let len = 9 * ds.c;
+        let partial = self.scratch(parts * len)?;
+        let (xp, xcs, dyp, dycs) = (x.ptr, x.cs as i32, dy.ptr, dy.cs as i32);
+        let (n, h, wd) = (ds.n as i32, ds.h as i32, ds.w as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (parts as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&xp)
+            .arg(&xcs)
+            .arg(&dyp)
+            .arg(&dycs)
+            .arg(&partial)
+            .arg(&n)
+            .arg(&h)
+            .arg(&wd);
+        // SAFETY: matches CONV_IN3_MMA_WGRAD; shapes and alignment checked above; partial holds parts * 9 * cout.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv_in3_mma_wgrad)"))?;
+        self.sum_parts_into(partial, parts, len, dw)?;
         Ok(true)
     }
 
@@ -1097,8 +1192,8 @@ impl Gpu {
             && ys.w == 2 * xs.w
             && x.ptr.is_multiple_of(16)
             && x.cs.is_multiple_of(8)
-            && y.ptr.is_multiple_of(4)
-            && y.cs.is_multiple_of(2)
+            && y.ptr.is_multiple_of(16)
+            && y.cs.is_multiple_of(8)
             && w.is_multiple_of(16)
             && bias.is_none_or(|b| b.is_multiple_of(4))
             && ys.pixels() < i32::MAX as usize;
@@ -1215,8 +1310,8 @@ mod tests {
                 assert!(wgrad_threads(ci, co, tpw, ciw) <= 1024);
             }
         }
-        for (co, vs) in CONV_IN3 {
-            assert!(co % 8 == 0 && !vs.is_empty());
+        for (co, vs) in CONV_IN3.iter().chain(CONV_IN3_WGRAD.iter()) {
+            assert!(co % 16 == 0 && !vs.is_empty());
             assert!(
                 vs.iter().all(|th| th % 4 == 0),
                 "conv_in3 {co}: 4 warps split the rows"
@@ -1261,6 +1356,8 @@ mod tests {
         assert!(s.contains("CONVT2_FWD(convt2_fwd_64_32_v0, 64, 32, 2)"));
         let in3 = CONV_IN3.iter().map(|v| v.1.len()).sum::<usize>();
         assert_eq!(s.matches("\nCONV_IN3_MMA(").count(), in3);
+        let in3w = CONV_IN3_WGRAD.iter().map(|v| v.1.len()).sum::<usize>();
+        assert_eq!(s.matches("\nCONV_IN3_MMA_WGRAD(").count(), in3w);
         assert_eq!(source(false).matches("\nCONV3_FWD_WG(").count(), 0);
     }
 

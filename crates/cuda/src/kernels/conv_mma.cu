@@ -102,6 +102,40 @@ __device__ __forceinline__ void store_pair_act(bf16* out, int co, float v0, floa
     bsum[1] += d1;
 }
 
+// Epilogue through shared memory, for kernels whose warp owns 16 output pixels x NC contiguous output channels
+// (`stage`: that warp's [16][NC + 8] bf16 area): each lane puts its accumulator pairs (bias + activation applied,
+// rounded to bf16) in place, then the warp writes whole 16-byte pieces, so a pixel's channels go out in NC / 8 stores
+// instead of NC / 2 scattered 4-byte ones. `dst(p)`: where pixel p's first channel goes (null: outside the image).
+template <int NC, typename Dst>
+__device__ __forceinline__ void warp_store_16px(bf16* stage, const float (*acc)[4], const float* bias, int bias0,
+                                                float slope, Dst dst) {
+    constexpr int SS = NC + 8;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int n = 0; n < NC / 8; n++) {
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int c = n * 8 + 2 * t;
+            float v0 = acc[n][half * 2], v1 = acc[n][half * 2 + 1];
+            if (bias) {
+                v0 += bias[bias0 + c];
+                v1 += bias[bias0 + c + 1];
+            }
+            v0 = v0 > 0.f ? v0 : v0 * slope;
+            v1 = v1 > 0.f ? v1 : v1 * slope;
+            *(unsigned*)(stage + (g + half * 8) * SS + c) = pack_bf16x2(v0, v1);
+        }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = lane; i < 16 * NC / 8; i += 32) {
+        const int p = i / (NC / 8), part = i - p * (NC / 8);
+        bf16* out = dst(p);
+        if (out) *(uint4*)(out + part * 8) = *(const uint4*)(stage + p * SS + part * 8);
+    }
+    __syncwarp();
+}
+
 struct TileAt {
     int n, y0, x0;
 };
@@ -664,6 +698,7 @@ __device__ __forceinline__ void conv_in3_mma(const bf16* __restrict__ x, int x_c
                                              float slope) {
     constexpr int NT = CO / 8, HW = TW + 2;
     __shared__ bf16 xs[(TH + 2) * HW];
+    __shared__ __align__(16) bf16 stage_all[4][16 * (CO + 8)];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int tiles_x = (W + TW - 1) / TW, tiles_y = (H + TH - 1) / TH;
@@ -712,16 +747,89 @@ __device__ __forceinline__ void conv_in3_mma(const bf16* __restrict__ x, int x_c
             mma16816(acc[n], a, b[n][0], b[n][1]);
         }
         const int yy = at.y0 + row;
+        warp_store_16px<CO>(stage_all[warp], acc, bias, 0, slope, [&](int p) -> bf16* {
+            const int xx = at.x0 + p;
+            return (yy < H && xx < W) ? y + ((i64)(at.n * H + yy) * W + xx) * y_cs : nullptr;
+        });
+    }
+}
+
+// Weight gradient of conv_in3_mma: partial[blockIdx.x, co * 9 + tap] = sum over this block's pixels p of
+// dy[p, co] * x[p + tap] (f32; the host adds the blocks up in a fixed order, as for conv_in3_bwd_filter). As MMAs over
+// K = pixels, 16 (one tile row) per step: A = dy^T (CO x 16 pixels, transposing ldmatrix from the dy tile), B = the
+// 16 pixels' 9 taps (then zeros) from the x halo tile; CO / 16 x 2 accumulator tiles per warp. Persistent blocks of
+// 4 warps (TH / 4 rows each) over TH x 16 tiles. Why: elementwise.cu's kernel (0.52 ms at 8 x 1024^2 x 32) is bound
+// by its per-pixel scalar loads and FMAs, like the forward.
+template <int CO, int TH>
+__device__ __forceinline__ void conv_in3_mma_wgrad(const bf16* __restrict__ x, int x_cs, const bf16* __restrict__ dy,
+                                                   int dy_cs, float* __restrict__ partial, int N, int H, int W) {
+    constexpr int MT = CO / 16, HW = TW + 2, DS = CO + PAD;
+    __shared__ bf16 xs[(TH + 2) * HW];
+    __shared__ __align__(16) bf16 ds[TH * TW * DS];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int tiles_x = (W + TW - 1) / TW, tiles_y = (H + TH - 1) / TH;
+    const int ntiles = N * tiles_y * tiles_x;
+    // This lane's taps in the B fragment: n = g (tile 0: taps 0..7; tile 1: tap 8 for g == 0), at pixels k = 2t,
+    // 2t + 1 (register 0) and 2t + 8, 2t + 9 (register 1) of the row.
+    const int off0 = (g / 3) * HW + g % 3;
+    const bool has8 = g == 0;
+    float acc[MT][2][4];
 #pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const int xx = at.x0 + g + half * 8;
-            if (yy < H && xx < W) {
-                bf16* out = y + ((i64)(at.n * H + yy) * W + xx) * y_cs;
+    for (int m = 0; m < MT; m++)
 #pragma unroll
-                for (int n = 0; n < NT; n++)
-                    store_pair(out, n * 8 + 2 * t, acc[n][half * 2], acc[n][half * 2 + 1], bias, slope, 0);
+        for (int n = 0; n < 2; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[m][n][e] = 0.f;
+    const int a_pix = (lane & 7) + ((lane >> 4) << 3), a_co = ((lane >> 3) & 1) * 8;
+    for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+        const TileAt at = tile_at(tile, TH, tiles_y, tiles_x);
+        for (int i = threadIdx.x; i < (TH + 2) * HW; i += 128) {
+            int r = i / HW, c = i - r * HW;
+            int yy = at.y0 + r - 1, xx = at.x0 + c - 1;
+            xs[i] = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x[((i64)(at.n * H + yy) * W + xx) * x_cs]
+                                                             : (bf16)0;
+        }
+        load_tile<CO, TH, 128>(dy, dy_cs, H, W, at, ds);
+        cp_commit();
+        cp_wait0();
+        __syncthreads();
+#pragma unroll
+        for (int m = 0; m < TH / 4; m++) {
+            const int row = warp * (TH / 4) + m;
+            const bf16* xr = xs + row * HW;
+            unsigned b[2][2];
+            b[0][0] = (unsigned)xr[off0 + 2 * t] | ((unsigned)xr[off0 + 2 * t + 1] << 16);
+            b[0][1] = (unsigned)xr[off0 + 2 * t + 8] | ((unsigned)xr[off0 + 2 * t + 9] << 16);
+            b[1][0] = has8 ? (unsigned)xr[2 * HW + 2 + 2 * t] | ((unsigned)xr[2 * HW + 2 + 2 * t + 1] << 16) : 0u;
+            b[1][1] = has8 ? (unsigned)xr[2 * HW + 2 + 2 * t + 8] | ((unsigned)xr[2 * HW + 2 + 2 * t + 9] << 16) : 0u;
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                // A = dy^T: rows co (16 per tile), columns the row's 16 pixels.
+                unsigned a[4];
+                ldsm4t(smem_u32(ds + (row * TW + a_pix) * DS + mt * 16 + a_co), a);
+                mma16816(acc[mt][0], a, b[0][0], b[0][1]);
+                mma16816(acc[mt][1], a, b[1][0], b[1][1]);
             }
         }
+        __syncthreads();
+    }
+    cp_wait0();
+    // Sums over the warps in shared memory (free now), in a fixed order: C fragment (row co = g (+ 8), column
+    // tap = 2t, 2t + 1 of tile n).
+    float* red = (float*)ds;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int n = 0; n < 2; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int co = mt * 16 + g + (e >> 1) * 8, tap = n * 8 + 2 * t + (e & 1);
+                if (tap < 9) red[(warp * CO + co) * 9 + tap] = acc[mt][n][e];
+            }
+    __syncthreads();
+    for (int o = threadIdx.x; o < CO * 9; o += 128) {
+        partial[(i64)blockIdx.x * CO * 9 + o] = red[o] + red[CO * 9 + o] + red[2 * CO * 9 + o] + red[3 * CO * 9 + o];
     }
 }
 
@@ -744,6 +852,7 @@ __device__ __forceinline__ void convt2_fwd(const bf16* __restrict__ x, int x_cs,
     bf16* xs = wsm + CI * WS;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wm = warp & 3, wn = warp >> 2;
+    bf16* stage = xs + TM * XS + warp * 16 * (CO + 8);
     const int npix = N * H * W, ntiles = (npix + TM - 1) / TM;
     for (int i = threadIdx.x; i < CI * NO / 8; i += THREADS) {
         int k = i / (NO / 8), n = (i - k * (NO / 8)) * 8;
@@ -778,20 +887,18 @@ __device__ __forceinline__ void convt2_fwd(const bf16* __restrict__ x, int x_cs,
                 mma16816(acc[2 * np + 1], a, r[2], r[3]);
             }
         }
+        // Each (a, b) sub-pixel's CO channels are one 16-pixel x CO block of the warp's outputs (NW is a multiple
+        // of CO), written through shared memory in 16-byte pieces.
 #pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const int q = t * TM + wm * 16 + (lane >> 2) + half * 8;
-            if (q < npix) {
+        for (int sub = 0; sub < NW / CO; sub++) {
+            const int col = wn * NW + sub * CO;
+            const int a = col / (2 * CO), b = (col / CO) & 1;
+            warp_store_16px<CO>(stage, acc + sub * (CO / 8), bias, 0, slope, [&](int p) -> bf16* {
+                const int q = t * TM + wm * 16 + p;
+                if (q >= npix) return nullptr;
                 const int j = q % W, r0 = q / W, i = r0 % H, n = r0 / H;
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    const int col = wn * NW + nt * 8;  // a, b are constant over an 8-wide tile (CO % 8 == 0)
-                    const int a = col / (2 * CO), b = (col / CO) & 1;
-                    bf16* out = y + ((i64)(n * 2 * H + 2 * i + a) * (2 * W) + 2 * j + b) * y_cs;
-                    store_pair(out, col % CO + (lane & 3) * 2, acc[nt][half * 2], acc[nt][half * 2 + 1], bias,
-                               slope, 0);
-                }
-            }
+                return y + ((i64)(n * 2 * H + 2 * i + a) * (2 * W) + 2 * j + b) * y_cs;
+            });
         }
         __syncthreads();
     }
@@ -846,6 +953,12 @@ extern "C" __global__ void conv3_flip_weights_bf16(const bf16* __restrict__ w, b
         NAME(const bf16* x, int x_cs, const bf16* w, const float* bias, bf16* y, int y_cs, int N, int H, int W,    \
              float slope) {                                                                                       \
         conv_in3_mma<CO, TH>(x, x_cs, w, bias, y, y_cs, N, H, W, slope);                                           \
+    }
+
+#define CONV_IN3_MMA_WGRAD(NAME, CO, TH)                                                                           \
+    extern "C" __global__ void __launch_bounds__(128)                                                             \
+        NAME(const bf16* x, int x_cs, const bf16* dy, int dy_cs, float* partial, int N, int H, int W) {           \
+        conv_in3_mma_wgrad<CO, TH>(x, x_cs, dy, dy_cs, partial, N, H, W);                                          \
     }
 
 // Instantiations follow (appended by mma.rs from its configuration table).
