@@ -157,8 +157,9 @@ fn wg_smem(ci: usize, co: usize, th: usize, nbuf: usize) -> usize {
 fn wg_name(ci: usize, co: usize, v: usize) -> String {
     format!("conv3_fwd_{ci}_{co}_wg{v}")
 }
-fn fwd_smem(ci: usize, co: usize, th: usize, nbuf: usize) -> usize {
-    2 * (co * (9 * ci + PAD) + nbuf * (th + 2) * (TW + 2) * (ci + PAD))
+fn fwd_smem(ci: usize, co: usize, th: usize, wm: usize, nbuf: usize) -> usize {
+    // weights, halo buffers, each warp's epilogue staging rows
+    2 * (co * (9 * ci + PAD) + nbuf * (th + 2) * (TW + 2) * (ci + PAD) + th / wm * 16 * (co + PAD))
 }
 fn wgrad_threads(ci: usize, co: usize, tpw: usize, ciw: usize) -> usize {
     9 / tpw * (ci / ciw) * (co / 32) * 32
@@ -416,7 +417,7 @@ impl MmaKernels {
             let mut ks = Vec::new();
             let mut ka = Vec::new();
             for (v, &(th, wm, _, _, _, nbuf)) in vs.iter().enumerate() {
-                let (threads, smem) = (fwd_threads(th, wm), fwd_smem(ci, co, th, nbuf));
+                let (threads, smem) = (fwd_threads(th, wm), fwd_smem(ci, co, th, wm, nbuf));
                 ks.push(load(
                     &module,
                     &fwd_name(ci, co, v),
@@ -1293,12 +1294,12 @@ mod tests {
                 assert!(th % wm == 0 && minb >= 1, "fwd {ci}->{co} {th}/{wm}");
                 assert!(tu == 1 || tu == 3 || tu == 9, "fwd {ci}->{co}: unroll {tu}");
                 assert!(
-                    fwd_smem(ci, co, th, nbuf) <= 227 << 10,
+                    fwd_smem(ci, co, th, wm, nbuf) <= 227 << 10,
                     "fwd {ci}->{co} {th}"
                 );
                 // A register cap for more resident blocks than the shared memory allows buys nothing.
                 assert!(
-                    minb * (fwd_smem(ci, co, th, nbuf) + 1024) <= 228 << 10,
+                    minb * (fwd_smem(ci, co, th, wm, nbuf) + 1024) <= 228 << 10,
                     "fwd {ci}->{co} {th}/{wm}: {minb} blocks do not fit"
                 );
                 assert!(fwd_threads(th, wm) <= 1024);

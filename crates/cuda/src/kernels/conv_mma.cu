@@ -81,34 +81,35 @@ __device__ __forceinline__ void store_pair(bf16* out, int co, float v0, float v1
     *o = pack_bf16x2(v0, v1);
 }
 
-// store_pair fused with the backward of the bias + activation that produced the conv's input (the backward-data
-// pass): the pair is rounded to bf16 as stored, then scaled by that activation's derivative at its output `mk` (the
-// pair's two bf16 values; slope `mslope`), stored, and added to this thread's bias-gradient sums. Rounding and
-// values as the two passes in turn (elementwise.cu's act_bwd_vec).
-__device__ __forceinline__ void store_pair_act(bf16* out, int co, float v0, float v1, const float* bias, float slope,
-                                               unsigned mk, float mslope, float* bsum) {
-    if (bias) {
-        v0 += bias[co];
-        v1 += bias[co + 1];
+// The backward of the bias + activation that produced the conv's input, fused into the backward-data pass's
+// epilogue, on one 16-byte piece: 8 bf16 values d (the pass's output, as stored) scaled by that activation's
+// derivative at its output `mk` (slope `mslope`), rounded, and added to this lane's bias-gradient sums. Values and
+// rounding as the two passes in turn (elementwise.cu's act_bwd_vec).
+__device__ __forceinline__ uint4 act_bwd8(uint4 v, uint4 mk, float mslope, float* bsum) {
+    unsigned w[4] = {v.x, v.y, v.z, v.w}, m[4] = {mk.x, mk.y, mk.z, mk.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float d0 = __uint_as_float(w[k] << 16), d1 = __uint_as_float(w[k] & 0xffff0000u);
+        d0 = __uint_as_float(m[k] << 16) > 0.f ? d0 : d0 * mslope;
+        d1 = __uint_as_float(m[k] & 0xffff0000u) > 0.f ? d1 : d1 * mslope;
+        bsum[2 * k] += d0;
+        bsum[2 * k + 1] += d1;
+        w[k] = pack_bf16x2(d0, d1);
     }
-    v0 = v0 > 0.f ? v0 : v0 * slope;
-    v1 = v1 > 0.f ? v1 : v1 * slope;
-    const unsigned r = pack_bf16x2(v0, v1);
-    float d0 = __uint_as_float(r << 16), d1 = __uint_as_float(r & 0xffff0000u);
-    d0 = __uint_as_float(mk << 16) > 0.f ? d0 : d0 * mslope;
-    d1 = __uint_as_float(mk & 0xffff0000u) > 0.f ? d1 : d1 * mslope;
-    *(unsigned*)(out + co) = pack_bf16x2(d0, d1);
-    bsum[0] += d0;
-    bsum[1] += d1;
+    return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
 // Epilogue through shared memory, for kernels whose warp owns 16 output pixels x NC contiguous output channels
 // (`stage`: that warp's [16][NC + 8] bf16 area): each lane puts its accumulator pairs (bias + activation applied,
 // rounded to bf16) in place, then the warp writes whole 16-byte pieces, so a pixel's channels go out in NC / 8 stores
 // instead of NC / 2 scattered 4-byte ones. `dst(p)`: where pixel p's first channel goes (null: outside the image).
-template <int NC, typename Dst>
+// `piece(p, part, v)` may change a 16-byte piece before it is stored (the fused activation backward).
+struct NoPiece {
+    __device__ __forceinline__ void operator()(int, int, uint4&) const {}
+};
+template <int NC, typename Dst, typename Piece = NoPiece>
 __device__ __forceinline__ void warp_store_16px(bf16* stage, const float (*acc)[4], const float* bias, int bias0,
-                                                float slope, Dst dst) {
+                                                float slope, Dst dst, Piece piece = Piece()) {
     constexpr int SS = NC + 8;
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -127,11 +128,16 @@ __device__ __forceinline__ void warp_store_16px(bf16* stage, const float (*acc)[
         }
     }
     __syncwarp();
+    // Lane l writes piece l % (NC / 8) of pixels l / (NC / 8), + 32 / (NC / 8), ... (32 is a multiple of NC / 8).
 #pragma unroll
-    for (int i = lane; i < 16 * NC / 8; i += 32) {
-        const int p = i / (NC / 8), part = i - p * (NC / 8);
+    for (int k = 0; k < NC / 16; k++) {
+        const int i = lane + 32 * k, p = i / (NC / 8), part = i % (NC / 8);
         bf16* out = dst(p);
-        if (out) *(uint4*)(out + part * 8) = *(const uint4*)(stage + p * SS + part * 8);
+        if (out) {
+            uint4 v = *(const uint4*)(stage + p * SS + part * 8);
+            piece(p, part, v);
+            *(uint4*)(out + part * 8) = v;
+        }
     }
     __syncwarp();
 }
@@ -203,9 +209,10 @@ __device__ __forceinline__ void fwd_frags(unsigned xs_base, unsigned ws_base, in
 // (slope 1: identity). Also the backward-data pass, as the forward of the flipped weights (conv3_flip_weights).
 // Warps split the tile's rows (WM rows each) and each computes all CO channels of its rows. TU: how far the tap
 // loop is unrolled (9: the compiler hoists fragment loads across taps, at ~230 registers; 1: ~70-150).
-// Shared memory: weights CO x (9 CI + PAD), then NBUF halo buffers of (TH + 2) x 18 x (CI + PAD).
+// Shared memory: weights CO x (9 CI + PAD), then NBUF halo buffers of (TH + 2) x 18 x (CI + PAD), then each warp's
+// epilogue staging rows, 16 x (CO + PAD).
 // ACT = 1 (the backward-data pass fused with the backward of the previous layer's bias + activation, see
-// store_pair_act): `act_y` (channel stride act_cs) is that activation's output, the tensor the conv read, and each block
+// act_bwd8): `act_y` (channel stride act_cs) is that activation's output, the tensor the conv read, and each block
 // writes its bias-gradient sums to partial[blockIdx.x, CO] (fixed order; the host adds the blocks up). No accumulate.
 template <int CI, int CO, int TH, int WM, int TU, int PIPE, int NBUF, int ACT>
 __device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, const bf16* __restrict__ w,
@@ -229,9 +236,11 @@ __device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, 
     int t = blockIdx.x, buf = 0;
     if (t < ntiles) load_halo<CI, TH, THREADS>(x, x_cs, H, W, tile_at(t, TH, tiles_y, tiles_x), xbuf);
     cp_commit();
-    float bsum[ACT ? NT : 1][2];
+    // ACT: this lane's bias-gradient sums, channels (lane % NT) * 8 .. + 8 (see the epilogue).
+    float bsum[ACT ? 8 : 1];
 #pragma unroll
-    for (int n = 0; n < (ACT ? NT : 1); n++) bsum[n][0] = bsum[n][1] = 0.f;
+    for (int k = 0; k < (ACT ? 8 : 1); k++) bsum[k] = 0.f;
+    bf16* stg = xbuf + NBUF * HALO + warp * 16 * (CO + PAD);
     // This lane's ldmatrix row offsets: B (weights, [co][k]) and A (halo pixels, [pixel][ci]).
     const int b_row = (q >> 1) * 8 + rr, b_k = (q & 1) * 8;
     const int a_pix = lane & 15, a_k = (lane >> 4) * 8;
@@ -343,25 +352,40 @@ __device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, 
             cp_commit();
         }
         const TileAt at = tile_at(t, TH, tiles_y, tiles_x);
+        if (!ACT && accumulate) {
+            // y += ...: each value rounded once, after the addition (4-byte pieces).
 #pragma unroll
-        for (int m = 0; m < WM; m++) {
-            const int yy = at.y0 + warp * WM + m;
+            for (int m = 0; m < WM; m++) {
+                const int yy = at.y0 + warp * WM + m;
 #pragma unroll
-            for (int half = 0; half < 2; half++) {
-                const int xx = at.x0 + (lane >> 2) + half * 8;
-                if (yy < H && xx < W) {
-                    const i64 pix = (i64)(at.n * H + yy) * W + xx;
-                    bf16* out = y + pix * y_cs;
+                for (int half = 0; half < 2; half++) {
+                    const int xx = at.x0 + (lane >> 2) + half * 8;
+                    if (yy < H && xx < W) {
+                        bf16* out = y + ((i64)(at.n * H + yy) * W + xx) * y_cs;
 #pragma unroll
-                    for (int n = 0; n < NT; n++) {
-                        const int co = n * 8 + (lane & 3) * 2;
-                        if (ACT)
-                            store_pair_act(out, co, acc[m][n][half * 2], acc[m][n][half * 2 + 1], bias, slope,
-                                           *(const unsigned*)(act_y + pix * act_cs + co), mslope, bsum[ACT ? n : 0]);
-                        else
-                            store_pair(out, co, acc[m][n][half * 2], acc[m][n][half * 2 + 1], bias, slope,
-                                       accumulate);
+                        for (int n = 0; n < NT; n++)
+                            store_pair(out, n * 8 + (lane & 3) * 2, acc[m][n][half * 2], acc[m][n][half * 2 + 1],
+                                       bias, slope, 1);
                     }
+                }
+            }
+        } else {
+            // Through the warp's staging rows (warp_store_16px): each pixel's CO channels in NT 16-byte stores
+            // instead of 4 NT scattered 4-byte ones; with ACT, each piece through the activation backward first.
+#pragma unroll
+            for (int m = 0; m < WM; m++) {
+                const int yy = at.y0 + warp * WM + m;
+                auto dst = [&](int p) -> bf16* {
+                    const int xx = at.x0 + p;
+                    return (yy < H && xx < W) ? y + ((i64)(at.n * H + yy) * W + xx) * y_cs : nullptr;
+                };
+                if constexpr (ACT != 0) {
+                    warp_store_16px<CO>(stg, acc[m], bias, 0, slope, dst, [&](int p, int part, uint4& v) {
+                        const i64 pix = (i64)(at.n * H + yy) * W + at.x0 + p;
+                        v = act_bwd8(v, *(const uint4*)(act_y + pix * act_cs + part * 8), mslope, bsum);
+                    });
+                } else {
+                    warp_store_16px<CO>(stg, acc[m], bias, 0, slope, dst);
                 }
             }
         }
@@ -370,22 +394,17 @@ __device__ __forceinline__ void conv3_fwd(const bf16* __restrict__ x, int x_cs, 
     }
     cp_wait0();  // a block that got no tile still has its weight copies in flight
     if (ACT) {
-        // Bias-gradient sums: over the 8 lanes holding the same channels (lane & 3), then over the warps in shared
+        // Bias-gradient sums: over the lanes holding the same channels (lane % NT), then over the warps in shared
         // memory (free now), in a fixed order.
 #pragma unroll
-        for (int n = 0; n < (ACT ? NT : 1); n++)
+        for (int k = 0; k < (ACT ? 8 : 1); k++)
 #pragma unroll
-            for (int e = 0; e < 2; e++)
-#pragma unroll
-                for (int off = 4; off < 32; off <<= 1) bsum[n][e] += __shfl_xor_sync(0xffffffffu, bsum[n][e], off);
+            for (int off = NT; off < 32; off <<= 1) bsum[k] += __shfl_xor_sync(0xffffffffu, bsum[k], off);
         __syncthreads();
         float* red = (float*)smem;
-        if (lane < 4) {
+        if (lane < NT) {
 #pragma unroll
-            for (int n = 0; n < (ACT ? NT : 1); n++) {
-                red[warp * CO + n * 8 + lane * 2] = bsum[n][0];
-                red[warp * CO + n * 8 + lane * 2 + 1] = bsum[n][1];
-            }
+            for (int k = 0; k < (ACT ? 8 : 1); k++) red[warp * CO + lane * 8 + k] = bsum[k];
         }
         __syncthreads();
         for (int c = threadIdx.x; c < CO; c += THREADS) {
