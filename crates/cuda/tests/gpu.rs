@@ -1736,22 +1736,9 @@ fn mma_convt_matches_cpu() {
                 .unwrap();
             assert!(ran, "{cin}->{cout} variant {v}: did not run");
             let got = gpu.download(&cat).unwrap();
-            let (mut gy, mut wy) = (Vec::new(), Vec::new());
-            for px in 0..whole.pixels() {
-                for c in 0..wc {
-                    let g = got[px * wc + c];
-                    if (off..off + cout).contains(&c) {
-                        gy.push(g);
-                        wy.push(act(conv[px * cout + c - off] + bias[c - off], slope));
-                    } else {
-                        assert_eq!(
-                            g, 7.0,
-                            "variant {v}: channel {c} outside the slice was touched"
-                        );
-                    }
-                }
-            }
-            let e = rel_l2(&gy, &wy);
+            let e = slice_error(&got, wc, off, cout, 7.0, |i| {
+                act(conv[i] + bias[i % cout], slope)
+            });
             println!("mma convT2x2 {xs} {cin}->{cout} into {off}.. of {wc}, slope {slope}, variant {v}, blocks {cap:?}: rel L2 {e:.2e}");
             assert!(e <= 4e-3, "variant {v}: {e:e}");
         }
@@ -1822,22 +1809,9 @@ fn mma_conv_in3_matches_cpu() {
                 .unwrap();
             assert!(ran, "1->{cout} variant {v}: did not run");
             let got = gpu.download(&cat).unwrap();
-            let (mut gy, mut wy) = (Vec::new(), Vec::new());
-            for p in 0..whole.pixels() {
-                for c in 0..wc {
-                    let val = got[p * wc + c];
-                    if (off..off + cout).contains(&c) {
-                        gy.push(val);
-                        wy.push(act(conv[p * cout + c - off] + bias[c - off], slope));
-                    } else {
-                        assert_eq!(
-                            val, 7.0,
-                            "variant {v}: channel {c} outside the slice was touched"
-                        );
-                    }
-                }
-            }
-            let e = rel_l2(&gy, &wy);
+            let e = slice_error(&got, wc, off, cout, 7.0, |i| {
+                act(conv[i] + bias[i % cout], slope)
+            });
             println!("mma conv3x3 1->{cout} on {n}x{h}x{w} (x stride {xc}) into {off}.. of {wc}, slope {slope}, variant {v}: rel L2 {e:.2e}");
             assert!(e <= 4e-3, "variant {v}: {e:e}");
         }
@@ -1876,4 +1850,28 @@ fn mma_conv_in3_matches_cpu() {
     }
     gpu.mma_variant = None;
     gpu.mma_max_blocks = None;
+}
+
+/// Relative L2 error of the `c` channels at `off` of a `wc`-channel buffer against `want(i)` (i: index into the
+/// packed `c`-channel tensor), after checking that every other channel still holds `fill`.
+fn slice_error(
+    got: &[f32],
+    wc: usize,
+    off: usize,
+    c: usize,
+    fill: f32,
+    want: impl Fn(usize) -> f32,
+) -> f64 {
+    let (mut g, mut w) = (Vec::new(), Vec::new());
+    for (px, row) in got.chunks(wc).enumerate() {
+        for (ch, &v) in row.iter().enumerate() {
+            if (off..off + c).contains(&ch) {
+                g.push(v);
+                w.push(want(px * c + ch - off));
+            } else {
+                assert_eq!(v, fill, "channel {ch} outside the slice was touched");
+            }
+        }
+    }
+    rel_l2(&g, &w)
 }

@@ -343,10 +343,10 @@ pub(crate) struct MmaKernels {
     wgrad: Vec<(Shape, Slots)>,
     /// Transposed-conv forward (`CONVT`).
     convt: Vec<(Shape, Slots)>,
-    /// First-layer forward (`CONV_IN3`), per cout.
-    conv_in3: Vec<(usize, Slots)>,
-    /// Its weight gradient (`CONV_IN3_WGRAD`), per cout.
-    conv_in3_wgrad: Vec<(usize, Slots)>,
+    /// First-layer forward (`CONV_IN3`), keyed (1, cout).
+    conv_in3: Vec<(Shape, Slots)>,
+    /// Its weight gradient (`CONV_IN3_WGRAD`), keyed (1, cout).
+    conv_in3_wgrad: Vec<(Shape, Slots)>,
     flip: CudaFunction,
 }
 
@@ -497,7 +497,7 @@ impl MmaKernels {
             for (v, &th) in vs.iter().enumerate() {
                 ks.push(load(&module, &conv_in3_name(co, v), 128, 0, fit, (th, TW))?);
             }
-            conv_in3.push((co, ks));
+            conv_in3.push(((1, co), ks));
         }
         let mut conv_in3_wgrad = Vec::new();
         for (co, vs) in CONV_IN3_WGRAD {
@@ -512,7 +512,7 @@ impl MmaKernels {
                     (th, TW),
                 )?);
             }
-            conv_in3_wgrad.push((co, ks));
+            conv_in3_wgrad.push(((1, co), ks));
         }
         let flip = module
             .load_function("conv3_flip_weights_bf16")
@@ -530,28 +530,30 @@ impl MmaKernels {
     }
 
     fn fwd(&self, ci: usize, co: usize) -> Option<&[Option<Kernel>]> {
-        self.fwd
-            .iter()
-            .find(|(k, _)| *k == (ci, co))
-            .map(|(_, k)| k.as_slice())
+        find(&self.fwd, (ci, co))
     }
     fn fwd_act(&self, ci: usize, co: usize) -> Option<&[Option<Kernel>]> {
-        self.fwd_act
-            .iter()
-            .find(|(k, _)| *k == (ci, co))
-            .map(|(_, k)| k.as_slice())
-    }
-    fn convt(&self, ci: usize, co: usize) -> Option<&[Option<Kernel>]> {
-        self.convt
-            .iter()
-            .find(|(k, _)| *k == (ci, co))
-            .map(|(_, k)| k.as_slice())
+        find(&self.fwd_act, (ci, co))
     }
     fn wgrad(&self, ci: usize, co: usize) -> Option<&[Option<Kernel>]> {
-        self.wgrad
-            .iter()
-            .find(|(k, _)| *k == (ci, co))
-            .map(|(_, k)| k.as_slice())
+        find(&self.wgrad, (ci, co))
+    }
+}
+
+/// The variant slots of `key` in one of `MmaKernels`' lists.
+fn find(list: &[(Shape, Slots)], key: Shape) -> Option<&[Option<Kernel>]> {
+    list.iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, k)| k.as_slice())
+}
+
+impl Kernel {
+    /// Grid size of a persistent launch over `tiles` tiles: every block resident at once (at most `cap`), no more
+    /// blocks than tiles.
+    fn grid(&self, cap: Option<u32>, tiles: usize) -> usize {
+        (self.blocks.min(cap.unwrap_or(u32::MAX)) as usize)
+            .min(tiles)
+            .max(1)
     }
 }
 
@@ -942,9 +944,7 @@ impl Gpu {
                 "internal: MMA forward variant {v} of {g} is not loaded"
             ))
         })?;
-        let blocks = (k.blocks.min(self.mma_max_blocks.unwrap_or(u32::MAX)) as usize)
-            .min(tiles(g.n, g.h, g.w, k.th, k.tw))
-            .max(1);
+        let blocks = k.grid(self.mma_max_blocks, tiles(g.n, g.h, g.w, k.th, k.tw));
         let (xp, xcs, bp, yp, ycs) = (x.ptr, x.cs as i32, bias.unwrap_or(0), y.ptr, y.cs as i32);
         let (n, h, wd, acc) = (g.n as i32, g.h as i32, g.w as i32, accumulate as i32);
         let cfg = LaunchConfig {
@@ -1001,9 +1001,7 @@ impl Gpu {
                         "internal: fused MMA variant {v} of {g} is not loaded"
                     ))
                 })?;
-            let blocks = (k.blocks.min(self.mma_max_blocks.unwrap_or(u32::MAX)) as usize)
-                .min(tiles(g.n, g.h, g.w, k.th, k.tw))
-                .max(1);
+            let blocks = k.grid(self.mma_max_blocks, tiles(g.n, g.h, g.w, k.th, k.tw));
             (k.f.clone(), k.threads, k.smem, blocks)
         };
         let partial = self.scratch(blocks * g.cout)?;
@@ -1038,12 +1036,34 @@ impl Gpu {
         }
     }
 
-    /// How many first-layer forward variants cout has here (0: none; elementwise.cu's direct kernel runs).
-    pub fn mma_conv_in3_variants(&self, cout: usize) -> usize {
+    /// The variant of `list`'s `key` that `mma_variant` names (else the first), when `ok` and it exists here.
+    fn chosen(
+        &self,
+        list: impl Fn(&MmaKernels) -> &[(Shape, Slots)],
+        key: Shape,
+        ok: bool,
+    ) -> Option<&Kernel> {
+        let ks = find(list(self.mma.as_ref()?), key)?;
+        let v = self
+            .mma_variant
+            .unwrap_or(0)
+            .min(ks.len().saturating_sub(1));
+        ks.get(v)?
+            .as_ref()
+            .filter(|_| ok && self.mma_conv != MmaMode::Off)
+    }
+
+    /// How many variants `list` has for `key` here (0: none).
+    fn count(&self, list: impl Fn(&MmaKernels) -> &[(Shape, Slots)], key: Shape) -> usize {
         self.mma
             .as_ref()
-            .and_then(|k| k.conv_in3.iter().find(|(c, _)| *c == cout))
-            .map_or(0, |(_, ks)| ks.len())
+            .and_then(|k| find(list(k), key))
+            .map_or(0, <[Option<Kernel>]>::len)
+    }
+
+    /// How many first-layer forward variants cout has here (0: none; elementwise.cu's direct kernel runs).
+    pub fn mma_conv_in3_variants(&self, cout: usize) -> usize {
+        self.count(|k| &k.conv_in3, (1, cout))
     }
 
     /// y = act(conv3x3(x, w) + bias) for one input channel on the tensor cores (`CONV_IN3`); w: `[cout, 3, 3]`
@@ -1058,16 +1078,7 @@ impl Gpu {
         slope: f32,
     ) -> Result<bool> {
         let ys = y.shape;
-        let Some((_, ks)) = self
-            .mma
-            .as_ref()
-            .and_then(|k| k.conv_in3.iter().find(|(c, _)| *c == ys.c))
-        else {
-            return Ok(false);
-        };
-        let v = self.mma_variant.unwrap_or(0).min(ks.len() - 1);
-        let ok = self.mma_conv != MmaMode::Off
-            && x.dtype == DType::Bf16
+        let ok = x.dtype == DType::Bf16
             && y.dtype == DType::Bf16
             && x.shape == Nhwc { c: 1, ..ys }
             && y.ptr.is_multiple_of(16)
@@ -1075,7 +1086,7 @@ impl Gpu {
             && w.is_multiple_of(2)
             && bias.is_none_or(|b| b.is_multiple_of(4))
             && ys.pixels() < i32::MAX as usize;
-        let Some(k) = ks.get(v).and_then(Option::as_ref).filter(|_| ok) else {
+        let Some(k) = self.chosen(|k| &k.conv_in3, (1, ys.c), ok) else {
             return Ok(false);
         };
         let blocks = tiles(ys.n, ys.h, ys.w, k.th, k.tw);
@@ -1104,10 +1115,7 @@ impl Gpu {
 
     /// How many first-layer weight-gradient variants cout has here (0: none; elementwise.cu's kernel runs).
     pub fn mma_conv_in3_wgrad_variants(&self, cout: usize) -> usize {
-        self.mma
-            .as_ref()
-            .and_then(|k| k.conv_in3_wgrad.iter().find(|(c, _)| *c == cout))
-            .map_or(0, |(_, ks)| ks.len())
+        self.count(|k| &k.conv_in3_wgrad, (1, cout))
     }
 
     /// dw += the first layer's weight gradient on the tensor cores (`CONV_IN3_WGRAD`); dw: `[cout, 3, 3]` f32, the
@@ -1115,30 +1123,17 @@ impl Gpu {
     /// (the caller runs elementwise.cu's kernel). `mma_variant` picks the variant.
     pub fn mma_conv_in3_backward_filter(&mut self, x: View, dy: View, dw: u64) -> Result<bool> {
         let ds = dy.shape;
-        let Some((_, ks)) = self
-            .mma
-            .as_ref()
-            .and_then(|k| k.conv_in3_wgrad.iter().find(|(c, _)| *c == ds.c))
-        else {
-            return Ok(false);
-        };
-        let v = self.mma_variant.unwrap_or(0).min(ks.len() - 1);
-        let ok = self.mma_conv != MmaMode::Off
-            && x.dtype == DType::Bf16
+        let ok = x.dtype == DType::Bf16
             && dy.dtype == DType::Bf16
             && x.shape == Nhwc { c: 1, ..ds }
             && dy.ptr.is_multiple_of(16)
             && dy.cs.is_multiple_of(8)
             && ds.pixels() < i32::MAX as usize;
-        let Some(k) = ks.get(v).and_then(Option::as_ref).filter(|_| ok) else {
+        let Some(k) = self.chosen(|k| &k.conv_in3_wgrad, (1, ds.c), ok) else {
             return Ok(false);
         };
-        let (f, threads, parts) = {
-            let parts = (k.blocks.min(self.mma_max_blocks.unwrap_or(u32::MAX)) as usize)
-                .min(tiles(ds.n, ds.h, ds.w, k.th, k.tw))
-                .max(1);
-            (k.f.clone(), k.threads, parts)
-        };
+        let (f, threads) = (k.f.clone(), k.threads);
+        let parts = k.grid(self.mma_max_blocks, tiles(ds.n, ds.h, ds.w, k.th, k.tw));
         let len = 9 * ds.c;
         let partial = self.scratch(parts * len)?;
         let (xp, xcs, dyp, dycs) = (x.ptr, x.cs as i32, dy.ptr, dy.cs as i32);
@@ -1165,10 +1160,7 @@ impl Gpu {
 
     /// How many transposed-conv forward variants (cin, cout) has here (0: none; the GEMM + shuffle path runs).
     pub fn mma_convt_variants(&self, cin: usize, cout: usize) -> usize {
-        self.mma
-            .as_ref()
-            .and_then(|k| k.convt(cin, cout))
-            .map_or(0, <[Option<Kernel>]>::len)
+        self.count(|k| &k.convt, (cin, cout))
     }
 
     /// y = act(conv_transpose2x2(x, w) + bias) written into y's channel window by our kernel (`CONVT`); w:
@@ -1184,12 +1176,7 @@ impl Gpu {
         slope: f32,
     ) -> Result<bool> {
         let (xs, ys) = (x.shape, y.shape);
-        let Some(ks) = self.mma.as_ref().and_then(|k| k.convt(xs.c, ys.c)) else {
-            return Ok(false);
-        };
-        let v = self.mma_variant.unwrap_or(0).min(ks.len() - 1);
-        let ok = self.mma_conv != MmaMode::Off
-            && x.dtype == DType::Bf16
+        let ok = x.dtype == DType::Bf16
             && y.dtype == DType::Bf16
             && ys.n == xs.n
             && ys.h == 2 * xs.h
@@ -1201,13 +1188,10 @@ impl Gpu {
             && w.is_multiple_of(16)
             && bias.is_none_or(|b| b.is_multiple_of(4))
             && ys.pixels() < i32::MAX as usize;
-        let Some(k) = ks.get(v).and_then(Option::as_ref).filter(|_| ok) else {
+        let Some(k) = self.chosen(|k| &k.convt, (xs.c, ys.c), ok) else {
             return Ok(false);
         };
-        let tiles = xs.pixels().div_ceil(CONVT_TM);
-        let blocks = (k.blocks.min(self.mma_max_blocks.unwrap_or(u32::MAX)) as usize)
-            .min(tiles)
-            .max(1);
+        let blocks = k.grid(self.mma_max_blocks, xs.pixels().div_ceil(CONVT_TM));
         let (xp, xcs, bp, yp, ycs) = (x.ptr, x.cs as i32, bias.unwrap_or(0), y.ptr, y.cs as i32);
         let (n, h, wd) = (xs.n as i32, xs.h as i32, xs.w as i32);
         let cfg = LaunchConfig {
@@ -1248,9 +1232,7 @@ impl Gpu {
                     "internal: MMA weight-gradient variant {v} of {g} is not loaded"
                 ))
             })?;
-            let parts = (k.blocks.min(self.mma_max_blocks.unwrap_or(u32::MAX)) as usize)
-                .min(tiles(g.n, g.h, g.w, k.th, k.tw))
-                .max(1);
+            let parts = k.grid(self.mma_max_blocks, tiles(g.n, g.h, g.w, k.th, k.tw));
             (k.f.clone(), k.threads, k.smem, parts)
         };
         let len = g.weight_len();
