@@ -354,6 +354,37 @@ impl CudaBackend {
         })
     }
 
+    /// A 2×2 max-pool's tensors as device views: `(x or dx, y or dy)` sized by `g`'s input and output.
+    fn pool_view(
+        &self,
+        op: &'static str,
+        g: &PoolGeom,
+        b: &CudaBuf,
+        v: View,
+        output: bool,
+    ) -> Result<GView, NnError> {
+        let d = if output { g.out_dims() } else { g.dims };
+        self.view(op, b, v, d.pixels(), g.c, Nhwc::new(d.n, d.h, d.w, g.c))
+    }
+
+    /// A transposed conv's tensors as device views: its input side (x, dx: cin channels) or its output side (y,
+    /// dy: cout channels at twice the size).
+    fn convt_view(
+        &self,
+        op: &'static str,
+        g: &ConvTGeom,
+        b: &CudaBuf,
+        v: View,
+        output: bool,
+    ) -> Result<GView, NnError> {
+        let (d, c) = if output {
+            (g.out_dims(), g.cout)
+        } else {
+            (g.dims, g.cin)
+        };
+        self.view(op, b, v, d.pixels(), c, Nhwc::new(d.n, d.h, d.w, c))
+    }
+
     /// `v` as a packed tensor of the compute dtype: itself if it already is one, else converted into staging `slot`.
     fn packed_in(&self, gpu: &mut Gpu, v: GView, slot: usize) -> Result<GView, NnError> {
         let dt = self.precision.dtype();
@@ -1519,11 +1550,8 @@ impl Backend for CudaBackend {
         yv: View,
     ) -> cryoden_nn::Result<()> {
         let _t = self.timer("maxpool2_forward");
-        let od = g.out_dims();
-        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.c);
-        let yd = Nhwc::new(od.n, od.h, od.w, g.c);
-        let xg = self.view("maxpool2_forward", x, xv, g.dims.pixels(), g.c, xd)?;
-        let yg = self.view("maxpool2_forward", y, yv, od.pixels(), g.c, yd)?;
+        let xg = self.pool_view("maxpool2_forward", g, x, xv, false)?;
+        let yg = self.pool_view("maxpool2_forward", g, y, yv, true)?;
         y.touched();
         if sig!(self, "maxpool2_forward", *g, x.ptr(), xv, y.ptr(), yv) {
             return Ok(());
@@ -1545,16 +1573,14 @@ impl Backend for CudaBackend {
         accumulate: bool,
     ) -> cryoden_nn::Result<()> {
         let _t = self.timer("maxpool2_backward");
-        let od = g.out_dims();
-        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.c);
-        let yd = Nhwc::new(od.n, od.h, od.w, g.c);
-        let xg = self.view("maxpool2_backward", x, xv, g.dims.pixels(), g.c, xd)?;
-        let dyg = self.view("maxpool2_backward", dy, dyv, od.pixels(), g.c, yd)?;
-        let dxg = self.view("maxpool2_backward", dx, dxv, g.dims.pixels(), g.c, xd)?;
+        let op = "maxpool2_backward";
+        let xg = self.pool_view(op, g, x, xv, false)?;
+        let dyg = self.pool_view(op, g, dy, dyv, true)?;
+        let dxg = self.pool_view(op, g, dx, dxv, false)?;
         dx.touched();
         if sig!(
             self,
-            "maxpool2_backward",
+            op,
             *g,
             x.ptr(),
             xv,
@@ -1588,12 +1614,9 @@ impl Backend for CudaBackend {
     ) -> cryoden_nn::Result<()> {
         let op = "maxpool2_backward_act";
         let _t = self.timer(op);
-        let od = g.out_dims();
-        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.c);
-        let yd = Nhwc::new(od.n, od.h, od.w, g.c);
-        let xg = self.view(op, x, xv, g.dims.pixels(), g.c, xd)?;
-        let dyg = self.view(op, dy, dyv, od.pixels(), g.c, yd)?;
-        let dxg = self.view(op, dx, dxv, g.dims.pixels(), g.c, xd)?;
+        let xg = self.pool_view(op, g, x, xv, false)?;
+        let dyg = self.pool_view(op, g, dy, dyv, true)?;
+        let dxg = self.pool_view(op, g, dx, dxv, false)?;
         check_param(op, grads, 0, 0, act.db_off, g.c)?;
         dx.touched();
         grads.touched();
@@ -1719,11 +1742,8 @@ impl Backend for CudaBackend {
         _ws: &mut CudaBuf,
     ) -> cryoden_nn::Result<()> {
         let _t = self.timer("convt2x2_forward");
-        let od = g.out_dims();
-        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.cin);
-        let yd = Nhwc::new(od.n, od.h, od.w, g.cout);
-        let xg = self.view("convt2x2_forward", x, xv, g.dims.pixels(), g.cin, xd)?;
-        let yg = self.view("convt2x2_forward", y, yv, od.pixels(), g.cout, yd)?;
+        let xg = self.convt_view("convt2x2_forward", g, x, xv, false)?;
+        let yg = self.convt_view("convt2x2_forward", g, y, yv, true)?;
         check_param(
             "convt2x2_forward",
             params,
@@ -1782,18 +1802,8 @@ impl Backend for CudaBackend {
         _ws: &mut CudaBuf,
     ) -> cryoden_nn::Result<()> {
         let _t = self.timer("convt2x2_backward_data");
-        let od = g.out_dims();
-        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.cin);
-        let yd = Nhwc::new(od.n, od.h, od.w, g.cout);
-        let dyg = self.view("convt2x2_backward_data", dy, dyv, od.pixels(), g.cout, yd)?;
-        let dxg = self.view(
-            "convt2x2_backward_data",
-            dx,
-            dxv,
-            g.dims.pixels(),
-            g.cin,
-            xd,
-        )?;
+        let dyg = self.convt_view("convt2x2_backward_data", g, dy, dyv, true)?;
+        let dxg = self.convt_view("convt2x2_backward_data", g, dx, dxv, false)?;
         check_param(
             "convt2x2_backward_data",
             params,
@@ -1835,18 +1845,8 @@ impl Backend for CudaBackend {
         _ws: &mut CudaBuf,
     ) -> cryoden_nn::Result<()> {
         let _t = self.timer("convt2x2_backward_filter");
-        let od = g.out_dims();
-        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.cin);
-        let yd = Nhwc::new(od.n, od.h, od.w, g.cout);
-        let xg = self.view(
-            "convt2x2_backward_filter",
-            x,
-            xv,
-            g.dims.pixels(),
-            g.cin,
-            xd,
-        )?;
-        let dyg = self.view("convt2x2_backward_filter", dy, dyv, od.pixels(), g.cout, yd)?;
+        let xg = self.convt_view("convt2x2_backward_filter", g, x, xv, false)?;
+        let dyg = self.convt_view("convt2x2_backward_filter", g, dy, dyv, true)?;
         check_param(
             "convt2x2_backward_filter",
             grads,
@@ -1856,7 +1856,10 @@ impl Backend for CudaBackend {
             0,
         )?;
         grads.touched();
-        debug_assert_eq!(transpose_geom(xd, g.cout).weight_len(), g.weight_len());
+        debug_assert_eq!(
+            transpose_geom(xg.shape, g.cout).weight_len(),
+            g.weight_len()
+        );
         if sig!(
             self,
             "convt2x2_backward_filter",
@@ -1897,12 +1900,10 @@ impl Backend for CudaBackend {
     ) -> cryoden_nn::Result<()> {
         let op = "convt2x2_backward";
         let _t = self.timer(op);
-        let od = g.out_dims();
-        let xd = Nhwc::new(g.dims.n, g.dims.h, g.dims.w, g.cin);
-        let yd = Nhwc::new(od.n, od.h, od.w, g.cout);
-        let xg = self.view(op, x, xv, g.dims.pixels(), g.cin, xd)?;
-        let dyg = self.view(op, dy, dyv, od.pixels(), g.cout, yd)?;
-        let dxg = self.view(op, dx, dxv, g.dims.pixels(), g.cin, xd)?;
+        let xg = self.convt_view(op, g, x, xv, false)?;
+        let dyg = self.convt_view(op, g, dy, dyv, true)?;
+        let dxg = self.convt_view(op, g, dx, dxv, false)?;
+        let yd = dyg.shape;
         check_param(op, params, w_off, g.weight_len(), None, 0)?;
         check_param(op, grads, dw_off, g.weight_len(), db_off, g.cout)?;
         grads.touched();

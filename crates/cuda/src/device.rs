@@ -992,6 +992,15 @@ impl Gpu {
         Ok(())
     }
 
+    /// Whether the max-pool backward's 16-byte kernels (version 3, and the fused one) apply.
+    fn maxpool_bwd_vec_ok(&self, x: View, dy: View, dx: View) -> bool {
+        self.maxpool_bwd_version >= 3
+            && x.shape.h >= 2
+            && x.shape.w >= 2
+            && vec_ok(x.shape.c, &[&x, &dy, &dx])
+            && dy.shape.pixels() < i32::MAX as usize
+    }
+
     /// Gradient of the 2x2 max-pool into dx (overwritten, or added to with `accumulate`).
     pub fn maxpool2_backward(
         &mut self,
@@ -1001,20 +1010,10 @@ impl Gpu {
         accumulate: bool,
     ) -> Result<()> {
         let s = x.shape;
-        same_shape("maxpool2_backward", s, dx.shape)?;
-        same_dtype("maxpool2_backward", x.dtype, dy.dtype)?;
-        same_dtype("maxpool2_backward", x.dtype, dx.dtype)?;
-        same_shape(
-            "maxpool2_backward",
-            Nhwc::new(s.n, s.h / 2, s.w / 2, s.c),
-            dy.shape,
-        )?;
+        check_pool_backward("maxpool2_backward", x, dy, dx)?;
         // Version 2 or 3 (one thread per window) unless the pooled map is empty (then every dx is a dropped pixel).
         let v2 = self.maxpool_bwd_version >= 2 && s.h >= 2 && s.w >= 2;
-        let vec = v2
-            && self.maxpool_bwd_version >= 3
-            && vec_ok(s.c, &[&x, &dy, &dx])
-            && dy.shape.pixels() < i32::MAX as usize;
+        let vec = self.maxpool_bwd_vec_ok(x, dy, dx);
         let name = format!(
             "maxpool2_bwd{}_{}",
             if vec {
@@ -1082,23 +1081,11 @@ impl Gpu {
         db: Option<u64>,
     ) -> Result<()> {
         let s = x.shape;
-        let fused = self.maxpool_bwd_version >= 3
-            && s.h >= 2
-            && s.w >= 2
-            && vec_ok(s.c, &[&x, &dy, &dx])
-            && dy.shape.pixels() < i32::MAX as usize;
-        if !fused {
+        if !self.maxpool_bwd_vec_ok(x, dy, dx) {
             self.maxpool2_backward(x, dy, dx, accumulate)?;
             return self.act_backward(dx, Some(x), dx, slope, db.map(|d| (d, DType::F32)), true);
         }
-        same_shape("maxpool2_backward_act", s, dx.shape)?;
-        same_dtype("maxpool2_backward_act", x.dtype, dy.dtype)?;
-        same_dtype("maxpool2_backward_act", x.dtype, dx.dtype)?;
-        same_shape(
-            "maxpool2_backward_act",
-            Nhwc::new(s.n, s.h / 2, s.w / 2, s.c),
-            dy.shape,
-        )?;
+        check_pool_backward("maxpool2_backward_act", x, dy, dx)?;
         let groups = s.c / x.dtype.vec_len();
         // 80 registers (elementwise.cu's launch bounds): 3 blocks of 256 threads per SM.
         let (cfg, parts) = self.cfg_partials(dy.shape.pixels(), groups, 3);
@@ -2361,6 +2348,15 @@ fn vec_ok(c: usize, views: &[&View]) -> bool {
         && views
             .iter()
             .all(|v| v.dtype == first.dtype && v.cs.is_multiple_of(n) && v.ptr.is_multiple_of(16))
+}
+
+/// A 2x2 max-pool backward's tensors: dx shaped as x, dy as the pooled x (floor), one dtype.
+fn check_pool_backward(op: &str, x: View, dy: View, dx: View) -> Result<()> {
+    let s = x.shape;
+    same_shape(op, s, dx.shape)?;
+    same_dtype(op, x.dtype, dy.dtype)?;
+    same_dtype(op, x.dtype, dx.dtype)?;
+    same_shape(op, Nhwc::new(s.n, s.h / 2, s.w / 2, s.c), dy.shape)
 }
 
 fn same_shape(op: &str, a: Nhwc, b: Nhwc) -> Result<()> {
