@@ -26,7 +26,7 @@ use cudarc::driver::CudaEvent;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A flat f32 buffer on the GPU, with a bf16 copy made on demand (bf16 precision reads parameters through it).
 pub struct CudaBuf {
@@ -193,6 +193,36 @@ fn shape_err(op: &'static str, msg: String) -> NnError {
 }
 
 impl CudaBackend {
+    /// [`Backend::upload`], each value through `norm.normalize` on the device if given.
+    fn upload_mapped(
+        &self,
+        src: &[f32],
+        dst: &mut CudaBuf,
+        offset: usize,
+        norm: Option<cryoden_nn::ImageNorm>,
+    ) -> cryoden_nn::Result<()> {
+        self.graph_barrier("upload")?;
+        if offset + src.len() > dst.buf.len {
+            return Err(shape_err(
+                "upload",
+                format!(
+                    "range {offset}..{} exceeds buffer of {}",
+                    offset + src.len(),
+                    dst.buf.len
+                ),
+            ));
+        }
+        dst.touched();
+        if src.is_empty() {
+            return Ok(());
+        }
+        // Copy stream + device staging; the destination is written in stream order (Gpu::upload_async).
+        let dt = dst.buf.dtype;
+        self.gpu()
+            .upload_async(src, dst.buf.ptr_at(offset), dt, norm)
+            .map_err(be_err)
+    }
+
     /// Opens GPU `ordinal` for `precision`. Fails with a clear message (no panic) when the driver, NVRTC, cuDNN or
     /// the GPU is missing. This is what `--device cuda[:N] --precision P` should call.
     pub fn new(ordinal: usize, precision: Precision) -> crate::Result<CudaBackend> {
@@ -958,26 +988,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&self, src: &[f32], dst: &mut CudaBuf, offset: usize) -> cryoden_nn::Result<()> {
-        self.graph_barrier("upload")?;
-        if offset + src.len() > dst.buf.len {
-            return Err(shape_err(
-                "upload",
-                format!(
-                    "range {offset}..{} exceeds buffer of {}",
-                    offset + src.len(),
-                    dst.buf.len
-                ),
-            ));
-        }
-        dst.touched();
-        if src.is_empty() {
-            return Ok(());
-        }
-        // Copy stream + device staging; the destination is written in stream order (Gpu::upload_async).
-        let dt = dst.buf.dtype;
-        self.gpu()
-            .upload_async(src, dst.buf.ptr_at(offset), dt)
-            .map_err(be_err)
+        self.upload_mapped(src, dst, offset, None)
     }
 
     fn download(&self, src: &CudaBuf, offset: usize, dst: &mut [f32]) -> cryoden_nn::Result<()> {
@@ -1069,8 +1080,19 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_host(&self, len: usize) -> cryoden_nn::Result<cryoden_nn::HostBuf> {
-        let mem = transfer::PinnedHost::new(&self.ctx, len).map_err(be_err)?;
-        Ok(cryoden_nn::HostBuf::new(Box::new(mem)))
+        (self.host_allocator())(len)
+    }
+
+    fn host_allocator(&self) -> cryoden_nn::HostAllocator {
+        let ctx = self.ctx.clone();
+        Arc::new(move |len| {
+            let mem = transfer::PinnedHost::new(&ctx, len).map_err(be_err)?;
+            Ok(cryoden_nn::HostBuf::new(Box::new(mem)))
+        })
+    }
+
+    fn maps_on_device(&self) -> bool {
+        true
     }
 
     fn upload_host(
@@ -1079,9 +1101,11 @@ impl Backend for CudaBackend {
         len: usize,
         dst: &mut CudaBuf,
         offset: usize,
+        norm: Option<cryoden_nn::ImageNorm>,
     ) -> cryoden_nn::Result<()> {
         let Some(pinned) = src.memory().as_any().downcast_ref::<transfer::PinnedHost>() else {
-            return self.upload(&src[..len], dst, offset);
+            // Pageable memory (not from alloc_host): the driver stages it on this thread.
+            return self.upload_mapped(&src[..len], dst, offset, norm);
         };
         self.graph_barrier("upload")?;
         if offset + len > dst.buf.len || len > src.len() {
@@ -1099,8 +1123,15 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let dt = dst.buf.dtype;
-        transfer::upload_pinned(&mut self.gpu(), pinned, len, dst.buf.ptr_at(offset), dt)
-            .map_err(be_err)
+        transfer::upload_pinned(
+            &mut self.gpu(),
+            pinned,
+            len,
+            dst.buf.ptr_at(offset),
+            dt,
+            norm,
+        )
+        .map_err(be_err)
     }
 
     fn download_host(
@@ -1109,6 +1140,7 @@ impl Backend for CudaBackend {
         offset: usize,
         len: usize,
         dst: &mut cryoden_nn::HostBuf,
+        norm: Option<cryoden_nn::ImageNorm>,
     ) -> cryoden_nn::Result<()> {
         let dst_len = dst.len();
         let Some(pinned) = dst
@@ -1116,7 +1148,13 @@ impl Backend for CudaBackend {
             .as_any_mut()
             .downcast_mut::<transfer::PinnedHost>()
         else {
-            return self.download(src, offset, &mut dst[..len]);
+            // Pageable memory (not from alloc_host): a synchronous copy, restored on the host.
+            let out = &mut dst[..len];
+            self.download(src, offset, out)?;
+            if let Some(n) = norm {
+                out.iter_mut().for_each(|v| *v = n.restore(*v));
+            }
+            return Ok(());
         };
         self.graph_barrier("download")?;
         if offset + len > src.buf.len || len > dst_len {
@@ -1138,8 +1176,15 @@ impl Backend for CudaBackend {
             *downloads = Some(transfer::Downloads::new(&gpu).map_err(be_err)?);
         }
         let d = downloads.as_mut().expect("created above");
-        d.start(&mut gpu, src.buf.ptr_at(offset), src.buf.dtype, len, pinned)
-            .map_err(be_err)
+        d.start(
+            &mut gpu,
+            src.buf.ptr_at(offset),
+            src.buf.dtype,
+            len,
+            pinned,
+            norm,
+        )
+        .map_err(be_err)
     }
 
     fn wait_host(&self) -> cryoden_nn::Result<()> {

@@ -521,7 +521,16 @@ impl Gpu {
     ///
     /// The host data is read straight from the caller's pageable memory: copying it into page-locked buffers first
     /// (one thread or eight) was slower on the H200's host (docs/PERFORMANCE.md, "Batch upload overlap").
-    pub fn upload_async(&mut self, src: &[f32], dst: u64, dtype: DType) -> Result<()> {
+    ///
+    /// With `norm`, every value goes through `norm.normalize` on the way out of the staging (in f64, bit for bit the
+    /// host's result), so the host need not touch the pixels.
+    pub fn upload_async(
+        &mut self,
+        src: &[f32],
+        dst: u64,
+        dtype: DType,
+        norm: Option<cryoden_nn::ImageNorm>,
+    ) -> Result<()> {
         self.not_capturing("upload")?;
         if self.uploader.is_none() {
             let stream = self.ctx.new_stream().map_err(drv("cuStreamCreate"))?;
@@ -551,7 +560,9 @@ impl Gpu {
                 .map_err(drv("cuStreamWaitEvent"))?;
             let staged = s.dev.ptr();
             let to = dst + (i * UPLOAD_CHUNK * dtype.size()) as u64;
-            if dtype == DType::F32 {
+            if let Some(m) = norm {
+                self.image_norm(staged, DType::F32, to, dtype, n, m.center, m.spread, false)?;
+            } else if dtype == DType::F32 {
                 // SAFETY: both ranges hold n f32 (the caller checked the destination), ordered on our stream.
                 unsafe {
                     cudarc::driver::result::memcpy_dtod_async(
@@ -1332,6 +1343,32 @@ impl Gpu {
     }
 
     /// Fills `n` elements of `dtype` at `ptr` with `value`.
+    /// `n` contiguous values `x` → `y` through an inference image's normalisation, `(v − center) / spread`, or its
+    /// inverse with `restore` (`ImageNorm` in cryoden-nn): in f64, each operation rounded as on the host, so the
+    /// values are the host's bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn image_norm(
+        &mut self,
+        x: u64,
+        x_dtype: DType,
+        y: u64,
+        y_dtype: DType,
+        n: usize,
+        center: f64,
+        spread: f64,
+        restore: bool,
+    ) -> Result<()> {
+        let name = format!("image_norm_{}_{}", x_dtype.suffix(), y_dtype.suffix());
+        let (ni, r) = (n as i64, restore as i32);
+        let cfg = self.cfg1(n);
+        let f = self.func(&name)?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&x).arg(&y).arg(&ni).arg(&center).arg(&spread).arg(&r);
+        // SAFETY: matches image_norm_* in elementwise.cu; the caller passes n values at x and y.
+        unsafe { l.launch(cfg) }.map_err(drv("cuLaunchKernel(image_norm)"))?;
+        Ok(())
+    }
+
     pub fn fill_raw(&mut self, ptr: u64, n: usize, dtype: DType, value: f32) -> Result<()> {
         let name = format!("fill_{}", dtype.suffix());
         let ni = n as i64;
@@ -2331,6 +2368,7 @@ fn kernel_names() -> Vec<String> {
         for o in ["f32", "bf16"] {
             v.push(format!("bias_act_{t}_{o}"));
             v.push(format!("bias_act2_{t}_{o}"));
+            v.push(format!("image_norm_{t}_{o}"));
         }
     }
     v

@@ -267,7 +267,7 @@ fn unet_training_is_bit_identical_through_the_arena() {
     {
         let mut g = be.gpu();
         let big = g.alloc(16 << 20, DType::F32).unwrap();
-        g.upload_async(&vec![0f32; 16 << 20], big.ptr(), DType::F32)
+        g.upload_async(&vec![0f32; 16 << 20], big.ptr(), DType::F32, None)
             .unwrap();
         g.sync().unwrap();
     }

@@ -155,8 +155,11 @@ impl<B: Backend> Denoiser<B> {
     ) -> Result<(), Error> {
         check_len(img.len(), nx, ny)?;
         check_len(out.len(), nx, ny)?;
-        out.copy_from_slice(img);
-        let stats = stats_in_place(out, self.norm.method)?;
+        let method = self.norm.method;
+        if method == Method::P95 {
+            out.copy_from_slice(img);
+        }
+        let stats = stats_using(img, method, out)?;
         self.denoise_with_stats(img, nx, ny, stats, out)
     }
 
@@ -204,8 +207,8 @@ impl<B: Backend> Denoiser<B> {
     /// bad image becomes a work with no windows and its error, reported when its turn comes.
     fn plan<I, O, T>(&self, item: Item<I, O, T>) -> Work<I, O, T>
     where
-        I: AsRef<[f32]>,
-        O: AsMut<[f32]>,
+        I: Pixels,
+        O: PixelsMut,
     {
         let mut item = item;
         let (nx, ny) = (item.nx, item.ny);
@@ -238,6 +241,7 @@ impl<B: Backend> Denoiser<B> {
                 n: 0,
                 cut: 0,
                 placed: 0,
+                direct: false,
                 error: Some(e),
             };
         }
@@ -252,6 +256,16 @@ impl<B: Backend> Denoiser<B> {
             .iter()
             .flat_map(|sy| ax.segments.iter().map(move |sx| (*sx, *sy)))
             .collect();
+        // One window that is the image itself (no padding, its core all of it), in and out of transfer memory:
+        // the device reads the input and writes the output there, and the host copies nothing.
+        let whole = |s: &Segment, len: usize, n: usize| {
+            len == n && s.win == 0 && s.core == 0 && s.core_len >= n
+        };
+        let direct = windows.len() == 1
+            && whole(&windows[0].0, ax.len, nx)
+            && whole(&windows[0].1, ay.len, ny)
+            && item.input.host_buf().is_some_and(|h| h.len() >= nx * ny)
+            && item.out.host_buf_mut().is_some_and(|h| h.len() >= nx * ny);
         Work {
             n: self.opts.batch.min(windows.len()),
             wx: ax.len,
@@ -259,6 +273,7 @@ impl<B: Backend> Denoiser<B> {
             windows,
             cut: 0,
             placed: 0,
+            direct,
             item,
             error: None,
         }
@@ -278,10 +293,13 @@ impl<B: Backend> Denoiser<B> {
         mut source: impl FnMut() -> Option<Item<I, O, T>>,
         mut sink: impl FnMut(T, Result<O, Error>, &Profile),
     ) where
-        I: AsRef<[f32]>,
-        O: AsMut<[f32]>,
+        I: Pixels,
+        O: PixelsMut,
     {
         let mut works: VecDeque<Work<I, O, T>> = VecDeque::new();
+        // Where the normalisation is done: on the device during the transfers when the backend does it there (the
+        // host then only copies windows), else while cutting and placing.
+        let on_device = self.be.maps_on_device();
         // The batch on the device: its image (a position in `works`) and its windows.
         let mut in_flight: Option<(usize, std::ops::Range<usize>)> = None;
         loop {
@@ -291,6 +309,9 @@ impl<B: Backend> Denoiser<B> {
                     let w = &mut works[i];
                     let r = w.cut..(w.cut + w.n).min(w.windows.len());
                     w.cut = r.end;
+                    if w.direct {
+                        break Some((i, r));
+                    }
                     let t = Instant::now();
                     let len = w.n * w.wx * w.wy;
                     let host = match host_batch(&self.be, &mut self.host[0], len) {
@@ -307,7 +328,8 @@ impl<B: Backend> Denoiser<B> {
                         img: w.item.input.as_ref(),
                         nx: w.item.nx,
                         ny: w.item.ny,
-                        stats: w.item.stats,
+                        // A backend that normalises during the upload gets the raw pixels.
+                        stats: w.item.stats.filter(|_| !on_device),
                     }
                     .cut(&w.windows[r.clone()], w.wx, w.wy, host);
                     self.profile.extract_s += t.elapsed().as_secs_f64();
@@ -327,7 +349,7 @@ impl<B: Backend> Denoiser<B> {
                 break;
             }
             // 2. Wait for the batch in flight; 3. start the next one; 4. place the finished one.
-            let step = self.device_step(&works, in_flight.as_ref(), next.as_ref());
+            let step = self.device_step(&mut works, in_flight.as_ref(), next.as_ref());
             if let Err(e) = step {
                 // A device failure fails every image that has a window in flight or cut.
                 let msg = e.to_string();
@@ -340,19 +362,22 @@ impl<B: Backend> Denoiser<B> {
             if let Some((i, r)) = in_flight.take() {
                 let t = Instant::now();
                 let w = &mut works[i];
-                let out = self.host[1]
-                    .as_ref()
-                    .expect("a placed batch was downloaded");
-                place(
-                    &w.windows[r.clone()],
-                    w.wx,
-                    w.wy,
-                    out,
-                    w.item.nx,
-                    w.item.ny,
-                    w.item.stats,
-                    w.item.out.as_mut(),
-                );
+                // A direct image's output is already in place, restored by the transfer.
+                if !w.direct {
+                    let out = self.host[1]
+                        .as_ref()
+                        .expect("a placed batch was downloaded");
+                    place(
+                        &w.windows[r.clone()],
+                        w.wx,
+                        w.wy,
+                        out,
+                        w.item.nx,
+                        w.item.ny,
+                        w.item.stats.filter(|_| !on_device),
+                        w.item.out.as_mut(),
+                    );
+                }
                 w.placed += r.len();
                 self.profile.place_s += t.elapsed().as_secs_f64();
             }
@@ -365,6 +390,7 @@ impl<B: Backend> Denoiser<B> {
                     Some(e) => sink(w.item.tag, Err(e), &self.profile),
                     None => {
                         self.profile.images += 1;
+                        self.profile.direct += w.direct as usize;
                         self.profile.tiles += w.windows.len();
                         sink(w.item.tag, Ok(w.item.out), &self.profile);
                     }
@@ -379,9 +405,9 @@ impl<B: Backend> Denoiser<B> {
     /// that keeps the device busy: upload the next input (on a GPU the copy overlaps the forward pass in flight),
     /// start copying the finished output out, queue the next forward pass, then wait for the output. Only when the
     /// next batch needs buffers of another shape is the batch in flight collected first.
-    fn device_step<I, O, T>(
+    fn device_step<I: Pixels, O: PixelsMut, T>(
         &mut self,
-        works: &VecDeque<Work<I, O, T>>,
+        works: &mut VecDeque<Work<I, O, T>>,
         in_flight: Option<&(usize, std::ops::Range<usize>)>,
         next: Option<&(usize, std::ops::Range<usize>)>,
     ) -> Result<(), Error> {
@@ -389,6 +415,7 @@ impl<B: Backend> Denoiser<B> {
         if let Some((i, _)) = next {
             let w = &works[*i];
             let (n, wy, wx) = (w.n, w.wy, w.wx);
+            let norm = self.transfer_norm(w);
             if !matches!(&self.acts, Some((a, b, c, _)) if (*a, *b, *c) == (n, wy, wx)) {
                 if collect {
                     self.start_download(works, in_flight)?;
@@ -404,8 +431,12 @@ impl<B: Backend> Denoiser<B> {
             };
             let t = Instant::now();
             // A short last batch keeps the allocated shape; the unused slots hold earlier windows.
-            let host = self.host[0].as_ref().expect("a batch was cut");
-            acts.upload_input_host(&self.be, host)?;
+            let w = &works[*i];
+            let host = match w.item.input.host_buf().filter(|_| w.direct) {
+                Some(image) => image,
+                None => self.host[0].as_ref().expect("a batch was cut"),
+            };
+            acts.upload_input_host(&self.be, host, norm)?;
             self.profile.upload_s += t.elapsed().as_secs_f64();
             if collect {
                 self.start_download(works, in_flight)?;
@@ -427,23 +458,37 @@ impl<B: Backend> Denoiser<B> {
         Ok(())
     }
 
-    /// Queues the copy of the output of the batch in flight into host buffer 1.
-    fn start_download<I, O, T>(
+    /// The normalisation the transfers of `w`'s batches apply: all of it for a direct image (the host never
+    /// touches its pixels), else its statistics where the backend maps on the device (cut and place then copy).
+    fn transfer_norm<I, O, T>(&self, w: &Work<I, O, T>) -> Option<Stats> {
+        w.item
+            .stats
+            .filter(|_| w.direct || self.be.maps_on_device())
+    }
+
+    /// Queues the copy of the output of the batch in flight into host buffer 1 (a direct image: into its output).
+    fn start_download<I, O: PixelsMut, T>(
         &mut self,
-        works: &VecDeque<Work<I, O, T>>,
+        works: &mut VecDeque<Work<I, O, T>>,
         in_flight: Option<&(usize, std::ops::Range<usize>)>,
     ) -> Result<(), Error> {
         let Some((i, _)) = in_flight else {
             return Ok(());
         };
-        let w = &works[*i];
         let t = Instant::now();
-        host_batch(&self.be, &mut self.host[1], w.n * w.wx * w.wy)?;
+        let norm = self.transfer_norm(&works[*i]);
+        let w = &mut works[*i];
+        if !w.direct {
+            host_batch(&self.be, &mut self.host[1], w.n * w.wx * w.wy)?;
+        }
         let Some((_, _, _, acts)) = self.acts.as_ref() else {
             unreachable!("a batch in flight has buffers")
         };
-        let host = self.host[1].as_mut().expect("allocated just above");
-        acts.download_output_host(&self.be, host)?;
+        let host = match w.item.out.host_buf_mut().filter(|_| w.direct) {
+            Some(image) => image,
+            None => self.host[1].as_mut().expect("allocated just above"),
+        };
+        acts.download_output_host(&self.be, host, norm)?;
         self.profile.download_s += t.elapsed().as_secs_f64();
         Ok(())
     }
@@ -493,6 +538,40 @@ pub struct Item<I, O, T> {
     pub tag: T,
 }
 
+/// An image's pixels for [`Denoiser::run_stream`]. When they are in memory from the backend's
+/// [`Backend::host_allocator`] and one window covers the image, the device reads them from there (no host copy).
+pub trait Pixels: AsRef<[f32]> {
+    /// The pixels as transfer memory (its first `nx · ny` values are the image), if they are.
+    fn host_buf(&self) -> Option<&HostBuf> {
+        None
+    }
+}
+
+/// Where [`Denoiser::run_stream`] writes an image's result; see [`Pixels`].
+pub trait PixelsMut: AsMut<[f32]> {
+    /// The output as transfer memory (its first `nx · ny` values are the image), if it is.
+    fn host_buf_mut(&mut self) -> Option<&mut HostBuf> {
+        None
+    }
+}
+
+impl Pixels for &[f32] {}
+impl Pixels for Vec<f32> {}
+impl PixelsMut for &mut [f32] {}
+impl PixelsMut for Vec<f32> {}
+
+impl Pixels for HostBuf {
+    fn host_buf(&self) -> Option<&HostBuf> {
+        Some(self)
+    }
+}
+
+impl PixelsMut for HostBuf {
+    fn host_buf_mut(&mut self) -> Option<&mut HostBuf> {
+        Some(self)
+    }
+}
+
 /// An image in [`Denoiser::run_stream`]: its windows and how many are cut and placed.
 struct Work<I, O, T> {
     item: Item<I, O, T>,
@@ -503,16 +582,14 @@ struct Work<I, O, T> {
     n: usize,
     cut: usize,
     placed: usize,
+    /// One window that is the whole image, with input and output in transfer memory: no cut, no place.
+    direct: bool,
     /// Why the image cannot be denoised (it has no windows then).
     error: Option<Error>,
 }
 
 /// Centre and spread of an image (the training normalisation: `(v − centre) / spread`).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
-pub struct Stats {
-    pub center: f64,
-    pub spread: f64,
-}
+pub type Stats = cryoden_nn::ImageNorm;
 
 /// The normalisation statistics of `img` by `method` (uses a scratch copy of the image).
 pub fn image_stats(img: &[f32], method: Method) -> Result<Stats, Error> {
@@ -520,20 +597,27 @@ pub fn image_stats(img: &[f32], method: Method) -> Result<Stats, Error> {
 }
 
 /// [`image_stats`] with a caller's scratch buffer, reused across images: a fresh image-sized allocation costs a
-/// page fault per 4 KiB on first touch (~16 k faults for a 4096² image), more than the copy itself.
+/// page fault per 4 KiB on first touch (~16 k faults for a 4096² image), more than the copy itself. `zscore` only
+/// reads the image and needs no scratch.
 pub fn image_stats_with(
     img: &[f32],
     method: Method,
     scratch: &mut Vec<f32>,
 ) -> Result<Stats, Error> {
-    scratch.clear();
-    scratch.extend_from_slice(img);
-    stats_in_place(scratch, method)
+    if method == Method::P95 {
+        scratch.clear();
+        scratch.extend_from_slice(img);
+    }
+    stats_using(img, method, scratch)
 }
 
-fn stats_in_place(scratch: &mut [f32], method: Method) -> Result<Stats, Error> {
-    let (center, spread) =
-        center_spread(scratch, method).map_err(|e| Error::Normalize(format!("{e:?}")))?;
+/// The statistics of `img`; `p95` reorders `scratch`, which must hold a copy of `img` for it.
+fn stats_using(img: &[f32], method: Method, scratch: &mut [f32]) -> Result<Stats, Error> {
+    let (center, spread) = match method {
+        Method::Zscore => cryoden_prep::normalize::zscore(img),
+        Method::P95 => center_spread(scratch, method),
+    }
+    .map_err(|e| Error::Normalize(format!("{e:?}")))?;
     Ok(Stats { center, spread })
 }
 
@@ -559,6 +643,8 @@ pub struct Profile {
     pub download_s: f64,
     /// Writing tile cores into the output (normalisation undone).
     pub place_s: f64,
+    /// Images that went to the device and back without a host copy (one window, transfer memory: see [`Pixels`]).
+    pub direct: usize,
 }
 
 impl Profile {
@@ -572,6 +658,7 @@ impl Profile {
             forward_s: self.forward_s - earlier.forward_s,
             download_s: self.download_s - earlier.download_s,
             place_s: self.place_s - earlier.place_s,
+            direct: self.direct - earlier.direct,
         }
     }
     fn add(&mut self, o: &Profile) {
@@ -582,6 +669,7 @@ impl Profile {
         self.forward_s += o.forward_s;
         self.download_s += o.download_s;
         self.place_s += o.place_s;
+        self.direct += o.direct;
     }
 }
 
@@ -634,9 +722,7 @@ impl Source<'_> {
                 }
                 if let Some(s) = stats {
                     // The same f64 arithmetic as normalising the whole image first.
-                    for d in dst.iter_mut() {
-                        *d = ((*d as f64 - s.center) / s.spread) as f32;
-                    }
+                    dst.iter_mut().for_each(|d| *d = s.normalize(*d));
                 }
             });
     }
@@ -673,7 +759,7 @@ fn place(
                 match stats {
                     Some(s) => {
                         for (o, &v) in orow.iter_mut().zip(trow) {
-                            *o = (v as f64 * s.spread + s.center) as f32;
+                            *o = s.restore(v);
                         }
                     }
                     None => orow.copy_from_slice(trow),
@@ -781,6 +867,54 @@ mod tests {
                 continue;
             }
             let alone = denoiser(Method::Zscore, 48, 3)
+                .denoise(&images[k], nx, ny)
+                .unwrap();
+            let streamed = r.unwrap();
+            assert!(
+                streamed
+                    .iter()
+                    .zip(&alone)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "image {k} differs"
+            );
+        }
+    }
+
+    /// Images in transfer memory that one window covers skip the cut and the place (the transfers normalise and
+    /// restore): bit for bit the same results as the copying path, in a stream that mixes both.
+    #[test]
+    fn direct_images_equal_cut_and_placed_ones() {
+        let sizes = [(96, 80), (150, 118), (96, 80)];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let images: Vec<Vec<f32>> = sizes
+            .iter()
+            .map(|&(nx, ny)| (0..nx * ny).map(|_| 50.0 + rng.random::<f32>()).collect())
+            .collect();
+        let mut d = denoiser(Method::Zscore, 160, 2);
+        let mut queue: VecDeque<Item<HostBuf, HostBuf, usize>> = images
+            .iter()
+            .zip(sizes)
+            .enumerate()
+            .map(|(k, (img, (nx, ny)))| {
+                let mut input = HostBuf::pageable(nx * ny);
+                input.copy_from_slice(img);
+                Item {
+                    input,
+                    nx,
+                    ny,
+                    stats: Some(image_stats(img, Method::Zscore).unwrap()),
+                    out: HostBuf::pageable(nx * ny),
+                    tag: k,
+                }
+            })
+            .collect();
+        let mut got = Vec::new();
+        d.run_stream(|| queue.pop_front(), |k, r, _| got.push((k, r)));
+        // 96 × 80 is aligned and inside one 160 window; 150 × 118 is padded to the alignment, so it is cut.
+        assert_eq!(d.take_profile().direct, 2);
+        for (k, r) in got {
+            let (nx, ny) = sizes[k];
+            let alone = denoiser(Method::Zscore, 160, 2)
                 .denoise(&images[k], nx, ny)
                 .unwrap();
             let streamed = r.unwrap();

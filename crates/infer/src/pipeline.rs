@@ -6,16 +6,17 @@
 //! its input plus its output. A file that cannot be read
 //! or written is reported and skipped; the others are still denoised.
 
-use crate::denoiser::Item;
 use crate::denoiser::{image_stats_with, Denoiser, Profile, Stats};
+use crate::denoiser::{Item, Pixels, PixelsMut};
 use crate::files::{Format, Job};
 use crate::Error;
 use cryoden_io::{Mode, WriteOptions};
-use cryoden_nn::Backend;
+use cryoden_nn::{Backend, HostAllocator, HostBuf};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Reader threads: each decodes a whole file and computes its statistics (two sequential f64 passes, ~45–65 ms
@@ -100,9 +101,88 @@ pub struct Summary {
     pub profile: Profile,
 }
 
+/// Whole-image buffers from the backend's allocator (page-locked on a GPU), handed out to readers and to the
+/// compute thread and returned when a file is done: readers decode into them and the device copies from them;
+/// the device copies results into them and writers save from them, so the host never copies pixels in between.
+/// Reuse also saves the page-locking (slow) and the page faults of a fresh image-sized allocation per file.
+struct HostPool {
+    alloc: HostAllocator,
+    free: Mutex<Vec<HostBuf>>,
+}
+
+/// Free buffers kept for reuse (the pipeline's hand-overs bound how many are in use at once).
+const POOL_KEEP: usize = 12;
+
+impl HostPool {
+    fn new(alloc: HostAllocator) -> Arc<HostPool> {
+        Arc::new(HostPool {
+            alloc,
+            free: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A buffer for `len` values: a free one that fits (not more than a quarter larger), else a new one; where
+    /// the backend cannot provide one (e.g. no page-locked memory left), ordinary memory (only slower).
+    fn take(self: &Arc<HostPool>, len: usize) -> Pooled {
+        let reused = {
+            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            free.iter()
+                .position(|b| b.len() >= len && b.len() - len <= len / 4)
+                .map(|i| free.swap_remove(i))
+        };
+        let buf =
+            reused.unwrap_or_else(|| (self.alloc)(len).unwrap_or_else(|_| HostBuf::pageable(len)));
+        Pooled {
+            buf: Some(buf),
+            len,
+            pool: self.clone(),
+        }
+    }
+}
+
+/// `len` values of a pool's buffer, returned to the pool on drop.
+struct Pooled {
+    buf: Option<HostBuf>,
+    len: usize,
+    pool: Arc<HostPool>,
+}
+
+impl Pooled {
+    fn host(&self) -> &HostBuf {
+        self.buf.as_ref().expect("held until dropped")
+    }
+    fn host_mut(&mut self) -> &mut HostBuf {
+        self.buf.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
+            if free.len() < POOL_KEEP {
+                free.push(b);
+            }
+        }
+    }
+}
+
+impl AsRef<[f32]> for Pooled {
+    fn as_ref(&self) -> &[f32] {
+        &self.host()[..self.len]
+    }
+}
+
+impl AsMut<[f32]> for Pooled {
+    fn as_mut(&mut self) -> &mut [f32] {
+        let len = self.len;
+        &mut self.host_mut()[..len]
+    }
+}
+
 /// A micrograph read, with the normalisation statistics of each section.
 struct Input {
-    data: Vec<f32>,
+    data: Pooled,
     dims: [usize; 3],
     header: cryoden_io::Header,
     stats: Vec<Stats>,
@@ -118,35 +198,71 @@ struct Loaded {
 fn load(
     job: &Job,
     method: cryoden_prep::normalize::Method,
+    pool: &Arc<HostPool>,
     scratch: &mut Vec<f32>,
 ) -> Result<Input, String> {
     let t = Instant::now();
-    // The file's mapping is released inside `read`: what stays is the decoded f32 image.
-    let m = cryoden_io::read(&job.input).map_err(|e| e.to_string())?;
-    let (nx, ny, nz) = (m.nx(), m.ny(), m.nz());
+    // The file's mapping is released inside `read_into`: what stays is the decoded f32 image.
+    let (header, data) =
+        cryoden_io::read_into(&job.input, |n| pool.take(n)).map_err(|e| e.to_string())?;
+    let (nx, ny, nz) = (header.nx as usize, header.ny as usize, header.nz as usize);
     if nz == 0 || nx * ny == 0 {
         return Err(format!("no image in the file ({nx}×{ny}×{nz})"));
     }
     let read_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let stats = m
-        .data
+    let stats = data
+        .as_ref()
         .chunks(nx * ny)
         .map(|sec| image_stats_with(sec, method, scratch).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Input {
-        data: m.data,
+        data,
         dims: [nx, ny, nz],
-        header: m.header,
+        header,
         stats,
         read_s,
         stats_s: t.elapsed().as_secs_f64(),
     })
 }
 
+/// A file's result: one section straight from the device into a pool buffer, or a stack gathered section by
+/// section.
+enum Output {
+    Section(Pooled),
+    Stack(Vec<f32>),
+}
+
+impl AsRef<[f32]> for Output {
+    fn as_ref(&self) -> &[f32] {
+        match self {
+            Output::Section(p) => p.as_ref(),
+            Output::Stack(v) => v,
+        }
+    }
+}
+
+impl AsMut<[f32]> for Output {
+    fn as_mut(&mut self) -> &mut [f32] {
+        match self {
+            Output::Section(p) => p.as_mut(),
+            Output::Stack(v) => v,
+        }
+    }
+}
+
+impl PixelsMut for Output {
+    fn host_buf_mut(&mut self) -> Option<&mut HostBuf> {
+        match self {
+            Output::Section(p) => Some(p.host_mut()),
+            Output::Stack(_) => None,
+        }
+    }
+}
+
 struct ToWrite {
     index: usize,
-    data: Vec<f32>,
+    data: Output,
     dims: [usize; 3],
     header: cryoden_io::Header,
     seconds: f64,
@@ -155,14 +271,21 @@ struct ToWrite {
 
 /// One section of a file read, as the denoiser's input (the file's pixels are shared by its sections).
 struct Section {
-    data: Arc<Vec<f32>>,
+    data: Rc<Pooled>,
     start: usize,
     len: usize,
 }
 
 impl AsRef<[f32]> for Section {
     fn as_ref(&self) -> &[f32] {
-        &self.data[self.start..self.start + self.len]
+        &(*self.data).as_ref()[self.start..self.start + self.len]
+    }
+}
+
+impl Pixels for Section {
+    /// A single-section file's pixels are the whole buffer, which the device may read directly.
+    fn host_buf(&self) -> Option<&HostBuf> {
+        (self.start == 0 && self.len == self.data.len).then(|| self.data.host())
     }
 }
 
@@ -171,12 +294,12 @@ struct InProgress {
     dims: [usize; 3],
     header: cryoden_io::Header,
     t0: Instant,
-    data: Vec<f32>,
+    data: Output,
 }
 
 /// The file whose sections are being handed to the denoiser: index, pixels, statistics per section, dims, next
 /// section.
-type Feeding = (usize, Arc<Vec<f32>>, Vec<Stats>, [usize; 3], usize);
+type Feeding = (usize, Rc<Pooled>, Vec<Stats>, [usize; 3], usize);
 
 /// What the writer reports: file index, (nx, ny, nz, compute seconds, profile) or the error, write seconds.
 type Done = (
@@ -208,14 +331,14 @@ fn write_output(job: &Job, w: &ToWrite, opts: &RunOptions) -> Result<(), Error> 
             if wo.labels.len() > 10 {
                 wo.labels.drain(..wo.labels.len() - 10);
             }
-            cryoden_io::write(&job.output, &w.data, w.dims, &wo)?;
+            cryoden_io::write(&job.output, w.data.as_ref(), w.dims, &wo)?;
         }
         Format::Png => {
             // One PNG per file: the first section of a stack.
             let [nx, ny, _] = w.dims;
             cryoden_io::write_png(
                 &job.output,
-                &w.data[..nx * ny],
+                &w.data.as_ref()[..nx * ny],
                 nx,
                 ny,
                 cryoden_io::Contrast::default(),
@@ -274,14 +397,17 @@ pub fn run<B: Backend>(
             );
         }
     }
+    // One pool for inputs and outputs: a file's input buffer serves a later file's output.
+    let pool = HostPool::new(denoiser.backend().host_allocator());
     std::thread::scope(|s| {
         let todo_r = &todo;
+        let pool_r = &pool;
         for (k, read_tx) in read_txs.into_iter().enumerate() {
             s.spawn(move || {
                 // The statistics' scratch space, reused (freed when this reader has handed on its last file).
                 let mut scratch = Vec::new();
                 for &i in todo_r.iter().skip(k).step_by(n_readers) {
-                    let input = load(&jobs[i], method, &mut scratch);
+                    let input = load(&jobs[i], method, pool_r, &mut scratch);
                     if read_tx.send(Loaded { index: i, input }).is_err() {
                         break;
                     }
@@ -361,7 +487,12 @@ pub fn run<B: Backend>(
                         nx: *nx,
                         ny: *ny,
                         stats: Some(stats[k]),
-                        out: vec![0.0f32; n],
+                        // A single section goes straight into a buffer the writer saves from.
+                        out: if *nz == 1 {
+                            Output::Section(pool.take(n))
+                        } else {
+                            Output::Stack(vec![0.0f32; n])
+                        },
                         tag: (*i, k),
                     });
                 }
@@ -380,10 +511,10 @@ pub fn run<B: Backend>(
                             dims: inp.dims,
                             header: inp.header,
                             t0: Instant::now(),
-                            data: Vec::new(),
+                            data: Output::Stack(Vec::new()),
                         },
                     );
-                    current = Some((loaded.index, Arc::new(inp.data), inp.stats, inp.dims, 0));
+                    current = Some((loaded.index, Rc::new(inp.data), inp.stats, inp.dims, 0));
                 }
                 Err(e) => {
                     let _ = done_tx.send((loaded.index, Err(e), 0.0));
@@ -391,7 +522,7 @@ pub fn run<B: Backend>(
             }
         };
         let mut last = Profile::default();
-        let sink = |(i, z): (usize, usize), r: Result<Vec<f32>, Error>, p: &Profile| {
+        let sink = |(i, z): (usize, usize), r: Result<Output, Error>, p: &Profile| {
             let mut files = files.borrow_mut();
             // A file whose earlier section failed is already reported.
             let Some(f) = files.get_mut(&i) else { return };
@@ -401,10 +532,9 @@ pub fn run<B: Backend>(
                     let _ = done_tx.send((i, Err(e.to_string()), 0.0));
                 }
                 Ok(out) => {
-                    if f.dims[2] == 1 {
-                        f.data = out;
-                    } else {
-                        f.data.extend_from_slice(&out);
+                    match &mut f.data {
+                        Output::Stack(all) if f.dims[2] > 1 => all.extend_from_slice(out.as_ref()),
+                        _ => f.data = out,
                     }
                     if z + 1 == f.dims[2] {
                         let f = files.remove(&i).expect("present above");

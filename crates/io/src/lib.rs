@@ -48,8 +48,8 @@ pub use error::{Deviation, Error, Fault, Result};
 pub use frames::{open_frames, FrameStack};
 pub use header::{ByteOrder, Header, Mode};
 pub use mrc::{
-    read, read_with, validate, write, ExtHeader, Mrc, MrcStack, ReadOptions, StackWriter,
-    WriteOptions,
+    read, read_into, read_with, validate, write, ExtHeader, Mrc, MrcStack, ReadOptions,
+    StackWriter, WriteOptions,
 };
 pub use preview::{write_png, Contrast};
 pub use stats::Stats;

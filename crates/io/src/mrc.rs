@@ -426,12 +426,39 @@ impl MrcStack {
 
     /// All data as f32 (sample-major: image 0 first), in file order (no axis reordering).
     pub fn read_all(&self) -> Result<Vec<f32>> {
-        let n = self.dims[0] * self.dims[1] * self.dims[2];
-        let mut out = vec![0f32; n];
-        if n > 0 {
-            self.decode_sections(0, &mut out)?;
-        }
+        let mut out = vec![0f32; self.len()];
+        self.read_all_into(&mut out)?;
         Ok(out)
+    }
+
+    /// Values in the file: nx · ny · nz.
+    pub fn len(&self) -> usize {
+        self.dims[0] * self.dims[1] * self.dims[2]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// [`MrcStack::read_all`] into the caller's memory (`out.len()` must be [`MrcStack::len`]), e.g. page-locked
+    /// memory that a GPU copies from directly.
+    pub fn read_all_into(&self, out: &mut [f32]) -> Result<()> {
+        if out.len() != self.len() {
+            return Err(Error::usage(
+                &self.path,
+                format!(
+                    "buffer of {} values for {} x {} x {} data",
+                    out.len(),
+                    self.dims[0],
+                    self.dims[1],
+                    self.dims[2]
+                ),
+            ));
+        }
+        if !out.is_empty() {
+            self.decode_sections(0, out)?;
+        }
+        Ok(())
     }
 
     /// Statistics computed from the data (NaN/Inf counted, not included), streaming image by image.
@@ -511,6 +538,21 @@ pub fn read_with(path: impl AsRef<Path>, opts: ReadOptions) -> Result<Mrc> {
         data,
         warnings,
     })
+}
+
+/// [`read`] into memory from `alloc`, which is asked for the `nx · ny · nz` values once the header has been checked
+/// (e.g. page-locked memory that a GPU copies from directly); it must return exactly that many. Returns the header
+/// and the filled memory.
+pub fn read_into<B: AsMut<[f32]>>(
+    path: impl AsRef<Path>,
+    alloc: impl FnOnce(usize) -> B,
+) -> Result<(Header, B)> {
+    let path = path.as_ref();
+    let (bytes, gzip) = open_bytes(path, true)?;
+    let s = MrcStack::from_backing(path, bytes, gzip, ReadOptions::strict())?;
+    let mut out = alloc(s.len());
+    s.read_all_into(out.as_mut())?;
+    Ok((s.header.clone(), out))
 }
 
 /// Every deviation of a file from the MRC-2014 standard (mrcfile's `validate` checks, plus file size and

@@ -2,7 +2,8 @@
 //! message names the file (mrcfile's style). None may panic.
 
 use cryoden_io::{
-    read, read_with, validate, write, ByteOrder, Fault, Header, MrcStack, ReadOptions, WriteOptions,
+    read, read_into, read_with, validate, write, ByteOrder, Fault, Header, MrcStack, ReadOptions,
+    WriteOptions,
 };
 use std::path::{Path, PathBuf};
 
@@ -27,9 +28,28 @@ fn fault_of(p: &Path) -> Fault {
         msg.contains(&p.display().to_string()),
         "message does not name the file: {msg}"
     );
+    // Reading into the caller's memory fails the same way.
+    let into = read_into(p, |n| vec![0f32; n]).expect_err("the faulty file must not read");
+    assert_eq!(into.to_string(), msg);
     err.fault()
         .cloned()
         .unwrap_or_else(|| panic!("not a format fault: {msg}"))
+}
+
+#[test]
+fn reading_into_callers_memory_gives_what_read_gives() {
+    let d = tempfile::tempdir().unwrap();
+    let (p, _) = valid(d.path(), "stack.mrc");
+    let whole = read(&p).unwrap();
+    let mut asked = 0;
+    let (header, data) = read_into(&p, |n| {
+        asked = n;
+        vec![f32::NAN; n]
+    })
+    .unwrap();
+    assert_eq!(asked, 96);
+    assert_eq!(data, whole.data);
+    assert_eq!(header, whole.header);
 }
 
 #[test]

@@ -16,6 +16,7 @@
 //!   so `y > 0 ⇔ pre-activation > 0`), which saves storing the pre-activation.
 
 use crate::shape::{ConvGeom, ConvTGeom, PoolGeom, UpsampleGeom, View};
+use crate::ImageNorm;
 use crate::Result;
 
 /// Pointwise activation fused after bias.
@@ -173,28 +174,53 @@ pub trait Backend: Send + Sync {
     fn alloc_host(&self, len: usize) -> Result<crate::HostBuf> {
         Ok(crate::HostBuf::pageable(len))
     }
-    /// Starts copying `src[..len]` into `dst[offset..]`: later ops see the new data, ops queued before still see
-    /// the old. May return before the copy is done; touching `src` then waits for it. Default: [`Backend::upload`].
+    /// [`Backend::alloc_host`] as a function other threads can call (e.g. readers decoding files straight into
+    /// memory the device copies from). Default: ordinary vectors.
+    fn host_allocator(&self) -> crate::HostAllocator {
+        std::sync::Arc::new(|len| Ok(crate::HostBuf::pageable(len)))
+    }
+    /// Whether [`Backend::upload_host`] and [`Backend::download_host`] apply their [`ImageNorm`] on the device, so
+    /// that a caller with a choice should hand over raw pixels rather than map them on the host. Default: false (the
+    /// default transfers map on the host, through a copy).
+    fn maps_on_device(&self) -> bool {
+        false
+    }
+    /// Starts copying `src[..len]` into `dst[offset..]`, each value through `norm.normalize` if given: later ops
+    /// see the new data, ops queued before still see the old. May return before the copy is done; touching `src`
+    /// then waits for it. Default: [`Backend::upload`] (of a mapped copy).
     fn upload_host(
         &self,
         src: &crate::HostBuf,
         len: usize,
         dst: &mut Self::Buf,
         offset: usize,
+        norm: Option<ImageNorm>,
     ) -> Result<()> {
-        self.upload(&src[..len], dst, offset)
+        match norm {
+            None => self.upload(&src[..len], dst, offset),
+            Some(n) => {
+                let mapped: Vec<f32> = src[..len].iter().map(|&v| n.normalize(v)).collect();
+                self.upload(&mapped, dst, offset)
+            }
+        }
     }
-    /// Starts copying `src[offset .. offset + len]`, as the ops queued so far leave it, into `dst[..len]`; ops
-    /// queued afterwards may overwrite `src` at once. May return before the copy is done: reading `dst` (or
-    /// [`Backend::wait_host`]) waits for it. Default: [`Backend::download`].
+    /// Starts copying `src[offset .. offset + len]`, as the ops queued so far leave it, into `dst[..len]`, each
+    /// value through `norm.restore` if given; ops queued afterwards may overwrite `src` at once. May return before
+    /// the copy is done: reading `dst` (or [`Backend::wait_host`]) waits for it. Default: [`Backend::download`].
     fn download_host(
         &self,
         src: &Self::Buf,
         offset: usize,
         len: usize,
         dst: &mut crate::HostBuf,
+        norm: Option<ImageNorm>,
     ) -> Result<()> {
-        self.download(src, offset, &mut dst[..len])
+        let out = &mut dst[..len];
+        self.download(src, offset, out)?;
+        if let Some(n) = norm {
+            out.iter_mut().for_each(|v| *v = n.restore(*v));
+        }
+        Ok(())
     }
     /// Waits until the copies started by [`Backend::upload_host`] and [`Backend::download_host`] are done, and
     /// reports their errors. Default: nothing to wait for.

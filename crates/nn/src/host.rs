@@ -42,6 +42,32 @@ impl HostMemory for Vec<f32> {
     }
 }
 
+/// The per-image normalisation of an inference batch: `(v − center) / spread` on the way to the network, undone on
+/// the way back. Both maps are done in f64 and rounded once to f32, on whichever side does them (the host, or a
+/// device through [`crate::Backend::upload_host`] / [`crate::Backend::download_host`]), so every backend feeds the
+/// network the same f32 values.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct ImageNorm {
+    pub center: f64,
+    pub spread: f64,
+}
+
+impl ImageNorm {
+    /// Raw pixel → network input.
+    #[inline]
+    pub fn normalize(&self, v: f32) -> f32 {
+        ((v as f64 - self.center) / self.spread) as f32
+    }
+    /// Network output → raw scale (a multiply and an add, each rounded: no fused multiply-add).
+    #[inline]
+    pub fn restore(&self, v: f32) -> f32 {
+        (v as f64 * self.spread + self.center) as f32
+    }
+}
+
+/// Host memory for transfers, from any thread: [`crate::Backend::host_allocator`].
+pub type HostAllocator = std::sync::Arc<dyn Fn(usize) -> crate::Result<HostBuf> + Send + Sync>;
+
 /// `len` floats of host memory from [`crate::Backend::alloc_host`]; derefs to `[f32]`.
 pub struct HostBuf {
     mem: Box<dyn HostMemory>,
@@ -82,6 +108,18 @@ impl Deref for HostBuf {
 impl DerefMut for HostBuf {
     fn deref_mut(&mut self) -> &mut [f32] {
         self.mem.as_mut_slice()
+    }
+}
+
+impl AsRef<[f32]> for HostBuf {
+    fn as_ref(&self) -> &[f32] {
+        self
+    }
+}
+
+impl AsMut<[f32]> for HostBuf {
+    fn as_mut(&mut self) -> &mut [f32] {
+        self
     }
 }
 

@@ -47,7 +47,7 @@ pub mod train;
 
 pub use backend::{ActBackward, Activation, AdamParams, Backend, BufKind, LossKind};
 pub use error::{NnError, Result};
-pub use host::{HostBuf, HostMemory};
+pub use host::{HostAllocator, HostBuf, HostMemory, ImageNorm};
 pub use models::{Activations, Arch, Model, DEFAULT_UNET_WIDTHS};
 pub use params::{ParamEntry, ParamKind, ParamTable, TorchTensor};
 pub use shape::{ConvGeom, ConvTGeom, Dims, PoolGeom, UpsampleGeom, View};

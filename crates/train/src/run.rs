@@ -230,7 +230,7 @@ pub fn train<B: Backend>(
                 .next()
                 .expect("the loader yields steps_per_epoch batches per epoch");
             debug_assert_eq!(b.epoch, epoch);
-            acts.upload_input_host(be, &b.input)?;
+            acts.upload_input_host(be, &b.input, None)?;
             acts.upload_target_host(be, &b.target)?;
             // Filling the buffers again waits for these copies (page-locked memory) or needs no wait (pageable).
             batches.give_back(b);

@@ -9,7 +9,7 @@
 use crate::device::{Buf, Gpu, Nhwc, View};
 use crate::error::{drv, CudaError, Result};
 use crate::precision::DType;
-use cryoden_nn::HostMemory;
+use cryoden_nn::{HostMemory, ImageNorm};
 use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 use std::any::Any;
 use std::sync::Arc;
@@ -120,8 +120,8 @@ impl Downloads {
         })
     }
 
-    /// Queues: (compute stream) `src` → f32 staging, after the work queued so far; (copy stream) staging → `dst`.
-    /// Records `dst`'s event after the copy. Returns without waiting.
+    /// Queues: (compute stream) `src` → f32 staging (through `norm.restore` if given), after the work queued so
+    /// far; (copy stream) staging → `dst`. Records `dst`'s event after the copy. Returns without waiting.
     pub(crate) fn start(
         &mut self,
         gpu: &mut Gpu,
@@ -129,6 +129,7 @@ impl Downloads {
         dtype: DType,
         len: usize,
         dst: &mut PinnedHost,
+        norm: Option<ImageNorm>,
     ) -> Result<()> {
         if self.stage.as_ref().is_none_or(|b| b.len < len) {
             // The old staging may still be read by the copy stream.
@@ -150,7 +151,19 @@ impl Downloads {
             shape,
             cs: 1,
         };
-        gpu.bias_act(from, None, stage.view_prefix(shape), 1.0)?;
+        match norm {
+            Some(m) => gpu.image_norm(
+                src,
+                dtype,
+                stage.ptr(),
+                DType::F32,
+                len,
+                m.center,
+                m.spread,
+                true,
+            )?,
+            None => gpu.bias_act(from, None, stage.view_prefix(shape), 1.0)?,
+        }
         self.staged
             .record(&gpu.stream)
             .map_err(drv("cuEventRecord"))?;
@@ -181,16 +194,18 @@ impl Downloads {
     }
 }
 
-/// Queues the upload of `src[..len]` (page-locked) to `dst` (`Gpu::upload_async`: ordered on the compute stream)
-/// and records `src`'s event after it, so the host waits before rewriting `src` while the copy may still read it.
+/// Queues the upload of `src[..len]` (page-locked) to `dst` (`Gpu::upload_async`: ordered on the compute stream,
+/// normalised on the device if `norm`) and records `src`'s event after it, so the host waits before rewriting `src`
+/// while the copy may still read it.
 pub(crate) fn upload_pinned(
     gpu: &mut Gpu,
     src: &PinnedHost,
     len: usize,
     dst: u64,
     dtype: DType,
+    norm: Option<ImageNorm>,
 ) -> Result<()> {
-    gpu.upload_async(&src.raw()[..len], dst, dtype)?;
+    gpu.upload_async(&src.raw()[..len], dst, dtype, norm)?;
     // The compute stream has waited for every chunk's transfer before copying it out of the staging.
     src.done.record(&gpu.stream).map_err(drv("cuEventRecord"))
 }

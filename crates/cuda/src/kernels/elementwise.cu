@@ -42,6 +42,18 @@ __device__ void bias_act_fwd(const Ti* x, int x_cs, const float* bias, To* y, in
     }
 }
 
+// The per-image normalisation of an inference batch, done during its transfer (ImageNorm in cryoden-nn): y = (x −
+// center) / spread, or with `restore` y = x · spread + center, in double with each operation rounded on its own (no
+// fused multiply-add, as on the host), then rounded once to float: bit for bit the values the host would make.
+template <typename Ti, typename To>
+__device__ void image_norm(const Ti* x, To* y, i64 n, double center, double spread, int restore) {
+    GRID_STRIDE(i, n) {
+        double v = (double)ldf(x, i);
+        double r = restore ? __dadd_rn(__dmul_rn(v, spread), center) : __ddiv_rn(__dsub_rn(v, center), spread);
+        stf(y, i, __double2float_rn(r));
+    }
+}
+
 // Version 2 of bias_act_fwd: 2-D blocks (threadIdx.x over channels, threadIdx.y over pixels), no index division.
 // Version 1 spends most of its time in the 64-bit i / C (bf16 ran no faster than f32); see PERFORMANCE.md.
 template <typename Ti, typename To>
@@ -1057,6 +1069,10 @@ FOR_T(INST1)
     extern "C" __global__ void bias_act2_##si##_##so(const Ti* x, int x_cs, const float* bias, To* y, int y_cs,    \
                                                      i64 npix, int C, float slope, int accumulate) {               \
         bias_act_fwd2<Ti, To>(x, x_cs, bias, y, y_cs, npix, C, slope, accumulate);                                 \
+    }                                                                                                              \
+    extern "C" __global__ void image_norm_##si##_##so(const Ti* x, To* y, i64 n, double center, double spread,     \
+                                                      int restore) {                                               \
+        image_norm<Ti, To>(x, y, n, center, spread, restore);                                                      \
     }
 INST2(f32, float, f32, float)
 INST2(bf16, bf16, bf16, bf16)

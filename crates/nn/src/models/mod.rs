@@ -326,13 +326,18 @@ impl<B: Backend> Activations<B> {
         be.download(&self.vals[self.output], 0, host)
     }
     /// [`Activations::upload_input`] from the first `image_len()` floats of `host` memory, possibly asynchronous
-    /// (see [`Backend::upload_host`]).
-    pub fn upload_input_host(&mut self, be: &B, host: &crate::HostBuf) -> Result<()> {
+    /// and normalised on the way (see [`Backend::upload_host`]).
+    pub fn upload_input_host(
+        &mut self,
+        be: &B,
+        host: &crate::HostBuf,
+        norm: Option<crate::ImageNorm>,
+    ) -> Result<()> {
         let len = self.image_len();
         if host.len() < len {
             self.check_host("input batch", host.len())?;
         }
-        be.upload_host(host, len, &mut self.vals[self.input], 0)
+        be.upload_host(host, len, &mut self.vals[self.input], 0, norm)
     }
     /// [`Activations::upload_target`] from the first `image_len()` floats of `host` memory, possibly asynchronous
     /// (see [`Backend::upload_host`]).
@@ -341,16 +346,22 @@ impl<B: Backend> Activations<B> {
         if host.len() < len {
             self.check_host("target batch", host.len())?;
         }
-        be.upload_host(host, len, &mut self.target, 0)
+        be.upload_host(host, len, &mut self.target, 0, None)
     }
     /// Starts copying the output batch into the first `image_len()` floats of `host`, as the ops queued so far
-    /// leave it (see [`Backend::download_host`]); a later forward may be queued at once.
-    pub fn download_output_host(&self, be: &B, host: &mut crate::HostBuf) -> Result<()> {
+    /// leave it, restored to the raw scale on the way (see [`Backend::download_host`]); a later forward may be
+    /// queued at once.
+    pub fn download_output_host(
+        &self,
+        be: &B,
+        host: &mut crate::HostBuf,
+        norm: Option<crate::ImageNorm>,
+    ) -> Result<()> {
         let len = self.image_len();
         if host.len() < len {
             self.check_host("output batch", host.len())?;
         }
-        be.download_host(&self.vals[self.output], 0, len, host)
+        be.download_host(&self.vals[self.output], 0, len, host, norm)
     }
     /// Copies a target batch (same layout as the input) for the loss.
     pub fn upload_target(&mut self, be: &B, host: &[f32]) -> Result<()> {
