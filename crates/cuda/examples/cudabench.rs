@@ -969,6 +969,18 @@ fn train(args: &[String]) {
                     .map_or("cuDNN".to_string(), |v| format!("variant {v}"))
             );
         }
+        // Which f32 convs run as three TF32 passes (split.rs: checked against FMA and timed on the first call).
+        for c in be.gpu().split_choices() {
+            println!(
+                "    3xTF32 {} {:?}: distance {:.2e}, FMA {:.3} ms, split {:.3} ms -> {}",
+                c.geom,
+                c.direction,
+                c.distance,
+                c.fma_ms,
+                c.split_ms,
+                if c.used { "split" } else { "FMA" }
+            );
+        }
         let total: f64 = prof.iter().map(|p| p.1).sum();
         for (name, ms, calls) in &prof {
             println!(

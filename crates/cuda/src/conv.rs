@@ -496,9 +496,25 @@ impl Gpu {
         Ok(c)
     }
 
+    /// Runs one conv direction: in f32, as three TF32 passes where that proved as accurate and faster
+    /// (crate::split); else [`Gpu::conv_run_direct`].
+    fn conv_run(
+        &mut self,
+        p: Precision,
+        g: &ConvGeom,
+        dir: Direction,
+        ptrs: [u64; 3],
+        beta: f32,
+    ) -> Result<()> {
+        if p == Precision::F32 && self.split_conv(g, dir, ptrs, beta)? {
+            return Ok(());
+        }
+        self.conv_run_direct(p, g, dir, ptrs, beta)
+    }
+
     /// Runs one conv direction: the backend-API engine when autotuning chose one for this call's key, else the
     /// legacy pick. `ptrs` = (x-side, w-side, y-side): (x, w, y), (dx, w, dy) or (x, dw, dy).
-    fn conv_run(
+    pub(crate) fn conv_run_direct(
         &mut self,
         p: Precision,
         g: &ConvGeom,
@@ -1319,7 +1335,7 @@ impl Gpu {
 }
 
 /// Relative L2 distance of `got` from `want` (0 when both are zero; NaN anywhere gives NaN).
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+pub(crate) fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
     let (mut num, mut den) = (0f64, 0f64);
     for (a, b) in got.iter().zip(want) {
         let d = *a as f64 - *b as f64;

@@ -230,6 +230,12 @@ pub struct Gpu {
     /// Version of the max-pool gradient kernel (1: one thread per input; 2: one per window; 3: 2 with 16-byte
     /// accesses, the default).
     pub maxpool_bwd_version: u32,
+    /// Run f32 convs (forward, backward-data) as three TF32 passes where that proves as accurate and faster
+    /// on first use (crate::split; `CRYODEN_F32_SPLIT=off|auto|force`). Default off: f32 mode is for parity.
+    pub f32_split: crate::split::SplitMode,
+    /// The split's first-call decisions per (shape, direction).
+    pub(crate) split_choices:
+        HashMap<(crate::ConvGeom, crate::engine::Direction), crate::split::SplitChoice>,
     /// Where every buffer comes from. Declared last: the buffers above are dropped before it (its Drop reports).
     arena: Arena,
 }
@@ -337,6 +343,8 @@ impl Gpu {
             direct_conv_out: true,
             fused_conv_bias_act: true,
             convt_gemm_fused: true,
+            f32_split: crate::split::split_from_env(),
+            split_choices: HashMap::new(),
             mma: None,
             mma_wt: None,
             mma_conv: mma::mode_from_env(),
@@ -1369,6 +1377,19 @@ impl Gpu {
         Ok(())
     }
 
+    /// `n` f32 values `x` → `big` (rounded to TF32) and `small` (`x − big`, exact): the operands of the f32
+    /// convolutions run as three TF32 passes (split.rs).
+    pub fn tf32_split(&mut self, x: u64, big: u64, small: u64, n: usize) -> Result<()> {
+        let ni = n as i64;
+        let cfg = self.cfg1(n.div_ceil(4));
+        let f = self.func("tf32_split_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&x).arg(&big).arg(&small).arg(&ni);
+        // SAFETY: matches tf32_split_f32 in elementwise.cu; the caller passes n f32 at each pointer.
+        unsafe { l.launch(cfg) }.map_err(drv("cuLaunchKernel(tf32_split)"))?;
+        Ok(())
+    }
+
     pub fn fill_raw(&mut self, ptr: u64, n: usize, dtype: DType, value: f32) -> Result<()> {
         let name = format!("fill_{}", dtype.suffix());
         let ni = n as i64;
@@ -2335,6 +2356,7 @@ fn kernel_names() -> Vec<String> {
         "reduce_sum_f32".to_string(),
         "sum_squares_f32".to_string(),
         "scale_f32".to_string(),
+        "tf32_split_f32".to_string(),
     ];
     for t in ["f32", "bf16"] {
         for k in [

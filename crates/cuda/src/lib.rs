@@ -16,9 +16,11 @@ pub mod error;
 pub mod nvrtc;
 pub mod precision;
 pub mod probe;
+pub mod split;
 
 pub use backend::{CudaBackend, CudaBuf};
 pub use conv::ConvGeom;
 pub use device::{ActGrad, AdamStep, Buf, Gpu, LossKind, MmaChoice, MmaMode, Nhwc, View};
 pub use error::{CudaError, Library, Result};
 pub use precision::{DType, Precision};
+pub use split::{SplitChoice, SplitMode};

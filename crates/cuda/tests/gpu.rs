@@ -1875,3 +1875,73 @@ fn slice_error(
     }
     rel_l2(&g, &w)
 }
+
+/// f32 convs as three TF32 passes (crate::split, forced on wherever accurate enough): forward and
+/// backward-data against the CPU within the f32 bound, with beta 0 and beta 1 (accumulating onto a known output),
+/// and every (shape, direction) must have passed the first-call check (else this would test the FMA path).
+#[test]
+#[ignore = "needs an NVIDIA GPU: run on the device with `--ignored`"]
+fn f32_convs_as_three_tf32_passes_match_cpu() {
+    let mut gpu = gpu();
+    gpu.f32_split = cryoden_cuda::SplitMode::Force;
+    let mut rng = Rng::new(21);
+    let p = Precision::F32;
+    let mut shapes: Vec<G> = geoms();
+    for (cin, cout) in [(32, 32), (64, 32)] {
+        shapes.push(G {
+            n: 2,
+            h: 96,
+            w: 80,
+            cin,
+            cout,
+            k: 3,
+            pad: 1,
+            stride: 1,
+        });
+    }
+    for g in &shapes {
+        let c = cg(g);
+        let fan = (g.cin * g.k * g.k) as f32;
+        let x = rng.vec(g.n * g.h * g.w * g.cin, 1.0);
+        let w = rng.vec(c.weight_len(), 1.0 / fan.sqrt());
+        let dy = rng.vec(c.out_shape().len(), 1.0);
+        let (xb, wb, dyb) = (
+            gpu.upload(&x, DType::F32).unwrap(),
+            gpu.upload(&w, DType::F32).unwrap(),
+            gpu.upload(&dy, DType::F32).unwrap(),
+        );
+        let (y0, dx0) = (rng.vec(dy.len(), 1.0), rng.vec(x.len(), 1.0));
+        let (want_y, want_dx) = (conv_fwd(g, &x, &w), conv_bwd_data(g, &dy, &w));
+        for beta in [0.0f32, 1.0] {
+            let yb = gpu.upload(&y0, DType::F32).unwrap();
+            let dxb = gpu.upload(&dx0, DType::F32).unwrap();
+            let (xv, yv) = (xb.view(c.in_shape()), yb.view(c.out_shape()));
+            gpu.conv_forward(p, &c, xv, wb.ptr(), yv, beta).unwrap();
+            let (dyv, dxv) = (dyb.view(c.out_shape()), dxb.view(c.in_shape()));
+            gpu.conv_backward_data(p, &c, dyv, wb.ptr(), dxv, beta)
+                .unwrap();
+            let plus = |base: &[f32], r: &[f32]| -> Vec<f32> {
+                r.iter().zip(base).map(|(a, b)| a + beta * b).collect()
+            };
+            let ey = rel_l2(&gpu.download(&yb).unwrap(), &plus(&y0, &want_y));
+            let edx = rel_l2(&gpu.download(&dxb).unwrap(), &plus(&dx0, &want_dx));
+            println!("{c} beta {beta}: rel L2 forward {ey:.2e}, backward-data {edx:.2e}");
+            assert!(ey <= 1e-5 && edx <= 1e-5, "{c} beta {beta}: {ey:e} {edx:e}");
+        }
+    }
+    let choices = gpu.split_choices();
+    for ch in &choices {
+        println!(
+            "{} {:?}: distance from FMA {:.2e}, FMA {:.3} ms, three TF32 passes {:.3} ms, used {}",
+            ch.geom, ch.direction, ch.distance, ch.fma_ms, ch.split_ms, ch.used
+        );
+    }
+    // Every shape's forward went through the check; backward-data too except the 1x1 output conv's (a direct
+    // kernel, no cuDNN call).
+    let direct = shapes.iter().filter(|g| g.k == 1 && g.cout == 1).count();
+    assert_eq!(choices.len(), 2 * shapes.len() - direct);
+    assert!(
+        choices.iter().all(|c| c.used),
+        "a shape failed the accuracy check"
+    );
+}

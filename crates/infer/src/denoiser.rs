@@ -2,8 +2,10 @@
 //!
 //! Memory: besides the caller's input and output images there is only a fixed workspace, set by tile, context
 //! and batch: the network's forward-only buffers on the backend and two host batches. Padding and
-//! normalisation are applied while cutting each window, and the output's scratch space holds the statistics'
-//! work, so no other whole-image copy is made.
+//! normalisation are applied while cutting each window (or, on a backend that maps on the device, during the
+//! transfers), and the output's scratch space holds the statistics' work, so no other whole-image copy is made.
+//! An image in the backend's transfer memory that one window covers is not even cut: the device reads it and
+//! writes the result in place ([`Pixels`]).
 
 use crate::receptive::{alignment, default_context};
 use crate::tiling::{plan_axis, reflect_index, Segment};

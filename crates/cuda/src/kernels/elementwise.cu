@@ -54,6 +54,31 @@ __device__ void image_norm(const Ti* x, To* y, i64 n, double center, double spre
     }
 }
 
+// f32 -> (big, small) for the f32 convolutions run as three TF32 passes (split.rs): big = x rounded to TF32
+// (nearest, ties away from zero, as cvt.rna.tf32.f32 but on any architecture; the low 13 mantissa bits zero, so
+// any TF32 conversion leaves it exact), small = x - big (exact in f32). Inf and NaN pass through unchanged.
+// Four values per thread where the pointers are 16-byte aligned.
+__device__ __forceinline__ float tf32_big(float v) {
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    return __uint_as_float(u);
+}
+extern "C" __global__ void tf32_split_f32(const float* x, float* big, float* small, i64 n) {
+    const i64 n4 = ((((size_t)x | (size_t)big | (size_t)small) & 15) == 0) ? n / 4 : 0;
+    GRID_STRIDE(i, n4) {
+        float4 v = ((const float4*)x)[i], b;
+        b.x = tf32_big(v.x); b.y = tf32_big(v.y); b.z = tf32_big(v.z); b.w = tf32_big(v.w);
+        ((float4*)big)[i] = b;
+        ((float4*)small)[i] = make_float4(v.x - b.x, v.y - b.y, v.z - b.z, v.w - b.w);
+    }
+    GRID_STRIDE(j, n - 4 * n4) {
+        const i64 i = 4 * n4 + j;
+        const float v = x[i], b = tf32_big(v);
+        big[i] = b;
+        small[i] = v - b;
+    }
+}
+
 // Version 2 of bias_act_fwd: 2-D blocks (threadIdx.x over channels, threadIdx.y over pixels), no index division.
 // Version 1 spends most of its time in the 64-bit i / C (bf16 ran no faster than f32); see PERFORMANCE.md.
 template <typename Ti, typename To>
