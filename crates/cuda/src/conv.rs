@@ -799,29 +799,7 @@ impl Gpu {
                 }
                 .map_err(drv("cuMemcpyDtoDAsync"))?;
                 f(gpu)?;
-                let mut raw = vec![0u8; bytes(sample)];
-                // SAFETY: `raw` holds `sample` elements; synchronised before it is read.
-                unsafe {
-                    cudarc::driver::result::memcpy_dtoh_async(
-                        &mut raw[..],
-                        ptrs[out],
-                        gpu.stream.cu_stream(),
-                    )
-                }
-                .map_err(drv("cuMemcpyDtoHAsync"))?;
-                gpu.stream
-                    .synchronize()
-                    .map_err(drv("cuStreamSynchronize"))?;
-                Ok(match dt {
-                    DType::F32 => raw
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect(),
-                    DType::Bf16 => raw
-                        .chunks_exact(2)
-                        .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
-                        .collect(),
-                })
+                gpu.read_back(ptrs[out], dt, sample)
             };
         let legacy = self.legacy_choice(&key, tk.dir);
         let built = engine::candidates(

@@ -646,6 +646,29 @@ impl Gpu {
     }
 
     /// Copies a buffer back as f32 (bf16 is converted on the device) and waits for it.
+    /// The first `n` elements of `dtype` at `ptr` as f32, after the work queued so far (waits for it).
+    pub(crate) fn read_back(&self, ptr: u64, dtype: DType, n: usize) -> Result<Vec<f32>> {
+        let mut raw = vec![0u8; n * dtype.size()];
+        // SAFETY: the caller passes `n` elements at `ptr`; synchronised before `raw` is read.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(&mut raw[..], ptr, self.stream.cu_stream())
+        }
+        .map_err(drv("cuMemcpyDtoHAsync"))?;
+        self.stream
+            .synchronize()
+            .map_err(drv("cuStreamSynchronize"))?;
+        Ok(match dtype {
+            DType::F32 => raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            DType::Bf16 => raw
+                .chunks_exact(2)
+                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+                .collect(),
+        })
+    }
+
     pub fn download(&mut self, b: &Buf) -> Result<Vec<f32>> {
         let shape = Nhwc::new(1, 1, b.len.max(1), 1);
         let tmp = self.alloc(b.len.max(1), DType::F32)?;

@@ -144,26 +144,10 @@ impl Gpu {
         };
         copy(self, ptrs[out], saved.ptr())?;
         let sample = len.min(1 << 20);
-        let read = |gpu: &Gpu| -> Result<Vec<f32>> {
-            let mut v = vec![0f32; sample];
-            // SAFETY: `v` holds `sample` f32 of the output; synchronised before it is read.
-            unsafe {
-                cudarc::driver::result::memcpy_dtoh_async(
-                    &mut v[..],
-                    ptrs[out],
-                    gpu.stream.cu_stream(),
-                )
-            }
-            .map_err(drv("cuMemcpyDtoHAsync"))?;
-            gpu.stream
-                .synchronize()
-                .map_err(drv("cuStreamSynchronize"))?;
-            Ok(v)
-        };
         self.conv_run_direct(Precision::F32, g, dir, ptrs, 0.0)?;
-        let want = read(self)?;
+        let want = self.read_back(ptrs[out], DType::F32, sample)?;
         self.split_run(g, dir, ptrs, 0.0)?;
-        let got = read(self)?;
+        let got = self.read_back(ptrs[out], DType::F32, sample)?;
         let distance = rel_l2(&got, &want);
         let fma_ms = self.time_ms(f32::INFINITY, |gpu| {
             gpu.conv_run_direct(Precision::F32, g, dir, ptrs, 0.0)

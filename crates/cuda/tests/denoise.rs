@@ -25,6 +25,18 @@ fn denoiser<B: Backend>(be: B, opts: Options) -> Denoiser<B> {
     Denoiser::new(be, model, &params, norm, "test".into(), opts).unwrap()
 }
 
+/// Relative L2 distance of `got` from `want` with `want`'s mean removed from both: the mean is restored exactly on
+/// both backends, so this compares what the network changed.
+fn centred_rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let mean = want.iter().map(|&v| v as f64).sum::<f64>() / want.len() as f64;
+    let c = |v: &[f32]| {
+        v.iter()
+            .map(|&x| (x as f64 - mean) as f32)
+            .collect::<Vec<_>>()
+    };
+    rel_l2(&c(got), &c(want))
+}
+
 /// Denoises `images` as one stream; returns the outputs in order.
 fn stream<B: Backend>(d: &mut Denoiser<B>, images: &[(usize, usize, Vec<f32>)]) -> Vec<Vec<f32>> {
     let mut it = images.iter().enumerate();
@@ -80,14 +92,7 @@ fn a_stream_of_mixed_sizes_on_the_gpu_matches_the_cpu() {
             // windows wrong, errors of order 1.
             let bound = if p == Precision::F32 { 1e-5 } else { 6e-2 };
             for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-                // The mean is restored exactly on both; compare what the network changed.
-                let mean = w.iter().map(|&v| v as f64).sum::<f64>() / w.len() as f64;
-                let c = |v: &[f32]| {
-                    v.iter()
-                        .map(|&x| (x as f64 - mean) as f32)
-                        .collect::<Vec<_>>()
-                };
-                let e = rel_l2(&c(g), &c(w));
+                let e = centred_rel_l2(g, w);
                 println!(
                     "tile {tile} batch {batch} {p}: image {k} {:?} rel L2 {e:.2e} (mean kept: {:.2e})",
                     sizes[k],
@@ -212,14 +217,7 @@ fn direct_images_on_the_gpu_match_the_cpu() {
         assert_eq!(d.take_profile().direct, 2, "{p}");
         let bound = if p == Precision::F32 { 1e-5 } else { 6e-2 };
         for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-            let g = g.as_ref().expect("every image came back");
-            let mean = w.iter().map(|&v| v as f64).sum::<f64>() / w.len() as f64;
-            let c = |v: &[f32]| {
-                v.iter()
-                    .map(|&x| (x as f64 - mean) as f32)
-                    .collect::<Vec<_>>()
-            };
-            let e = rel_l2(&c(g), &c(w));
+            let e = centred_rel_l2(g.as_ref().expect("every image came back"), w);
             println!("direct {p}: image {k} {:?} rel L2 {e:.2e}", sizes[k]);
             assert!(e <= bound, "image {k}: {e:e} > {bound:e}");
         }

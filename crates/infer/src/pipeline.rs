@@ -4,9 +4,10 @@
 //! exists at any time whatever the number of files (inputs: the one finishing on the device, the next one being
 //! cut, one ready per reader; outputs: the one being written and the one being made); for one file the peak is
 //! its input plus its output. Images live in buffers from the backend's allocator (page-locked on a GPU), reused
-//! from file to file: a single-section file that one window covers goes from the reader's buffer to the device and
-//! back into the writer's buffer with no host copy (the transfers normalise and restore). A file that cannot be
-//! read or written is reported and skipped; the others are still denoised.
+//! from file to file (up to `POOL_KEEP` free ones are kept between files): a single-section file that one window
+//! covers goes from the reader's buffer to the device and back into the writer's buffer with no host copy (the
+//! transfers normalise and restore). A file that cannot be read or written is reported and skipped; the others are
+//! still denoised.
 
 use crate::denoiser::{image_stats_with, Denoiser, Profile, Stats};
 use crate::denoiser::{Item, Pixels, PixelsMut};
@@ -22,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Reader threads: each decodes a whole file and computes its statistics (two f64 passes in lanes, ~20 ms per
-/// 4096² image on the H200 machine's cores while the pipeline runs), and files are handed on in order. One per four logical CPUs, 2 to 4: enough
-/// to keep a GPU fed, each costing one more input image in memory.
+/// 4096² image on the H200 machine's cores while the pipeline runs), and files are handed on in order. One per
+/// four logical CPUs, 2 to 4: enough to keep a GPU fed, each costing one more input image in memory.
 fn readers() -> usize {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     (cpus / 4).clamp(2, 4)
