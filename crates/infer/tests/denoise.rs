@@ -19,6 +19,14 @@ fn small_unet() -> (Model, Vec<f32>) {
     (model, params)
 }
 
+/// `small_unet` saved as `dir/model.safetensors` (no metadata); returns its path.
+fn small_unet_checkpoint(dir: &Path) -> std::path::PathBuf {
+    let (model, params) = small_unet();
+    let ckpt = dir.join("model.safetensors");
+    checkpoint::save_weights(&ckpt, &model, &params, &serde_json::json!({})).unwrap();
+    ckpt
+}
+
 fn denoiser(tile: usize, context: Option<usize>, batch: usize) -> Denoiser<Cpu> {
     let (model, params) = small_unet();
     let norm = Normalization {
@@ -186,9 +194,7 @@ fn batch_run_keeps_headers_and_skips_unreadable_files() {
 #[test]
 fn two_writers_write_what_one_writes() {
     let d = tempfile::tempdir().unwrap();
-    let (model, params) = small_unet();
-    let ckpt = d.path().join("model.safetensors");
-    checkpoint::save_weights(&ckpt, &model, &params, &serde_json::json!({})).unwrap();
+    let ckpt = small_unet_checkpoint(d.path());
     let (nx, ny) = (40, 32);
     let inputs: Vec<_> = (0..7)
         .map(|k| {
@@ -230,9 +236,7 @@ fn two_writers_write_what_one_writes() {
 #[test]
 fn pipeline_paths_equal_denoising_each_image() {
     let d = tempfile::tempdir().unwrap();
-    let (model, params) = small_unet();
-    let ckpt = d.path().join("model.safetensors");
-    checkpoint::save_weights(&ckpt, &model, &params, &serde_json::json!({})).unwrap();
+    let ckpt = small_unet_checkpoint(d.path());
     // (nx, ny, nz): 40 × 32 is aligned (4) and inside one default 1024 tile; 150 × 118 is padded.
     let shapes = [
         (40, 32, 1),

@@ -145,14 +145,15 @@ __device__ __forceinline__ void warp_store_16px(bf16* stage, const float (*acc)[
 struct TileAt {
     int n, y0, x0;
 };
-__device__ __forceinline__ TileAt tile_at(int t, int TH, int tiles_y, int tiles_x) {
+// Tile t of TH x tw output pixels (tw: TW for the mma.sync kernels, WG_TW for the wgmma one), images in turn.
+__device__ __forceinline__ TileAt tile_at(int t, int TH, int tiles_y, int tiles_x, int tw = TW) {
     TileAt a;
     int per_image = tiles_y * tiles_x;
     a.n = t / per_image;
     int r = t - a.n * per_image;
     int ty = r / tiles_x;
     a.y0 = ty * TH;
-    a.x0 = (r - ty * tiles_x) * TW;
+    a.x0 = (r - ty * tiles_x) * tw;
     return a;
 }
 
@@ -485,16 +486,7 @@ __device__ __forceinline__ void conv3_fwd_wg(const bf16* __restrict__ x, int x_c
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int tiles_x = (W + WG_TW - 1) / WG_TW, tiles_y = (H + TH - 1) / TH;
     const int ntiles = N * tiles_y * tiles_x;
-    auto tile = [&](int t) {
-        TileAt a;
-        int per_image = tiles_y * tiles_x;
-        a.n = t / per_image;
-        int r = t - a.n * per_image;
-        int ty = r / tiles_x;
-        a.y0 = ty * TH;
-        a.x0 = (r - ty * tiles_x) * WG_TW;
-        return a;
-    };
+    auto tile = [&](int t) { return tile_at(t, TH, tiles_y, tiles_x, WG_TW); };
     // Weights into core-matrix order: element (co, k) at ((k / 8) * (CO / 8) + co / 8) * 64 + (co % 8) * 8 + k % 8.
     for (int i = threadIdx.x; i < CO * 9 * CI / 8; i += 128) {
         int co = i / (9 * CI / 8), kk = i - co * (9 * CI / 8);
