@@ -302,11 +302,12 @@ fn ops(args: &[String]) {
             // cryoden's own tensor-core kernels (device/mma.rs) on the same shape, every variant: forward with bias +
             // ReLU fused, backward-data (flip + forward), weight gradient into f32 (+ the fixed-order sum of the
             // partials).
-            if gpu.mma_conv_ok(&g, &x.view(xs), &y.view(ys)) {
+            // f32: the 3×TF32 kernels (device/x3.rs); tf32 has none.
+            if p != Precision::Tf32 && gpu.mma_conv_ok(&g, &x.view(xs), &y.view(ys)) {
                 let b32 = random(&mut gpu, g.cout, DType::F32, 40);
                 let dw32 = gpu.alloc(g.weight_len(), DType::F32).unwrap();
                 let db_in = gpu.alloc(g.cin, DType::F32).unwrap();
-                let counts = gpu.mma_variants(&g);
+                let counts = gpu.mma_variants(&g, dt);
                 let mut rows = [vec![], vec![], vec![], vec![]];
                 for v in 0..*counts.iter().max().unwrap() {
                     gpu.mma_variant = Some(v);

@@ -804,6 +804,12 @@ impl CudaBackend {
         r
     }
 
+    /// Whether this precision's 3×3 convs may run on our own kernels (device/mma.rs): bf16's, and f32's 3×TF32
+    /// ones, which keep f32 accuracy; tf32 mode stays on cuDNN's TF32 kernels, which are faster than three passes.
+    fn own_convs(&self) -> bool {
+        self.precision != Precision::Tf32
+    }
+
     /// Backward-data of a conv into dx (+ dx when `accumulate`), then `act`'s backward over dx where given: our
     /// MMA kernels or the output layer's direct kernel fuse it, cuDNN's path runs it as a second pass.
     #[allow(clippy::too_many_arguments)]
@@ -818,7 +824,7 @@ impl CudaBackend {
         act: Option<ActGrad>,
     ) -> cryoden_nn::Result<()> {
         let mut gpu = self.gpu();
-        if gpu.mma_conv_ok(cg, &dxg, &dyg) {
+        if self.own_convs() && gpu.mma_conv_ok(cg, &dxg, &dyg) {
             let w = self.weights(&mut gpu, params, w_off)?;
             if gpu
                 .mma_conv_backward_data(cg, dyg, w, dxg, accumulate, act)
@@ -1293,9 +1299,10 @@ impl Backend for CudaBackend {
                 .conv1x1_to1_forward(xg, w, b, yg, slope(act))
                 .map_err(be_err);
         }
-        if gpu.mma_conv_ok(&cg, &xg, &yg) {
-            // bf16 3x3 with 32/64 channels: our tensor-core kernel (bias and activation fused, channel slices read
-            // and written in place) where the mode picks it over cuDNN for this shape (device/mma.rs).
+        if self.own_convs() && gpu.mma_conv_ok(&cg, &xg, &yg) {
+            // 3x3, bf16 with 32/64 channels or f32 with 32-128: our tensor-core kernels (bias and activation fused,
+            // channel slices read and written in place) where the mode picks them over cuDNN for this shape
+            // (device/mma.rs, device/x3.rs).
             let w = self.weights(&mut gpu, params, w_off)?;
             let b = bias.map(|o| params.buf.ptr_at(o));
             if gpu
@@ -1480,7 +1487,8 @@ impl Backend for CudaBackend {
                 .conv1x1_to1_backward_filter(xg, dyg, grads.buf.ptr_at(dw_off))
                 .map_err(be_err);
         }
-        if gpu.mma_conv_ok(&cg, &xg, &dyg)
+        if self.own_convs()
+            && gpu.mma_conv_ok(&cg, &xg, &dyg)
             && gpu
                 .mma_conv_backward_filter(&cg, xg, dyg, grads.buf.ptr_at(dw_off))
                 .map_err(be_err)?

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 mod mma;
+mod x3;
 pub use mma::{MmaChoice, MmaMode, CONV_MMA_CU};
 
 /// The kernel source, compiled once per GPU architecture (and cached on disk).

@@ -5,6 +5,7 @@
 //! The table below is the single source of the kernels' tile sizes: the CUDA instantiations are generated from it,
 //! and the launch sizes (threads, shared memory, resident blocks) are computed from it.
 
+use super::x3::{self, X3Kernels};
 use super::{ActGrad, Gpu, Nhwc, View};
 use crate::conv::ConvGeom;
 use crate::engine::Direction;
@@ -190,9 +191,11 @@ fn wgrad_name(ci: usize, co: usize, v: usize) -> String {
     format!("conv3_wgrad_{ci}_{co}_v{v}")
 }
 
-/// The CUDA source with its instantiations (`wgmma`: with the Hopper kernels, compiled for sm_90a).
+/// The CUDA source with its instantiations (`wgmma`: with the Hopper kernels, compiled for sm_90a), then the f32
+/// 3×TF32 kernels (x3.rs), which use its helpers.
 pub fn source(wgmma: bool) -> String {
     let mut s = CONV_MMA_CU.to_string();
+    s.push_str(&x3::source());
     if wgmma {
         for ((ci, co), vs) in CONVT {
             assert!(ci % 16 == 0 && co % 8 == 0 && !vs.is_empty());
@@ -304,13 +307,29 @@ const AUTO: [AutoChoice; 4] = [
 /// tiles (32 → 32 @ 8 × 1024², H200, `cudabench ops`: variant 2 0.715 ms, variant 4 0.764 ms).
 const AUTO_ACT: [((usize, usize), usize); 1] = [((32, 32), 2)];
 
-fn auto_pick(g: &ConvGeom, dir: Direction) -> MmaPick {
+/// `auto`'s choice for f32 layers (the 3×TF32 kernels of x3.rs), as `AUTO`: from `CRYODEN_MMA_CONV=tune cudabench
+/// train --precision f32` on the H200 (2026-11-21, docs/PERFORMANCE.md "Session 7"), ours where faster than cuDNN's
+/// tuned FMA engine on the packed call. Backward-data indexes the forward variants of cout (x3.rs `FWD`); cuDNN
+/// keeps the deep weight gradients (its `eng17` is 1.4-1.9× faster than ours there) and two forwards within 10 %.
+const AUTO_X3: [AutoChoice; 7] = [
+    ((32, 32), [Some(3), Some(3), Some(1)]),
+    ((64, 32), [Some(1), Some(3), Some(2)]),
+    ((32, 64), [Some(3), Some(1), Some(1)]),
+    ((64, 64), [Some(1), Some(1), Some(2)]),
+    ((128, 64), [None, Some(1), None]),
+    ((64, 128), [Some(1), Some(0), None]),
+    ((128, 128), [None, Some(0), None]),
+];
+
+fn auto_pick(g: &ConvGeom, dir: Direction, f32: bool) -> MmaPick {
     let d = match dir {
         Direction::Forward => 0,
         Direction::BackwardData => 1,
         Direction::BackwardFilter => 2,
     };
-    AUTO.iter()
+    let table: &[AutoChoice] = if f32 { &AUTO_X3 } else { &AUTO };
+    table
+        .iter()
         .find(|(k, _)| *k == (g.cin, g.cout))
         .and_then(|(_, c)| c[d])
         .map_or(MmaPick::Cudnn, MmaPick::Ours)
@@ -318,20 +337,20 @@ fn auto_pick(g: &ConvGeom, dir: Direction) -> MmaPick {
 
 /// One loaded kernel with its launch shape.
 #[derive(Debug)]
-struct Kernel {
-    f: CudaFunction,
-    threads: u32,
-    smem: u32,
+pub(super) struct Kernel {
+    pub(super) f: CudaFunction,
+    pub(super) threads: u32,
+    pub(super) smem: u32,
     /// Grid size: every block resident at once (the blocks loop over tiles).
-    blocks: u32,
-    th: usize,
+    pub(super) blocks: u32,
+    pub(super) th: usize,
     /// Tile width in pixels (16, or 64 for the wgmma kernels).
-    tw: usize,
+    pub(super) tw: usize,
 }
 
 /// (cin, cout) of a kernel list, and its variant slots.
-type Shape = (usize, usize);
-type Slots = Vec<Option<Kernel>>;
+pub(super) type Shape = (usize, usize);
+pub(super) type Slots = Vec<Option<Kernel>>;
 
 #[derive(Debug)]
 pub(crate) struct MmaKernels {
@@ -348,9 +367,11 @@ pub(crate) struct MmaKernels {
     /// Its weight gradient (`CONV_IN3_WGRAD`), keyed (1, cout).
     conv_in3_wgrad: Vec<(Shape, Slots)>,
     flip: CudaFunction,
+    /// The f32 3×TF32 kernels (device/x3.rs).
+    pub(super) x3: Option<X3Kernels>,
 }
 
-fn load(
+pub(super) fn load(
     module: &Arc<CudaModule>,
     name: &str,
     threads: usize,
@@ -517,6 +538,7 @@ impl MmaKernels {
         let flip = module
             .load_function("conv3_flip_weights_bf16")
             .map_err(drv("cuModuleGetFunction"))?;
+        let x3 = Some(X3Kernels::open(&module, fit)?);
         Ok(Some(MmaKernels {
             _module: module,
             fwd,
@@ -526,6 +548,7 @@ impl MmaKernels {
             conv_in3,
             conv_in3_wgrad,
             flip,
+            x3,
         }))
     }
 
@@ -550,7 +573,7 @@ fn find(list: &[(Shape, Slots)], key: Shape) -> Option<&[Option<Kernel>]> {
 impl Kernel {
     /// Grid size of a persistent launch over `tiles` tiles: every block resident at once (at most `cap`), no more
     /// blocks than tiles.
-    fn grid(&self, cap: Option<u32>, tiles: usize) -> usize {
+    pub(super) fn grid(&self, cap: Option<u32>, tiles: usize) -> usize {
         (self.blocks.min(cap.unwrap_or(u32::MAX)) as usize)
             .min(tiles)
             .max(1)
@@ -572,7 +595,7 @@ fn avail(ks: Option<&[Option<Kernel>]>) -> Vec<bool> {
     ks.map_or(vec![], |ks| ks.iter().map(Option::is_some).collect())
 }
 
-fn tiles(n: usize, h: usize, w: usize, th: usize, tw: usize) -> usize {
+pub(super) fn tiles(n: usize, h: usize, w: usize, th: usize, tw: usize) -> usize {
     n * h.div_ceil(th) * w.div_ceil(tw)
 }
 
@@ -589,6 +612,17 @@ pub(crate) struct MmaKey {
     geom: ConvGeom,
     dir: Direction,
     cs: [usize; 2],
+    /// f32 views (the 3×TF32 kernels) rather than bf16.
+    f32: bool,
+}
+
+/// The precision whose cuDNN call our kernels for `dt` are timed against: bf16, or f32 with TF32 off.
+fn own_precision(dt: DType) -> Precision {
+    if dt == DType::F32 {
+        Precision::F32
+    } else {
+        Precision::Bf16
+    }
 }
 
 /// One tuning decision, for bench output and docs.
@@ -605,27 +639,61 @@ pub struct MmaChoice {
 }
 
 impl Gpu {
-    /// Whether cryoden's own kernels can run this 3×3 conv (all three directions): bf16, stride 1, padding 1, 32 or
-    /// 64 channels in and out, `x` and `y` (or dx and dy) 16-byte aligned with channel strides of whole 8-channel
-    /// groups. Whether they do run depends on [`MmaMode`] (`mma_conv_forward` etc. return false when cuDNN is to
-    /// run instead).
+    /// Whether cryoden's own kernels can run this 3×3 conv (all three directions), stride 1, padding 1:
+    /// - bf16 views: 32 or 64 channels in and out, channel strides of whole 8-channel groups;
+    /// - f32 views: the 3×TF32 kernels (x3.rs), cin in 32, 64, 128 and cout in 32, 64, 128 (backward-data runs
+    ///   the forward of cout → cin), channel strides of whole 4-float groups. They keep f32 accuracy, so they are
+    ///   for f32 mode; tf32 mode's callers should leave its convs to cuDNN's faster TF32 kernels.
+    ///
+    /// `x` and `y` (or dx and dy) 16-byte aligned. Whether they do run depends on [`MmaMode`]
+    /// (`mma_conv_forward` etc. return false when cuDNN is to run instead).
     pub fn mma_conv_ok(&self, g: &ConvGeom, x: &View, y: &View) -> bool {
         let Some(k) = self.mma.as_ref() else {
             return false;
         };
+        let dt = x.dtype;
+        let covered = match dt {
+            DType::Bf16 => {
+                avail(k.fwd(g.cin, g.cout)).contains(&true)
+                    && avail(k.fwd(g.cout, g.cin)).contains(&true)
+                    && avail(k.wgrad(g.cin, g.cout)).contains(&true)
+            }
+            DType::F32 => k.x3.as_ref().is_some_and(|k3| x3::covers(k3, g)),
+        };
+        let group = if dt == DType::F32 { 4 } else { 8 };
         self.mma_conv != MmaMode::Off
             && g.k == 3
             && g.pad == 1
             && g.stride == 1
-            && avail(k.fwd(g.cin, g.cout)).contains(&true)
-            && avail(k.fwd(g.cout, g.cin)).contains(&true)
-            && avail(k.wgrad(g.cin, g.cout)).contains(&true)
+            && covered
             && x.shape == g.in_shape()
             && y.shape == g.out_shape()
-            && [x, y].iter().all(|v| {
-                v.dtype == DType::Bf16 && v.ptr.is_multiple_of(16) && v.cs.is_multiple_of(8)
-            })
+            && [x, y]
+                .iter()
+                .all(|v| v.dtype == dt && v.ptr.is_multiple_of(16) && v.cs.is_multiple_of(group))
             && x.shape.pixels() < i32::MAX as usize
+    }
+
+    /// Which forward variant slots (cin → cout, `dt`'s kernels) hold a kernel on this GPU.
+    fn fwd_avail(&self, cin: usize, cout: usize, dt: DType) -> Vec<bool> {
+        let Some(k) = self.mma.as_ref() else {
+            return vec![];
+        };
+        match dt {
+            DType::F32 => avail(k.x3.as_ref().and_then(|k3| k3.fwd(cin))),
+            _ => avail(k.fwd(cin, cout)),
+        }
+    }
+
+    /// Which weight-gradient variant slots can run `g` with `dt`'s kernels on this GPU.
+    fn wgrad_avail(&self, g: &ConvGeom, dt: DType) -> Vec<bool> {
+        let Some(k) = self.mma.as_ref() else {
+            return vec![];
+        };
+        match dt {
+            DType::F32 => k.x3.as_ref().map_or(vec![], |k3| k3.wgrad_avail(g.cin)),
+            _ => avail(k.wgrad(g.cin, g.cout)),
+        }
     }
 
     fn mma_check(&self, op: &str, g: &ConvGeom, x: &View, y: &View) -> Result<()> {
@@ -638,12 +706,19 @@ impl Gpu {
         Ok(())
     }
 
-    /// How many variants of our kernels each direction of `g` has (forward, backward-data, weight gradient); zeros
-    /// when none apply.
-    pub fn mma_variants(&self, g: &ConvGeom) -> [usize; 3] {
+    /// How many variants of our kernels each direction of `g` has for `dt` (forward, backward-data, weight
+    /// gradient); zeros when none apply.
+    pub fn mma_variants(&self, g: &ConvGeom, dt: DType) -> [usize; 3] {
         let Some(k) = self.mma.as_ref() else {
             return [0; 3];
         };
+        if dt == DType::F32 {
+            return [
+                self.fwd_avail(g.cin, g.cout, dt).len(),
+                self.fwd_avail(g.cout, g.cin, dt).len(),
+                self.wgrad_avail(g, dt).len(),
+            ];
+        }
         [
             k.fwd(g.cin, g.cout).map_or(0, <[Option<Kernel>]>::len),
             k.fwd(g.cout, g.cin).map_or(0, <[Option<Kernel>]>::len),
@@ -679,7 +754,7 @@ impl Gpu {
             MmaMode::Off => return Ok(MmaPick::Cudnn),
             MmaMode::Auto => {
                 // A variant this GPU lacks (a Hopper-only one, or one too large for its shared memory): cuDNN.
-                return Ok(match auto_pick(&key.geom, key.dir) {
+                return Ok(match auto_pick(&key.geom, key.dir, key.f32) {
                     MmaPick::Ours(v) if avail.get(v) == Some(&true) => MmaPick::Ours(v),
                     _ => MmaPick::Cudnn,
                 });
@@ -752,29 +827,31 @@ impl Gpu {
     ) -> Result<bool> {
         self.mma_check("mma_conv_forward", g, &x, &y)?;
         check_weights("mma_conv_forward", w, bias)?;
-        let av = avail(self.mma.as_ref().unwrap().fwd(g.cin, g.cout));
+        let dt = x.dtype;
+        let av = self.fwd_avail(g.cin, g.cout, dt);
         let key = MmaKey {
             geom: *g,
             dir: Direction::Forward,
             cs: [x.cs, y.cs],
+            f32: dt == DType::F32,
         };
         // Tuning writes y, so it runs only when the call overwrites y anyway.
         let packed = x.is_packed() && y.is_packed();
         let pick = self.mma_pick(key, &av, !accumulate, |gpu, cand| match cand {
             Some(v) => gpu
                 .time_ms(f32::INFINITY, |gpu| {
-                    gpu.mma_launch_fwd(g, v, x, w, bias, y, slope, false)
+                    gpu.launch_fwd(g, v, x, w, bias, y, slope, false)
                 })
                 .map(Some),
             None if packed => gpu
                 .time_ms(f32::INFINITY, |gpu| {
-                    gpu.conv_forward(Precision::Bf16, g, x, w, y, 0.0)
+                    gpu.conv_forward(own_precision(dt), g, x, w, y, 0.0)
                 })
                 .map(Some),
             None => Ok(None),
         })?;
         match pick {
-            MmaPick::Ours(v) => self.mma_launch_fwd(g, v, x, w, bias, y, slope, accumulate)?,
+            MmaPick::Ours(v) => self.launch_fwd(g, v, x, w, bias, y, slope, accumulate)?,
             MmaPick::Cudnn => return Ok(false),
         }
         Ok(true)
@@ -806,24 +883,26 @@ impl Gpu {
             cout: g.cin,
             ..*g
         };
-        let av = avail(self.mma.as_ref().unwrap().fwd(g.cout, g.cin));
+        let dt = dx.dtype;
+        let av = self.fwd_avail(g.cout, g.cin, dt);
         let key = MmaKey {
             geom: *g,
             dir: Direction::BackwardData,
             cs: [dx.cs, dy.cs],
+            f32: dt == DType::F32,
         };
         let packed = dx.is_packed() && dy.is_packed();
         let pick = self.mma_pick(key, &av, !accumulate, |gpu, cand| match cand {
             Some(v) => {
-                let wt = gpu.mma_flip(g, w)?;
+                let wt = gpu.mma_flip(g, w, dt)?;
                 gpu.time_ms(f32::INFINITY, |gpu| {
-                    gpu.mma_launch_fwd(&back, v, dy, wt, None, dx, 1.0, false)
+                    gpu.launch_fwd(&back, v, dy, wt, None, dx, 1.0, false)
                 })
                 .map(Some)
             }
             None if packed => gpu
                 .time_ms(f32::INFINITY, |gpu| {
-                    gpu.conv_backward_data(Precision::Bf16, g, dy, w, dx, 0.0)
+                    gpu.conv_backward_data(own_precision(dt), g, dy, w, dx, 0.0)
                 })
                 .map(Some),
             None => Ok(None),
@@ -831,19 +910,26 @@ impl Gpu {
         let MmaPick::Ours(mut v) = pick else {
             return Ok(false);
         };
-        if act.is_some() && self.mma_conv == MmaMode::Auto && self.mma_variant.is_none() {
+        if dt == DType::Bf16
+            && act.is_some()
+            && self.mma_conv == MmaMode::Auto
+            && self.mma_variant.is_none()
+        {
             if let Some((_, va)) = AUTO_ACT.iter().find(|(k, _)| *k == (g.cin, g.cout)) {
                 v = *va;
             }
         }
-        let wt = self.mma_flip(g, w)?;
-        let fused = self.mma.as_ref().unwrap().fwd_act(g.cout, g.cin);
+        let wt = self.mma_flip(g, w, dt)?;
+        let fused = match dt {
+            DType::Bf16 => self.mma.as_ref().unwrap().fwd_act(g.cout, g.cin),
+            _ => None,
+        };
         match act {
             Some(a) if fused.is_some_and(|ks| ks.get(v).is_some_and(Option::is_some)) => {
                 self.mma_launch_fwd_act(&back, v, dy, wt, dx, a)?;
             }
             Some(a) => {
-                self.mma_launch_fwd(&back, v, dy, wt, None, dx, 1.0, false)?;
+                self.launch_fwd(&back, v, dy, wt, None, dx, 1.0, false)?;
                 self.act_backward(
                     dx,
                     Some(a.y),
@@ -853,7 +939,7 @@ impl Gpu {
                     true,
                 )?;
             }
-            None => self.mma_launch_fwd(&back, v, dy, wt, None, dx, 1.0, accumulate)?,
+            None => self.launch_fwd(&back, v, dy, wt, None, dx, 1.0, accumulate)?,
         }
         Ok(true)
     }
@@ -869,24 +955,26 @@ impl Gpu {
         dw: u64,
     ) -> Result<bool> {
         self.mma_check("mma_conv_backward_filter", g, &x, &dy)?;
-        let av = avail(self.mma.as_ref().unwrap().wgrad(g.cin, g.cout));
+        let dt = x.dtype;
+        let av = self.wgrad_avail(g, dt);
         let key = MmaKey {
             geom: *g,
             dir: Direction::BackwardFilter,
             cs: [x.cs, dy.cs],
+            f32: dt == DType::F32,
         };
         let packed = x.is_packed() && dy.is_packed();
         // Candidates write partial sums (ours) or a temporary (cuDNN), never dw.
         let pick = self.mma_pick(key, &av, true, |gpu, cand| match cand {
             Some(v) => gpu
                 .time_ms(f32::INFINITY, |gpu| {
-                    gpu.mma_launch_wgrad(g, v, x, dy, None).map(|_| ())
+                    gpu.launch_wgrad(g, v, x, dy, None).map(|_| ())
                 })
                 .map(Some),
             None if packed => {
-                let tmp = gpu.alloc(g.weight_len(), DType::Bf16)?;
+                let tmp = gpu.alloc(g.weight_len(), dt)?;
                 gpu.time_ms(f32::INFINITY, |gpu| {
-                    gpu.conv_backward_filter(Precision::Bf16, g, x, dy, tmp.ptr(), 0.0)
+                    gpu.conv_backward_filter(own_precision(dt), g, x, dy, tmp.ptr(), 0.0)
                 })
                 .map(Some)
             }
@@ -894,7 +982,7 @@ impl Gpu {
         })?;
         match pick {
             MmaPick::Ours(v) => {
-                self.mma_launch_wgrad(g, v, x, dy, Some(dw))?;
+                self.launch_wgrad(g, v, x, dy, Some(dw))?;
                 Ok(true)
             }
             MmaPick::Cudnn => Ok(false),
@@ -902,27 +990,68 @@ impl Gpu {
     }
 
     /// The flipped weights of the backward-data pass (conv3_flip_weights) in a scratch buffer; returns its pointer.
-    fn mma_flip(&mut self, g: &ConvGeom, w: u64) -> Result<u64> {
+    fn mma_flip(&mut self, g: &ConvGeom, w: u64, dt: DType) -> Result<u64> {
         let len = g.weight_len();
+        // Sized in f32 elements, so one buffer serves both dtypes.
         if self.mma_wt.as_ref().is_none_or(|b| b.len < len) {
             self.not_capturing("MMA weight scratch reallocation")?;
             self.realloc_epoch += 1;
             self.mma_wt = None;
-            self.mma_wt = Some(self.alloc(len, DType::Bf16)?);
+            self.mma_wt = Some(self.alloc(len, DType::F32)?);
         }
         let wt = self.mma_wt.as_ref().unwrap().ptr;
         let k = self.mma.as_ref().unwrap();
+        let flip = match (dt, k.x3.as_ref()) {
+            (DType::F32, Some(k3)) => k3.flip(),
+            _ => &k.flip,
+        };
         let (ci, co) = (g.cin as i32, g.cout as i32);
         let cfg = LaunchConfig {
             grid_dim: (len.div_ceil(256) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&k.flip);
+        let mut b = self.stream.launch_builder(flip);
         b.arg(&w).arg(&wt).arg(&ci).arg(&co);
-        // SAFETY: matches conv3_flip_weights_bf16; w and wt hold cout * 9 * cin bf16.
+        // SAFETY: matches conv3_flip_weights_bf16 / _f32; w and wt hold cout * 9 * cin elements of dt.
         unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(conv3_flip_weights)"))?;
         Ok(wt)
+    }
+
+    /// Forward variant `v` of the views' dtype's kernels (bf16: conv_mma.cu, f32: the 3×TF32 ones).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_fwd(
+        &self,
+        g: &ConvGeom,
+        v: usize,
+        x: View,
+        w: u64,
+        bias: Option<u64>,
+        y: View,
+        slope: f32,
+        accumulate: bool,
+    ) -> Result<()> {
+        if x.dtype == DType::F32 {
+            self.x3_launch_fwd(g, v, x, w, bias, y, slope, accumulate)
+        } else {
+            self.mma_launch_fwd(g, v, x, w, bias, y, slope, accumulate)
+        }
+    }
+
+    /// Weight-gradient variant `v` of the views' dtype's kernels.
+    fn launch_wgrad(
+        &mut self,
+        g: &ConvGeom,
+        v: usize,
+        x: View,
+        dy: View,
+        dw: Option<u64>,
+    ) -> Result<()> {
+        if x.dtype == DType::F32 {
+            self.x3_launch_wgrad(g, v, x, dy, dw)
+        } else {
+            self.mma_launch_wgrad(g, v, x, dy, dw)
+        }
     }
 
     /// Forward variant `v` of (g.cin, g.cout); views already checked.
@@ -1336,7 +1465,8 @@ mod tests {
             act > 0
                 && s.contains("CONV3_FWD_ACT(conv3_fwd_32_32_v4_act, 32, 32, 32, 4, 2, 1, 2, 1)")
         );
-        assert_eq!(s.matches("\nCONV3_").count(), n + wg + act);
+        let x3 = s.matches("\nCONV3_FWD_X3(").count() + s.matches("\nCONV3_WGRAD_X3(").count();
+        assert_eq!(s.matches("\nCONV3_").count() - x3, n + wg + act);
         let convt = CONVT.iter().map(|v| v.1.len()).sum::<usize>();
         assert_eq!(s.matches("\nCONVT2_FWD(").count(), convt);
         assert!(s.contains("CONVT2_FWD(convt2_fwd_64_32_v0, 64, 32, 2)"));
@@ -1355,6 +1485,43 @@ mod tests {
         assert_eq!(parse_mode(Some("0")), MmaMode::Off);
         assert_eq!(parse_mode(Some("force")), MmaMode::Force);
         assert_eq!(parse_mode(Some("tune")), MmaMode::Tune);
+    }
+
+    /// f32's fixed choices name 3×TF32 variants that exist and can run the shape.
+    #[test]
+    fn auto_x3_choices_exist() {
+        for ((ci, co), [f, d, w]) in AUTO_X3 {
+            assert!(
+                f.is_none_or(|v| v < x3::fwd_variants(ci)),
+                "{ci}->{co} forward {f:?}"
+            );
+            assert!(
+                d.is_none_or(|v| v < x3::fwd_variants(co)),
+                "{ci}->{co} backward-data {d:?}"
+            );
+            assert!(
+                w.is_none_or(|v| x3::wgrad_runs(v, ci)),
+                "{ci}->{co} weight gradient {w:?}"
+            );
+        }
+        let g = ConvGeom {
+            n: 1,
+            h: 8,
+            w: 8,
+            cin: 64,
+            cout: 32,
+            k: 3,
+            pad: 1,
+            stride: 1,
+        };
+        assert_eq!(
+            auto_pick(&g, Direction::BackwardData, true),
+            MmaPick::Ours(3)
+        );
+        assert_eq!(
+            auto_pick(&g, Direction::BackwardData, false),
+            MmaPick::Cudnn
+        );
     }
 
     /// `auto`'s fixed choices name variants that exist, for shapes that have kernels; other shapes go to cuDNN.
@@ -1387,13 +1554,16 @@ mod tests {
             pad: 1,
             stride: 1,
         };
-        assert_eq!(auto_pick(&g, Direction::Forward), MmaPick::Cudnn);
+        assert_eq!(auto_pick(&g, Direction::Forward, false), MmaPick::Cudnn);
         let g = ConvGeom {
             cin: 32,
             cout: 32,
             ..g
         };
-        assert_eq!(auto_pick(&g, Direction::BackwardFilter), MmaPick::Ours(6));
+        assert_eq!(
+            auto_pick(&g, Direction::BackwardFilter, false),
+            MmaPick::Ours(6)
+        );
         for ((ci, co), v) in AUTO_ACT {
             assert!(
                 ACT_FUSED.contains(&(co, ci)),
