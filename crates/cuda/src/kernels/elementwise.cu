@@ -234,8 +234,11 @@ __device__ __forceinline__ void ldv(const float* p, i64 i, float* v) {
 __device__ __forceinline__ void stv(float* p, i64 i, const float* v) {
     *(float4*)(p + i) = make_float4(v[0], v[1], v[2], v[3]);
 }
-__device__ __forceinline__ void ldv(const bf16* p, i64 i, float* v) {
-    uint4 u = *(const uint4*)(p + i);
+// One 16-byte piece (VN channels) as loaded, and its values: lets a kernel issue several loads before it needs any.
+__device__ __forceinline__ void unpack(uint4 u, const float*, float* v) {
+    v[0] = __uint_as_float(u.x); v[1] = __uint_as_float(u.y); v[2] = __uint_as_float(u.z); v[3] = __uint_as_float(u.w);
+}
+__device__ __forceinline__ void unpack(uint4 u, const bf16*, float* v) {
     unsigned w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
     for (int k = 0; k < 4; k++) {
@@ -243,6 +246,7 @@ __device__ __forceinline__ void ldv(const bf16* p, i64 i, float* v) {
         v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
     }
 }
+__device__ __forceinline__ void ldv(const bf16* p, i64 i, float* v) { unpack(*(const uint4*)(p + i), p, v); }
 __device__ __forceinline__ void stv(bf16* p, i64 i, const float* v) {
     unsigned w[4];
 #pragma unroll
@@ -457,6 +461,34 @@ __device__ void maxpool2_bwd_act_vec(const T* x, int x_cs, const T* dy, int dy_c
             }
             float g[V];
             ldv(dy, (i64)q * dy_cs + c, g);
+            if (rows == 2 && cols == 2) {
+                // The whole window (every window but those on an odd last row or column): its four old dx pieces
+                // loaded before any is written, so their latencies overlap (version 3 loaded, waited and stored
+                // one pixel after the other: four round trips to memory per window instead of one).
+                i64 o[4];
+                uint4 old[4];
+#pragma unroll
+                for (int w = 0; w < 4; w++) o[w] = (((i64)n * H + 2 * r + (w >> 1)) * W + 2 * j + (w & 1)) * dx_cs + c;
+                if (accumulate) {
+#pragma unroll
+                    for (int w = 0; w < 4; w++) old[w] = *(const uint4*)(dx + o[w]);
+                }
+#pragma unroll
+                for (int w = 0; w < 4; w++) {
+                    float out[V];
+                    if (accumulate) unpack(old[w], dx, out);
+#pragma unroll
+                    for (int k = 0; k < V; k++) {
+                        float u = ((arg >> (2 * k)) & 3u) == (unsigned)w ? g[k] : 0.f;
+                        u = kept(accumulate ? out[k] + u : u, dx);
+                        u = ((pos >> (4 * k + w)) & 1u) != 0 ? u : u * slope;
+                        out[k] = u;
+                        acc[k] += u;
+                    }
+                    stv(dx, o[w], out);
+                }
+                continue;
+            }
             // Unrolled so that the window position is a constant; the third row and column exist only at an odd
             // height or width (pixels dropped by the floor: no gradient from the pool).
 #pragma unroll
