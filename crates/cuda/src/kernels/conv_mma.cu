@@ -157,32 +157,42 @@ __device__ __forceinline__ TileAt tile_at(int t, int TH, int tiles_y, int tiles_
     return a;
 }
 
-// The input tile with its halo, (TH + 2) x (TW + 2) pixels x C channels, into xs (pixel stride C + PAD).
-template <int C, int TH, int THREADS>
-__device__ __forceinline__ void load_halo(const bf16* x, int x_cs, int H, int W, TileAt a, bf16* xs) {
-    constexpr int CH = C / 8, HW = TW + 2, N = (TH + 2) * HW * CH;
+// The input tile with its halo, (TH + 2) x (TW + 2) pixels, channels c0 .. c0 + C, into xs (pixel stride C + P;
+// zeros outside the image: that is the padding), in 16-byte pieces (x, x_cs and c0 whole pieces). Element type T:
+// bf16 here, f32 in conv_x3.cu.
+template <typename T, int C, int P, int TH, int THREADS>
+__device__ __forceinline__ void load_halo_t(const T* x, int x_cs, int c0, int H, int W, TileAt a, T* xs) {
+    constexpr int E = 16 / sizeof(T), CH = C / E, HW = TW + 2, N = (TH + 2) * HW * CH;
     for (int i = threadIdx.x; i < N; i += THREADS) {
-        int p = i / CH, c = (i - p * CH) * 8;
+        int p = i / CH, c = (i - p * CH) * E;
         int r = p / HW, col = p - r * HW;
         int yy = a.y0 + r - 1, xx = a.x0 + col - 1;
         bool ok = yy >= 0 && yy < H && xx >= 0 && xx < W;
-        const bf16* src = ok ? x + ((i64)(a.n * H + yy) * W + xx) * x_cs + c : x;
-        cp16(smem_u32(xs + p * (C + PAD) + c), src, ok);
+        const T* src = ok ? x + ((i64)(a.n * H + yy) * W + xx) * x_cs + c0 + c : x;
+        cp16(smem_u32(xs + p * (C + P) + c), src, ok);
     }
 }
-
-// The tile itself, TH x TW pixels x C channels (zeros outside the image), into ds (pixel stride C + PAD).
 template <int C, int TH, int THREADS>
-__device__ __forceinline__ void load_tile(const bf16* d, int d_cs, int H, int W, TileAt a, bf16* ds) {
-    constexpr int CH = C / 8, N = TH * TW * CH;
+__device__ __forceinline__ void load_halo(const bf16* x, int x_cs, int H, int W, TileAt a, bf16* xs) {
+    load_halo_t<bf16, C, PAD, TH, THREADS>(x, x_cs, 0, H, W, a, xs);
+}
+
+// The tile itself, TH x TW pixels, channels c0 .. c0 + C, into ds (pixel stride C + P; zeros outside the image).
+template <typename T, int C, int P, int TH, int THREADS>
+__device__ __forceinline__ void load_tile_t(const T* d, int d_cs, int c0, int H, int W, TileAt a, T* ds) {
+    constexpr int E = 16 / sizeof(T), CH = C / E, N = TH * TW * CH;
     for (int i = threadIdx.x; i < N; i += THREADS) {
-        int p = i / CH, c = (i - p * CH) * 8;
+        int p = i / CH, c = (i - p * CH) * E;
         int r = p / TW, col = p - r * TW;
         int yy = a.y0 + r, xx = a.x0 + col;
         bool ok = yy < H && xx < W;
-        const bf16* src = ok ? d + ((i64)(a.n * H + yy) * W + xx) * d_cs + c : d;
-        cp16(smem_u32(ds + p * (C + PAD) + c), src, ok);
+        const T* src = ok ? d + ((i64)(a.n * H + yy) * W + xx) * d_cs + c0 + c : d;
+        cp16(smem_u32(ds + p * (C + P) + c), src, ok);
     }
+}
+template <int C, int TH, int THREADS>
+__device__ __forceinline__ void load_tile(const bf16* d, int d_cs, int H, int W, TileAt a, bf16* ds) {
+    load_tile_t<bf16, C, PAD, TH, THREADS>(d, d_cs, 0, H, W, a, ds);
 }
 
 // The A (halo pixels) and B (weights) fragments of one 16-deep k step ks = tap * (CI / 16) + kc of the forward

@@ -1,6 +1,6 @@
 // f32 3x3 convolutions (stride 1, zero padding 1, NHWC) on the tensor cores as three TF32 products ("3xTF32"),
 // through mma.sync m16n8k8 (TF32 in, f32 accumulate). Appended to conv_mma.cu by mma.rs (it uses that file's
-// helpers: cp16, ldsm4, TileAt, tile_at), compiled for sm_80 and newer.
+// helpers: cp16, ldsm4, TileAt, tile_at, load_halo_t, load_tile_t), compiled for sm_80 and newer.
 //
 // Why: in f32 mode (TF32 off, for parity) cuDNN runs only FMA kernels, at 19-39 TFLOP/s of the H200's ~67, and the
 // training step is all convolutions (docs/PERFORMANCE.md). Each value is split into two TF32 numbers, v = big +
@@ -56,34 +56,6 @@ __device__ __forceinline__ void mma_x3(float (*acc)[4], const Split<4>& a, const
         for (int e = 0; e < 4; e++) acc[j][e] += t[j][e];
 }
 
-// A (TH + 2) x (TW + 2) halo tile of f32 pixels, channels c0 .. c0 + C, into xs (pixel stride C + P; zeros
-// outside the image). Needs 16-byte aligned rows: x, x_cs, c0 multiples of 4 floats.
-template <int C, int P, int TH, int THREADS>
-__device__ __forceinline__ void load_halo_f32(const float* x, int x_cs, int c0, int H, int W, TileAt a, float* xs) {
-    constexpr int CH = C / 4, HW = TW + 2, N = (TH + 2) * HW * CH;
-    for (int i = threadIdx.x; i < N; i += THREADS) {
-        int p = i / CH, c = (i - p * CH) * 4;
-        int r = p / HW, col = p - r * HW;
-        int yy = a.y0 + r - 1, xx = a.x0 + col - 1;
-        bool ok = yy >= 0 && yy < H && xx >= 0 && xx < W;
-        const float* src = ok ? x + ((i64)(a.n * H + yy) * W + xx) * x_cs + c0 + c : x;
-        cp16(smem_u32(xs + p * (C + P) + c), src, ok);
-    }
-}
-// The tile itself, TH x TW pixels, channels c0 .. c0 + C, into ds (pixel stride C + P; zeros outside the image).
-template <int C, int P, int TH, int THREADS>
-__device__ __forceinline__ void load_tile_f32(const float* d, int d_cs, int c0, int H, int W, TileAt a, float* ds) {
-    constexpr int CH = C / 4, N = TH * TW * CH;
-    for (int i = threadIdx.x; i < N; i += THREADS) {
-        int p = i / CH, c = (i - p * CH) * 4;
-        int r = p / TW, col = p - r * TW;
-        int yy = a.y0 + r, xx = a.x0 + col;
-        bool ok = yy < H && xx < W;
-        const float* src = ok ? d + ((i64)(a.n * H + yy) * W + xx) * d_cs + c0 + c : d;
-        cp16(smem_u32(ds + p * (C + P) + c), src, ok);
-    }
-}
-
 // Forward: y[p, co] = act(bias[co] + sum_{tap, ci} x[p + tap, ci] * w[co, tap, ci]) (+ y[p, co] when accumulate);
 // w: KRSC [CO, 3, 3, CI] f32, CO any multiple of 32 (a run-time argument). Also the backward-data pass, as the
 // forward of the flipped weights (conv3_flip_weights_f32).
@@ -113,7 +85,7 @@ __device__ __forceinline__ void conv3_fwd_x3(const float* __restrict__ x, int x_
         cp16(smem_u32(wsm + co * WS + k), w + (i64)(cg * 32 + co) * 9 * CI + k, true);
     }
     int t = blockIdx.x / groups, buf = 0;
-    if (t < ntiles) load_halo_f32<CI, 4, TH, THREADS>(x, x_cs, 0, H, W, tile_at(t, TH, tiles_y, tiles_x), xbuf);
+    if (t < ntiles) load_halo_t<float, CI, 4, TH, THREADS>(x, x_cs, 0, H, W, tile_at(t, TH, tiles_y, tiles_x), xbuf);
     cp_commit();
     // ldmatrix row addresses (b16 matrices of 8 rows x 4 floats): A rows are pixels (matrices: pixels 0-7 / 8-15,
     // channels k..k+3 / k+4..k+7), B rows are output channels (matrices: co 0-7 / 8-15, same k halves).
@@ -124,7 +96,7 @@ __device__ __forceinline__ void conv3_fwd_x3(const float* __restrict__ x, int x_
         const int tn = t + stride;
         if (NBUF == 2) {
             if (tn < ntiles)
-                load_halo_f32<CI, 4, TH, THREADS>(x, x_cs, 0, H, W, tile_at(tn, TH, tiles_y, tiles_x),
+                load_halo_t<float, CI, 4, TH, THREADS>(x, x_cs, 0, H, W, tile_at(tn, TH, tiles_y, tiles_x),
                                                   xbuf + (buf ^ 1) * HALO);
             cp_commit();
             cp_wait1();
@@ -173,7 +145,7 @@ __device__ __forceinline__ void conv3_fwd_x3(const float* __restrict__ x, int x_
             // One halo buffer: once every warp is done reading it, fetch the next tile during the epilogue.
             __syncthreads();
             if (tn < ntiles)
-                load_halo_f32<CI, 4, TH, THREADS>(x, x_cs, 0, H, W, tile_at(tn, TH, tiles_y, tiles_x), xbuf);
+                load_halo_t<float, CI, 4, TH, THREADS>(x, x_cs, 0, H, W, tile_at(tn, TH, tiles_y, tiles_x), xbuf);
             cp_commit();
         }
         // Epilogue: C fragment rows are pixels g, g + 8 of the tile row, columns channels 2 tq, 2 tq + 1 of each
@@ -247,8 +219,8 @@ __device__ __forceinline__ void conv3_wgrad_x3(const float* __restrict__ x, int 
     int t = blockIdx.x / groups, buf = 0;
     if (t < ntiles) {
         const TileAt a = tile_at(t, TH, tiles_y, tiles_x);
-        load_halo_f32<CIW, 8, TH, THREADS>(x, x_cs, ci0, H, W, a, base);
-        load_tile_f32<32, 8, TH, THREADS>(dy, dy_cs, co0, H, W, a, base + HALO);
+        load_halo_t<float, CIW, 8, TH, THREADS>(x, x_cs, ci0, H, W, a, base);
+        load_tile_t<float, 32, 8, TH, THREADS>(dy, dy_cs, co0, H, W, a, base + HALO);
     }
     cp_commit();
     for (; t < ntiles; t += stride) {
@@ -257,8 +229,8 @@ __device__ __forceinline__ void conv3_wgrad_x3(const float* __restrict__ x, int 
             if (tn < ntiles) {
                 const TileAt a = tile_at(tn, TH, tiles_y, tiles_x);
                 float* nb = base + (buf ^ 1) * BUF;
-                load_halo_f32<CIW, 8, TH, THREADS>(x, x_cs, ci0, H, W, a, nb);
-                load_tile_f32<32, 8, TH, THREADS>(dy, dy_cs, co0, H, W, a, nb + HALO);
+                load_halo_t<float, CIW, 8, TH, THREADS>(x, x_cs, ci0, H, W, a, nb);
+                load_tile_t<float, 32, 8, TH, THREADS>(dy, dy_cs, co0, H, W, a, nb + HALO);
             }
             cp_commit();
             cp_wait1();
@@ -299,8 +271,8 @@ __device__ __forceinline__ void conv3_wgrad_x3(const float* __restrict__ x, int 
             __syncthreads();
             if (tn < ntiles) {
                 const TileAt a = tile_at(tn, TH, tiles_y, tiles_x);
-                load_halo_f32<CIW, 8, TH, THREADS>(x, x_cs, ci0, H, W, a, base);
-                load_tile_f32<32, 8, TH, THREADS>(dy, dy_cs, co0, H, W, a, base + HALO);
+                load_halo_t<float, CIW, 8, TH, THREADS>(x, x_cs, ci0, H, W, a, base);
+                load_tile_t<float, 32, 8, TH, THREADS>(dy, dy_cs, co0, H, W, a, base + HALO);
             }
             cp_commit();
         } else {
