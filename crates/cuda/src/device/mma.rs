@@ -1,6 +1,8 @@
 //! cryoden's own bf16 3×3 convolutions on the tensor cores (kernels/conv_mma.cu): forward with bias + activation
 //! fused, backward-data (the forward of the flipped weights) and weight gradient, for 32 or 64 channels in and out
 //! — the plan's U-Net's 1024² and 512² layers, which cuDNN runs far from the GPU's peak (docs/perf/conv-mma.md).
+//! The entry points (`mma_conv_ok`, `mma_conv_forward`, …) also take f32 views, which go to the 3×TF32 kernels of
+//! x3.rs; tuning, `auto`'s fixed choices and the variant switches work the same for both.
 //!
 //! The table below is the single source of the kernels' tile sizes: the CUDA instantiations are generated from it,
 //! and the launch sizes (threads, shared memory, resident blocks) are computed from it.
@@ -811,7 +813,7 @@ impl Gpu {
         Ok(picked.map_or(MmaPick::Cudnn, MmaPick::Ours))
     }
 
-    /// y = act(conv3x3(x, w) + bias) (+ y when `accumulate`), `mma_conv_ok` must hold. w: KRSC bf16; bias: cout
+    /// y = act(conv3x3(x, w) + bias) (+ y when `accumulate`), `mma_conv_ok` must hold. w: KRSC, the views' dtype; bias: cout
     /// floats; slope as in elementwise.cu (0 ReLU, 1 identity). Returns false, having done nothing, when tuning
     /// found cuDNN faster for this call shape.
     #[allow(clippy::too_many_arguments)]
