@@ -813,9 +813,9 @@ impl Gpu {
         Ok(picked.map_or(MmaPick::Cudnn, MmaPick::Ours))
     }
 
-    /// y = act(conv3x3(x, w) + bias) (+ y when `accumulate`), `mma_conv_ok` must hold. w: KRSC, the views' dtype; bias: cout
-    /// floats; slope as in elementwise.cu (0 ReLU, 1 identity). Returns false, having done nothing, when tuning
-    /// found cuDNN faster for this call shape.
+    /// y = act(conv3x3(x, w) + bias) (+ y when `accumulate`), `mma_conv_ok` must hold. w: KRSC, the views' dtype;
+    /// bias: cout floats; slope as in elementwise.cu (0 ReLU, 1 identity). Returns false, having done nothing, when
+    /// tuning found cuDNN faster for this call shape.
     #[allow(clippy::too_many_arguments)]
     pub fn mma_conv_forward(
         &mut self,
