@@ -575,6 +575,15 @@ fn find(list: &[(Shape, Slots)], key: Shape) -> Option<&[Option<Kernel>]> {
 impl Kernel {
     /// Grid size of a persistent launch over `tiles` tiles: every block resident at once (at most `cap`), no more
     /// blocks than tiles.
+    /// Launch shape of `blocks` blocks of this kernel.
+    pub(super) fn config(&self, blocks: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (self.threads, 1, 1),
+            shared_mem_bytes: self.smem,
+        }
+    }
+
     pub(super) fn grid(&self, cap: Option<u32>, tiles: usize) -> usize {
         (self.blocks.min(cap.unwrap_or(u32::MAX)) as usize)
             .min(tiles)
@@ -1078,11 +1087,7 @@ impl Gpu {
         let blocks = k.grid(self.mma_max_blocks, tiles(g.n, g.h, g.w, k.th, k.tw));
         let (xp, xcs, bp, yp, ycs) = (x.ptr, x.cs as i32, bias.unwrap_or(0), y.ptr, y.cs as i32);
         let (n, h, wd, acc) = (g.n as i32, g.h as i32, g.w as i32, accumulate as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
-            block_dim: (k.threads, 1, 1),
-            shared_mem_bytes: k.smem,
-        };
+        let cfg = k.config(blocks);
         let mut b = self.stream.launch_builder(&k.f);
         b.arg(&xp)
             .arg(&xcs)
@@ -1223,11 +1228,7 @@ impl Gpu {
         let blocks = tiles(ys.n, ys.h, ys.w, k.th, k.tw);
         let (xp, xcs, bp, yp, ycs) = (x.ptr, x.cs as i32, bias.unwrap_or(0), y.ptr, y.cs as i32);
         let (n, h, wd) = (ys.n as i32, ys.h as i32, ys.w as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
-            block_dim: (k.threads, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = k.config(blocks); // loaded with no dynamic shared memory
         let mut b = self.stream.launch_builder(&k.f);
         b.arg(&xp)
             .arg(&xcs)
@@ -1325,11 +1326,7 @@ impl Gpu {
         let blocks = k.grid(self.mma_max_blocks, xs.pixels().div_ceil(CONVT_TM));
         let (xp, xcs, bp, yp, ycs) = (x.ptr, x.cs as i32, bias.unwrap_or(0), y.ptr, y.cs as i32);
         let (n, h, wd) = (xs.n as i32, xs.h as i32, xs.w as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
-            block_dim: (k.threads, 1, 1),
-            shared_mem_bytes: k.smem,
-        };
+        let cfg = k.config(blocks);
         let mut b = self.stream.launch_builder(&k.f);
         b.arg(&xp)
             .arg(&xcs)

@@ -190,11 +190,7 @@ impl Gpu {
             g.w as i32,
             accumulate as i32,
         );
-        let cfg = LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
-            block_dim: (k.threads, 1, 1),
-            shared_mem_bytes: k.smem,
-        };
+        let cfg = k.config(blocks);
         let mut b = self.stream.launch_builder(&k.f);
         b.arg(&xp)
             .arg(&xcs)
